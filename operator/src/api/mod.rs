@@ -1,0 +1,1 @@
+//! The custom resources of Sluice (group `sluice.dev`, version `v1alpha1`): the CRD source of truth.

@@ -1,0 +1,4 @@
+//! Sluice operator library: the API types, the pure flow engine, and (later) the controllers and broker.
+#![forbid(unsafe_code)]
+
+pub mod api;

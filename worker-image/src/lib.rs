@@ -1,0 +1,2 @@
+//! The Sluice worker SDK.
+#![forbid(unsafe_code)]
