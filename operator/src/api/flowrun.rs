@@ -1,0 +1,489 @@
+//! The `FlowRun` custom resource: one run of a flow, declared as a DAG of steps.
+//!
+//! The spec is what the user declares; the status is where the operator keeps the state of every step, so that
+//! everything the engine needs after an operator restart lives in the API server (design invariant 6). Users
+//! deliver signals by writing `status.signals` through the status subresource; the operator never writes that map.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::schema::{any_json, duration_string, optional_any_json};
+
+/// A FlowRun declares a flow: a DAG of steps with inputs, outputs, retries, timeouts, signals, timers, fan-out
+/// and child flows. The Sluice operator runs it to completion and records each step's state in `status.steps`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "FlowRun",
+    namespaced,
+    status = "FlowRunStatus",
+    shortname = "fr",
+    category = "sluice",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A FlowRun declares a flow: a DAG of steps with inputs, outputs, retries, timeouts, signals, timers, fan-out and child flows. The Sluice operator runs it to completion and records each step's state in status.steps.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowRunSpec {
+    /// Name of the WorkerPool (in the FlowRun's namespace) whose workers run handler steps, unless a step names
+    /// another pool. Required when any step has a `handler`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+
+    /// Input of the flow: any JSON value, visible to expressions as `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_any_json")]
+    pub input: Option<Value>,
+
+    /// Settings every step inherits unless it sets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<StepDefaults>,
+
+    /// The steps of the flow. Steps without `dependsOn` start at once; the others start when every step they
+    /// depend on has Succeeded or been Skipped.
+    pub steps: Vec<Step>,
+
+    /// Output of the flow, usually built from step outputs with expressions such as
+    /// `${{ steps.ship.output.tracking }}`. Defaults to nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_any_json")]
+    pub output: Option<Value>,
+
+    /// true pauses the dispatch of new steps; steps already running finish. Set back to false to resume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// true cancels the run: no new step starts, running workers are asked to stop, and the run ends Cancelled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
+}
+
+/// Settings every step inherits unless it sets its own.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StepDefaults {
+    /// Retry policy of handler steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+
+    /// Time one attempt of a handler step may take, as a duration such as `30s`, `10m` or `1h30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_string")]
+    pub timeout: Option<String>,
+
+    /// A worker that sends no heartbeat for this long is presumed lost and its attempt fails as retryable
+    /// (for example `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_string")]
+    pub heartbeat_timeout: Option<String>,
+
+    /// Largest accepted output of a single step or forEach instance, in bytes of JSON (default 65536). A larger
+    /// output fails the attempt with a clear message, which keeps the FlowRun far below the API server's object
+    /// size limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 262144))]
+    pub max_output_bytes: Option<u32>,
+}
+
+/// How a failed attempt of a handler step is retried: exponential backoff with full jitter, capped.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Total number of attempts, including the first (default 3). 1 means no retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_attempts: Option<u32>,
+
+    /// Backoff before the second attempt, as a duration such as `1s` (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_string")]
+    pub initial_backoff: Option<String>,
+
+    /// Factor the backoff grows by after each failed attempt (default 2, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub backoff_factor: Option<f64>,
+
+    /// Upper bound of the backoff, as a duration such as `5m` (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_string")]
+    pub max_backoff: Option<String>,
+
+    /// Error types (as reported by the handler) that fail the step at once, without retry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_retryable_errors: Vec<String>,
+
+    /// Exit codes of an exec-worker command that fail the step at once, without retry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_retryable_exit_codes: Vec<i32>,
+}
+
+/// One step of a flow. A step does exactly one thing: run a `handler`, wait for a signal (`waitForSignal`),
+/// sleep (`sleep` or `until`), or run a child flow (`flow`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// Name of the step, unique in the flow; the key of its entry in `status.steps`. Lower-case letters,
+    /// digits and '-', at most 63 characters.
+    pub name: String,
+
+    /// Steps that must have Succeeded (or been Skipped) before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+
+    /// Condition, as an expression `${{ ... }}`; when it is false the step is Skipped and its dependents still
+    /// run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+
+    /// Input of the step: any JSON value; strings may hold `${{ ... }}` expressions over `input`,
+    /// `steps.<name>.output`, `item` and `index`. A string that is exactly one expression keeps its JSON type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_any_json")]
+    pub input: Option<Value>,
+
+    /// Name of a handler registered by the workers of the pool; the step runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+
+    /// WorkerPool that runs this step, overriding `spec.pool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+
+    /// Wait until a signal of this name is written to `status.signals`; its payload becomes the step's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_signal: Option<SignalWait>,
+
+    /// Sleep for this long, as a duration such as `30s` or `72h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_string")]
+    pub sleep: Option<String>,
+
+    /// Sleep until this time (RFC 3339, e.g. `2026-12-01T09:00:00Z`), or an expression that yields one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+
+    /// Run a child FlowRun, owned by this one; the step ends with the child's output or failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<ChildFlow>,
+
+    /// Fan out: an array, or an expression yielding one; the step runs once per element, with the element as
+    /// `item` and its position as `index`. The step's output is the array of instance outputs in index order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_any_json")]
+    pub for_each: Option<Value>,
+
+    /// With `forEach`, how many instances may run at once (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_parallel: Option<u32>,
+
+    /// Retry policy of this step, overriding `spec.defaults.retry` field by field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+
+    /// Time one attempt may take, overriding `spec.defaults.timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_string")]
+    pub timeout: Option<String>,
+
+    /// Heartbeat timeout of this step's workers, overriding `spec.defaults.heartbeatTimeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_string")]
+    pub heartbeat_timeout: Option<String>,
+
+    /// true lets the flow go on when this step fails: its dependents treat it as done, with no output.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_failure: bool,
+}
+
+/// Wait for a signal delivered through `status.signals.<name>`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalWait {
+    /// Name of the signal: the key users write under `status.signals`.
+    pub name: String,
+
+    /// How long to wait before the step fails with a timeout, as a duration such as `72h` (default: forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_string")]
+    pub timeout: Option<String>,
+}
+
+/// A child flow run by a step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildFlow {
+    /// Spec of the child FlowRun, written like a FlowRun's `spec`; strings may hold expressions over the
+    /// parent's values. It is validated when the step starts.
+    #[schemars(schema_with = "any_json")]
+    pub spec: Value,
+}
+
+/// Phase of a whole FlowRun.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FlowPhase {
+    /// Accepted, no step started yet.
+    #[default]
+    Pending,
+    /// At least one step started and the run has not finished.
+    Running,
+    /// Every step Succeeded or was Skipped (or failed with `continueOnFailure`).
+    Succeeded,
+    /// A step failed, or the flow is invalid (see the `Invalid` condition).
+    Failed,
+    /// Cancelled through `spec.cancel`.
+    Cancelled,
+}
+
+impl FlowPhase {
+    /// Whether the run has ended and will never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Phase of one step.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StepPhase {
+    /// Waiting for the steps it depends on.
+    #[default]
+    Pending,
+    /// Queued for a worker; its attempt number is recorded.
+    Ready,
+    /// A worker is running the current attempt, or a child flow is running.
+    Running,
+    /// The last attempt failed and the next one waits for its backoff (`wakeAt`).
+    Retrying,
+    /// Waiting for a signal (`signal`).
+    Waiting,
+    /// Sleeping until `wakeAt`.
+    Sleeping,
+    /// Finished with an output; never changes again.
+    Succeeded,
+    /// Failed for good; `error` holds the last error.
+    Failed,
+    /// Not run because its `when` was false.
+    Skipped,
+    /// Not run, or stopped, because the run was cancelled.
+    Cancelled,
+}
+
+impl StepPhase {
+    /// Whether the step has ended and will never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
+        )
+    }
+}
+
+/// Observed state of a FlowRun. The operator writes every field except `signals`, which users write.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowRunStatus {
+    /// Phase of the run: Pending, Running, Succeeded, Failed or Cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<FlowPhase>,
+
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// When the first step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// When the run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+
+    /// Finished steps out of all steps, e.g. `3/6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+
+    /// State of each step, keyed by step name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub steps: BTreeMap<String, StepStatus>,
+
+    /// Signals delivered by users, keyed by signal name. Write them with
+    /// `kubectl patch flowrun NAME --subresource=status --type=merge -p '{"status":{"signals":{"NAME":{"payload":{...}}}}}'`.
+    /// A signal waits here until a step consumes it; the operator never changes this map.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub signals: BTreeMap<String, Signal>,
+
+    /// Output of the flow, from `spec.output`, once it Succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_any_json")]
+    pub output: Option<Value>,
+
+    /// Estimated size of this FlowRun's status in bytes of JSON, to watch against the object size limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_bytes: Option<u64>,
+
+    /// Conditions of the run: `Ready`, `Succeeded`, `Invalid`, `Suspended`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A signal delivered to a FlowRun.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Signal {
+    /// Payload of the signal: any JSON value. It becomes the output of the step that waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_any_json")]
+    pub payload: Option<Value>,
+}
+
+/// State of one step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    /// Phase of the step.
+    pub phase: StepPhase,
+
+    /// Number of the current (or last) attempt; attempt numbers start at 1. Events of older attempts are
+    /// refused.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+
+    /// Output of the step once it Succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_any_json")]
+    pub output: Option<Value>,
+
+    /// The last error, truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepError>,
+
+    /// When the step's first attempt started (or its wait or sleep began).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// When the step ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+
+    /// Worker (pod name) running the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+
+    /// When a sleeping step wakes, or a retrying step's next attempt becomes ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<Time>,
+
+    /// When the current attempt, or the signal wait, times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+
+    /// Signal this step waits for, or consumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+
+    /// Name of the child FlowRun of a `flow` step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<String>,
+
+    /// Instances of a `forEach` step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<InstancesStatus>,
+
+    /// Why the step is in its phase, when that is not obvious (for example why it was Skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// An error of a step attempt.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StepError {
+    /// Type of the error as reported by the handler (e.g. `card_declined`), or one of Sluice's own:
+    /// `Timeout`, `HeartbeatLost`, `OutputTooLarge`, `InvalidInput`, `ChildFailed`.
+    #[serde(rename = "type")]
+    pub type_: String,
+
+    /// Message of the error, truncated to a few KiB.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+
+    /// Exit code of an exec-worker command, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+
+    /// Attempt this error belongs to.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+/// Compact state of the instances of a `forEach` step: counts, the outputs of Succeeded instances, and detail
+/// only for instances that are active or failed, so that large fan-outs stay small.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstancesStatus {
+    /// Number of instances (elements of the `forEach` array).
+    pub total: u32,
+
+    /// Number of Succeeded instances.
+    #[serde(default)]
+    pub succeeded: u32,
+
+    /// Number of instances that failed for good.
+    #[serde(default)]
+    pub failed: u32,
+
+    /// Outputs of Succeeded instances, keyed by index.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, Value>,
+
+    /// Instances that started and have not Succeeded, keyed by index. Instances not listed here nor in
+    /// `outputs` have not started.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub active: BTreeMap<String, InstanceStatus>,
+}
+
+/// State of one `forEach` instance that started and has not Succeeded.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// Phase of the instance.
+    pub phase: StepPhase,
+
+    /// Number of the current (or last) attempt.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+
+    /// The last error, truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepError>,
+
+    /// Worker (pod name) running the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+
+    /// When a retrying instance's next attempt becomes ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<Time>,
+
+    /// When the current attempt times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+}

@@ -1,0 +1,151 @@
+//! The `WorkerPool` custom resource: a pod template of a user's worker image, scaled by the operator.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema::{duration_string, pod_template};
+
+/// A WorkerPool runs the workers of a flow binary: the operator owns a Deployment built from `spec.template`,
+/// scales it by queue depth (or lets an HPA scale it through the scale subresource), and reaps failed and lost
+/// worker pods, releasing their steps for retry.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "WorkerPool",
+    namespaced,
+    status = "WorkerPoolStatus",
+    shortname = "wp",
+    category = "sluice",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A WorkerPool runs the workers of a flow binary: the operator owns a Deployment built from spec.template, scales it by queue depth (or lets an HPA scale it through the scale subresource), and reaps failed and lost worker pods, releasing their steps for retry.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.scaling.mode"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Queue", type_ = "integer", json_path = ".status.queueDepth"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolSpec {
+    /// Pod template of the workers: a container running the user's worker binary (built on the Sluice SDK, or
+    /// the exec worker). The operator adds the broker URL, the pool name and a service-account token for the
+    /// broker.
+    #[schemars(schema_with = "pod_template")]
+    pub template: PodTemplateSpec,
+
+    /// Number of worker pods. With scaling mode QueueDepth the operator writes it; with External an HPA (or
+    /// `kubectl scale`) writes it through the scale subresource; with Manual it is used as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+
+    /// Steps one worker runs at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub concurrency: Option<u32>,
+
+    /// How the number of workers is chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<Scaling>,
+
+    /// A worker that sends no heartbeat for this long is presumed lost: its pod is reaped and its steps are
+    /// retried elsewhere (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_string")]
+    pub heartbeat_timeout: Option<String>,
+}
+
+/// How the number of workers of a pool is chosen.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Scaling {
+    /// QueueDepth (default): the operator sets replicas from queued and running steps. External: an HPA or KEDA
+    /// sets `spec.replicas` through the scale subresource. Manual: `spec.replicas` as written.
+    #[serde(default)]
+    pub mode: ScalingMode,
+
+    /// Fewest workers in QueueDepth mode (default 0: scale to zero when idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: Option<i32>,
+
+    /// Most workers in QueueDepth mode (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: Option<i32>,
+
+    /// Queued plus running steps one worker should carry in QueueDepth mode (default: the pool's concurrency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_steps_per_worker: Option<u32>,
+
+    /// How long demand must stay lower before the pool scales down, as a duration such as `60s` (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_string")]
+    pub scale_down_delay: Option<String>,
+}
+
+/// How the number of workers of a pool is chosen.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ScalingMode {
+    /// The operator sets replicas from queued and running steps.
+    #[default]
+    QueueDepth,
+    /// An HPA or KEDA sets `spec.replicas` through the scale subresource.
+    External,
+    /// `spec.replicas` as written.
+    Manual,
+}
+
+/// Observed state of a WorkerPool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Worker pods that exist (the scale subresource's status replicas).
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Worker pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// Label selector of the worker pods, as a string (what an HPA needs from the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// Steps queued for this pool and not yet claimed by a worker.
+    #[serde(default)]
+    pub queue_depth: u32,
+
+    /// Steps of this pool that workers are running now.
+    #[serde(default)]
+    pub in_flight: u32,
+
+    /// Age in seconds of the oldest queued step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_waiting_seconds: Option<u64>,
+
+    /// Workers that sent a claim or heartbeat within the heartbeat timeout.
+    #[serde(default)]
+    pub live_workers: u32,
+
+    /// Conditions of the pool: `Available`, `ScalingActive`, `HandlersMissing`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
