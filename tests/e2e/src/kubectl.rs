@@ -1,0 +1,146 @@
+//! The real kubectl binary, pointed at this run's cluster.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::cluster::{kubeconfig_path, repo_root};
+use crate::{HarnessError, Result};
+
+/// Where `tests/scripts/install-tools.sh` puts kubectl, installing it on first use.
+pub fn kubectl_path() -> Result<PathBuf> {
+    static PATH: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    PATH.get_or_init(|| install_kubectl().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|reason| HarnessError::Kubectl {
+            args: String::new(),
+            reason,
+        })
+}
+
+fn tools_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("sluice/tools")
+}
+
+fn install_kubectl() -> Result<PathBuf> {
+    let path = tools_dir().join("kubectl");
+    if path.is_file() {
+        return Ok(path);
+    }
+    let script = repo_root().join("tests/scripts/install-tools.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(HarnessError::io(format!("running {}", script.display())))?;
+    if !status.success() || !path.is_file() {
+        return Err(HarnessError::Kubectl {
+            args: String::new(),
+            reason: format!(
+                "{} ({status}) did not install {}",
+                script.display(),
+                path.display()
+            ),
+        });
+    }
+    Ok(path)
+}
+
+/// A kubectl invocation: `kubectl(["get", "nodes"]).ok().await?` returns its stdout.
+pub fn kubectl<I, S>(args: I) -> Kubectl
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    Kubectl {
+        args: args.into_iter().map(Into::into).collect(),
+        stdin: None,
+    }
+}
+
+/// A kubectl command line, run with `KUBECONFIG` set to this run's cluster.
+#[derive(Debug, Clone)]
+pub struct Kubectl {
+    args: Vec<OsString>,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Kubectl {
+    /// Feeds `input` to kubectl's stdin (e.g. a manifest for `apply -f -`).
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    fn display_args(&self) -> String {
+        self.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Runs kubectl and returns its output whatever the exit status.
+    pub async fn output(self) -> Result<Output> {
+        let args = self.display_args();
+        let (kubectl, kubeconfig) = tokio::task::spawn_blocking(|| {
+            Ok::<_, HarnessError>((kubectl_path()?, kubeconfig_path()?))
+        })
+        .await
+        .map_err(|e| HarnessError::Kubectl {
+            args: args.clone(),
+            reason: e.to_string(),
+        })??;
+        let mut child = tokio::process::Command::new(kubectl)
+            .args(&self.args)
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(HarnessError::io(format!("spawning kubectl {args}")))?;
+        if let (Some(input), Some(mut pipe)) = (self.stdin, child.stdin.take()) {
+            pipe.write_all(&input)
+                .await
+                .map_err(HarnessError::io(format!("writing stdin of kubectl {args}")))?;
+        }
+        child
+            .wait_with_output()
+            .await
+            .map_err(HarnessError::io(format!("waiting for kubectl {args}")))
+    }
+
+    /// Runs kubectl, fails unless it exits 0, and returns its stdout.
+    pub async fn ok(self) -> Result<String> {
+        let args = self.display_args();
+        let output = self.output().await?;
+        if !output.status.success() {
+            return Err(HarnessError::Kubectl {
+                args,
+                reason: format!(
+                    "{}; stderr: {}; stdout: {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim(),
+                    String::from_utf8_lossy(&output.stdout).trim()
+                ),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
