@@ -1,0 +1,5 @@
+//! The worker broker: workers long-poll it for tasks, heartbeat, and report results over HTTP
+//! (protocol in the `sluice-wire` crate). The operator is the single writer of step state, so the broker only
+//! hands out attempts already recorded in status and acknowledges results only once they are persisted.
+
+pub mod queue;
