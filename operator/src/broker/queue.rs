@@ -139,7 +139,9 @@ impl TaskQueue {
     pub fn offer(&mut self, task: QueuedTask, now: Timestamp) -> Offer {
         let id = task.task.id.clone();
         let outcome = match self.entries.get(&id) {
-            Some(existing) if existing.attempt() == task.task.attempt => return Offer::AlreadyKnown,
+            Some(existing) if existing.attempt() == task.task.attempt => {
+                return Offer::AlreadyKnown;
+            }
             Some(existing) if existing.attempt() > task.task.attempt => return Offer::Stale,
             Some(_) => Offer::Replaced,
             None => Offer::Queued,
@@ -164,7 +166,9 @@ impl TaskQueue {
     pub fn adopt_running(&mut self, task: QueuedTask, worker: &str, now: Timestamp) -> Offer {
         let id = task.task.id.clone();
         let outcome = match self.entries.get(&id) {
-            Some(existing) if existing.attempt() == task.task.attempt => return Offer::AlreadyKnown,
+            Some(existing) if existing.attempt() == task.task.attempt => {
+                return Offer::AlreadyKnown;
+            }
             Some(existing) if existing.attempt() > task.task.attempt => return Offer::Stale,
             Some(_) => Offer::Replaced,
             None => Offer::Queued,
@@ -198,10 +202,10 @@ impl TaskQueue {
             // Pick the handler queue whose live head waited longest, so one busy handler can't starve another.
             let mut best: Option<(Timestamp, &String)> = None;
             for handler in handlers {
-                if let Some(since) = self.live_head(pool, handler) {
-                    if best.is_none_or(|(t, _)| since < t) {
-                        best = Some((since, handler));
-                    }
+                if let Some(since) = self.live_head(pool, handler)
+                    && best.is_none_or(|(t, _)| since < t)
+                {
+                    best = Some((since, handler));
                 }
             }
             let Some((_, handler)) = best else { break };
@@ -218,7 +222,9 @@ impl TaskQueue {
             };
             let mut task = entry.queued.task.clone();
             task.deadline = entry.queued.timeout.and_then(|t| {
-                let deadline = now.checked_add(jiff::SignedDuration::try_from(t).ok()?).ok()?;
+                let deadline = now
+                    .checked_add(jiff::SignedDuration::try_from(t).ok()?)
+                    .ok()?;
                 Some(deadline.to_string())
             });
             out.push(task);
@@ -356,15 +362,33 @@ impl TaskQueue {
     pub fn take_worker(&mut self, worker: &str) -> Vec<LostAttempt> {
         let mut lost = Vec::new();
         for (id, entry) in &mut self.entries {
-            if let State::Claimed { worker: owner, .. } = &entry.state {
-                if owner == worker {
-                    lost.push(lost_attempt(id, entry, owner));
-                    entry.state = State::Releasing;
-                }
+            if let State::Claimed { worker: owner, .. } = &entry.state
+                && owner == worker
+            {
+                lost.push(lost_attempt(id, entry, owner));
+                entry.state = State::Releasing;
             }
         }
         lost.sort_by(|a, b| a.id.cmp(&b.id));
         lost
+    }
+
+    /// Puts back a lost attempt whose release could not be persisted, so the next loss check reports it again.
+    pub fn retry_release(&mut self, lost: LostAttempt) {
+        if let Some(entry) = self.entries.get_mut(&lost.id)
+            && entry.attempt() == lost.attempt
+            && matches!(entry.state, State::Releasing)
+        {
+            entry.state = State::Claimed {
+                worker: lost.worker,
+                last_seen: Timestamp::MIN,
+            };
+        }
+    }
+
+    /// The (qualified) pool of a known task.
+    pub fn pool_of(&self, id: &TaskId) -> Option<String> {
+        self.entries.get(id).map(|e| e.queued.pool.clone())
     }
 
     /// The earliest time a claimed attempt could be declared lost, to schedule the next check.
@@ -468,7 +492,11 @@ mod tests {
         assert_eq!(q.offer(task("a", "h", 2), t0()), Offer::Replaced);
         assert_eq!(q.offer(task("a", "h", 1), t0()), Offer::Stale);
         let claimed = q.claim("p", &handlers(&["h"]), 10, "w", t0());
-        assert_eq!(claimed.len(), 1, "the replaced attempt must not be handed out twice");
+        assert_eq!(
+            claimed.len(),
+            1,
+            "the replaced attempt must not be handed out twice"
+        );
         assert_eq!(claimed[0].attempt, 2);
     }
 
@@ -499,13 +527,27 @@ mod tests {
         let mut q = TaskQueue::new();
         q.offer(task("a", "h", 1), t0());
         let id = TaskId::from_parts("ns", "fr", "a", None);
-        assert_eq!(q.check(&id, 1, "w"), Err(Fenced::UnknownTask(id.clone())), "queued, not claimed");
+        assert_eq!(
+            q.check(&id, 1, "w"),
+            Err(Fenced::UnknownTask(id.clone())),
+            "queued, not claimed"
+        );
         q.claim("p", &handlers(&["h"]), 1, "w", t0());
         assert_eq!(q.heartbeat(&id, 1, "w", at(10)), Ok(false));
-        assert!(matches!(q.check(&id, 1, "intruder"), Err(Fenced::WrongWorker { .. })));
-        assert!(matches!(q.check(&id, 0, "w"), Err(Fenced::StaleAttempt { current: 1, .. })));
+        assert!(matches!(
+            q.check(&id, 1, "intruder"),
+            Err(Fenced::WrongWorker { .. })
+        ));
+        assert!(matches!(
+            q.check(&id, 0, "w"),
+            Err(Fenced::StaleAttempt { current: 1, .. })
+        ));
         q.cancel(&id);
-        assert_eq!(q.heartbeat(&id, 1, "w", at(11)), Ok(true), "cancel is answered by the heartbeat");
+        assert_eq!(
+            q.heartbeat(&id, 1, "w", at(11)),
+            Ok(true),
+            "cancel is answered by the heartbeat"
+        );
         q.finish(&id, 1);
         assert_eq!(q.check(&id, 1, "w"), Err(Fenced::UnknownTask(id)));
     }
@@ -519,23 +561,39 @@ mod tests {
         let b = TaskId::from_parts("ns", "fr", "b", None);
         q.heartbeat(&b, 1, "w", at(25)).unwrap();
         assert_eq!(q.next_loss_check(), Some(at(30)));
-        assert!(q.take_lost(at(30)).is_empty(), "exactly at the limit is not yet lost");
+        assert!(
+            q.take_lost(at(30)).is_empty(),
+            "exactly at the limit is not yet lost"
+        );
         let lost = q.take_lost(at(31));
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].id, TaskId::from_parts("ns", "fr", "a", None));
-        assert!(q.take_lost(at(100)).iter().all(|l| l.id == b), "a is reported once");
+        assert!(
+            q.take_lost(at(100)).iter().all(|l| l.id == b),
+            "a is reported once"
+        );
         let a = &lost[0].id;
-        assert!(q.check(a, 1, "w").is_err(), "the lost worker's late report is refused");
+        assert!(
+            q.check(a, 1, "w").is_err(),
+            "the lost worker's late report is refused"
+        );
         // The retry arrives as attempt 2 and replaces the releasing entry.
         assert_eq!(q.offer(task("a", "h", 2), at(101)), Offer::Replaced);
         q.finish(a, 1);
-        assert_eq!(q.demand("p", at(101)).queued, 1, "finishing attempt 1 keeps attempt 2");
+        assert_eq!(
+            q.demand("p", at(101)).queued,
+            1,
+            "finishing attempt 1 keeps attempt 2"
+        );
     }
 
     #[test]
     fn worker_release_and_restart_adoption() {
         let mut q = TaskQueue::new();
-        assert_eq!(q.adopt_running(task("a", "h", 3), "w1", at(0)), Offer::Queued);
+        assert_eq!(
+            q.adopt_running(task("a", "h", 3), "w1", at(0)),
+            Offer::Queued
+        );
         q.offer(task("b", "h", 1), at(0));
         q.claim("p", &handlers(&["h"]), 1, "w2", at(0));
         let lost = q.take_worker("w1");

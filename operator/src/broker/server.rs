@@ -1,0 +1,477 @@
+//! The broker's HTTP shell: axum handlers around the in-memory [`TaskQueue`], the [`ResultSink`] that
+//! persists results, and the [`Authenticator`] that names the caller.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use jiff::Timestamp;
+use sluice_wire::{
+    Ack, CLAIM_PATH, COMPLETE_PATH, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody,
+    ErrorCode, FAIL_PATH, FailRequest, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse,
+    MAX_ERROR_MESSAGE_BYTES, TaskId, truncate_message,
+};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::auth::{AuthError, Authenticator, WorkerIdentity};
+use super::queue::{Fenced, LostAttempt, Offer, PoolDemand, QueuedTask, TaskQueue};
+use super::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError, TaskRef};
+
+/// Largest request body the broker reads. Step outputs are capped far lower by the engine (64 KiB by default);
+/// this only keeps a misbehaving worker from making the operator buffer without bound.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// The broker: shared by the HTTP handlers and the FlowRun controller that feeds it.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: Mutex<TaskQueue>,
+    /// Woken whenever tasks are offered, so long polls re-check the queue.
+    wake: Notify,
+    sink: Arc<dyn ResultSink>,
+    auth: Arc<dyn Authenticator>,
+    /// False until this replica leads and has rebuilt its queue from statuses.
+    ready: AtomicBool,
+}
+
+/// The qualified name of a pool: namespace and name.
+fn pool_key(namespace: &str, pool: &str) -> String {
+    format!("{namespace}/{pool}")
+}
+
+impl Broker {
+    /// A broker that persists through `sink` and authenticates with `auth`. It answers 503 until
+    /// [`Broker::set_ready`].
+    pub fn new(sink: Arc<dyn ResultSink>, auth: Arc<dyn Authenticator>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                queue: Mutex::new(TaskQueue::new()),
+                wake: Notify::new(),
+                sink,
+                auth,
+                ready: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The worker-facing HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(CLAIM_PATH, post(claim))
+            .route(HEARTBEAT_PATH, post(heartbeat))
+            .route(COMPLETE_PATH, post(complete))
+            .route(FAIL_PATH, post(fail))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self.clone())
+    }
+
+    /// Opens or closes the broker to workers (leadership gained or lost).
+    pub fn set_ready(&self, ready: bool) {
+        self.shared.ready.store(ready, Ordering::SeqCst);
+        self.shared.wake.notify_waiters();
+    }
+
+    /// Whether the broker serves workers.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::SeqCst)
+    }
+
+    fn queue(&self) -> MutexGuard<'_, TaskQueue> {
+        // A panic while holding the lock leaves the index consistent (every method finishes its own changes
+        // before anything can panic), so a poisoned lock is taken over rather than propagated.
+        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues attempts already recorded in status, waking waiting workers. `pool` of each task must be the
+    /// qualified `namespace/name` of its WorkerPool.
+    pub fn offer(&self, tasks: impl IntoIterator<Item = QueuedTask>) {
+        let now = Timestamp::now();
+        let mut queued = 0;
+        {
+            let mut queue = self.queue();
+            for task in tasks {
+                if matches!(queue.offer(task, now), Offer::Queued | Offer::Replaced) {
+                    queued += 1;
+                }
+            }
+        }
+        if queued > 0 {
+            self.shared.wake.notify_waiters();
+        }
+    }
+
+    /// Records attempts that status shows running (after a restart), with a fresh heartbeat window.
+    pub fn adopt_running(&self, tasks: impl IntoIterator<Item = (QueuedTask, String)>) {
+        let now = Timestamp::now();
+        let mut queue = self.queue();
+        for (task, worker) in tasks {
+            queue.adopt_running(task, &worker, now);
+        }
+    }
+
+    /// Drops the queued tasks of a FlowRun that `keep` rejects and asks workers of its claimed ones to stop.
+    pub fn retain_flow_run(
+        &self,
+        namespace: &str,
+        name: &str,
+        keep: impl FnMut(&TaskId, u32) -> bool,
+    ) -> Vec<TaskId> {
+        self.queue().retain_flow_run(namespace, name, keep)
+    }
+
+    /// Asks the worker of one task to stop.
+    pub fn cancel(&self, id: &TaskId) {
+        self.queue().cancel(id);
+    }
+
+    /// Demand of a pool (qualified `namespace/name`).
+    pub fn demand(&self, namespace: &str, pool: &str) -> PoolDemand {
+        self.queue()
+            .demand(&pool_key(namespace, pool), Timestamp::now())
+    }
+
+    /// Releases, as retryable failures, the attempts held by a worker whose pod is gone.
+    pub async fn release_worker(&self, worker: &str) -> usize {
+        let lost = self.queue().take_worker(worker);
+        let n = lost.len();
+        self.release(lost).await;
+        n
+    }
+
+    /// Declares silent attempts lost until `shutdown` resolves. Each lost attempt is persisted as a retryable
+    /// failure once (invariant 7); a release the sink could not persist is tried again.
+    pub async fn run_loss_detector(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let lost = self.queue().take_lost(Timestamp::now());
+            self.release(lost).await;
+            let next = self.queue().next_loss_check();
+            let wait = next
+                .map(|t| {
+                    let d = t.duration_since(Timestamp::now());
+                    Duration::try_from(d).unwrap_or(Duration::ZERO)
+                })
+                .unwrap_or(Duration::from_secs(1))
+                .clamp(Duration::from_millis(50), Duration::from_secs(1));
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn release(&self, lost: Vec<LostAttempt>) {
+        for attempt in lost {
+            let Some(task) = TaskRef::parse(&attempt.id) else {
+                continue;
+            };
+            warn!(task = %attempt.id, attempt = attempt.attempt, worker = %attempt.worker, "worker lost, releasing attempt");
+            let report = Report {
+                task,
+                attempt: attempt.attempt,
+                worker: attempt.worker.clone(),
+                outcome: Outcome::Lost,
+            };
+            match self.shared.sink.record(report).await {
+                Ok(_) | Err(SinkError::Stale(_)) | Err(SinkError::Unknown(_)) => {
+                    self.queue().finish(&attempt.id, attempt.attempt);
+                }
+                Err(SinkError::Unavailable(e)) => {
+                    // Put it back as claimed-and-silent so the next round tries again.
+                    warn!(task = %attempt.id, error = %e, "could not persist a lost attempt yet");
+                    self.queue().retry_release(attempt);
+                }
+            }
+        }
+    }
+}
+
+/// A broker error answer.
+#[derive(Debug)]
+struct ApiError(ErrorBody);
+
+impl ApiError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(ErrorBody::new(code, message))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0)).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let code = match e {
+            AuthError::Unauthorized(_) => ErrorCode::Unauthorized,
+            AuthError::Forbidden(_) => ErrorCode::Forbidden,
+            AuthError::Unavailable(_) => ErrorCode::Unavailable,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<Fenced> for ApiError {
+    fn from(e: Fenced) -> Self {
+        let code = match e {
+            Fenced::UnknownTask(_) => ErrorCode::UnknownTask,
+            Fenced::StaleAttempt { .. } | Fenced::WrongWorker { .. } => ErrorCode::StaleAttempt,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<SinkError> for ApiError {
+    fn from(e: SinkError) -> Self {
+        let code = match e {
+            SinkError::Stale(_) => ErrorCode::StaleAttempt,
+            SinkError::Unknown(_) => ErrorCode::UnknownTask,
+            SinkError::Unavailable(_) => ErrorCode::Unavailable,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// The authenticated caller of a request, extracted before its body is read.
+struct Caller(WorkerIdentity);
+
+impl FromRequestParts<Broker> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        broker: &Broker,
+    ) -> Result<Self, Self::Rejection> {
+        if !broker.is_ready() {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "this operator replica is not serving workers (not the leader, or still rebuilding its queue)",
+            ));
+        }
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix(sluice_wire::BEARER_PREFIX))
+            .map(str::trim);
+        let identity = broker.shared.auth.authenticate(token).await?;
+        Ok(Caller(identity))
+    }
+}
+
+/// JSON body extraction that answers malformed bodies with the protocol's 400.
+struct Body<T>(T);
+
+impl<T, S> axum::extract::FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+                ))
+            }
+            Err(rejection) => Err(ApiError::new(ErrorCode::BadRequest, rejection.body_text())),
+        }
+    }
+}
+
+/// The namespace and pool a claim is for: the caller's namespace, or (development only, when the
+/// authenticator names none) a `namespace/pool` pool string.
+fn claim_pool(caller: &WorkerIdentity, pool: &str) -> Result<(String, String), ApiError> {
+    let (namespace, name) = match (&caller.namespace, pool.split_once('/')) {
+        (Some(ns), None) => (ns.clone(), pool.to_owned()),
+        (None, Some((ns, name))) => (ns.to_owned(), name.to_owned()),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "pool: name the WorkerPool without a namespace; the token says which namespace it is in",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "pool: without authentication the pool must be written `namespace/name`",
+            ));
+        }
+    };
+    if !caller.may_serve(&namespace, &name) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("this worker's pod does not belong to WorkerPool {namespace}/{name}"),
+        ));
+    }
+    Ok((namespace, name))
+}
+
+/// Checks that the caller may report on a task: the task's FlowRun is in the caller's namespace, and (when
+/// the queue still knows it) the task belongs to the caller's pool.
+fn authorize_task(
+    broker: &Broker,
+    caller: &WorkerIdentity,
+    id: &TaskId,
+) -> Result<TaskRef, ApiError> {
+    let task = TaskRef::parse(id)
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownTask, format!("no task has the id {id}")))?;
+    if caller
+        .namespace
+        .as_deref()
+        .is_some_and(|ns| ns != task.namespace)
+    {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("task {id} is not in this worker's namespace"),
+        ));
+    }
+    if let (Some(own), Some(pool)) = (&caller.pool, broker.queue().pool_of(id))
+        && pool != pool_key(&task.namespace, own)
+    {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("task {id} belongs to another WorkerPool"),
+        ));
+    }
+    Ok(task)
+}
+
+async fn claim(
+    State(broker): State<Broker>,
+    Caller(caller): Caller,
+    Body(req): Body<ClaimRequest>,
+) -> Result<Json<ClaimResponse>, ApiError> {
+    req.validate()
+        .map_err(|problems| ApiError::new(ErrorCode::BadRequest, problems))?;
+    let (namespace, pool) = claim_pool(&caller, &req.pool)?;
+    let key = pool_key(&namespace, &pool);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(req.wait_seconds));
+    loop {
+        // Register interest before looking, so an offer between the look and the wait is not missed.
+        let notified = broker.shared.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !broker.is_ready() {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "this operator replica stopped serving workers",
+            ));
+        }
+        let tasks = broker.queue().claim(
+            &key,
+            &req.handlers,
+            req.capacity,
+            &req.worker,
+            Timestamp::now(),
+        );
+        if !tasks.is_empty() {
+            let claims = tasks
+                .iter()
+                .filter_map(|t| {
+                    Some(Claimed {
+                        task: TaskRef::parse(&t.id)?,
+                        attempt: t.attempt,
+                        worker: req.worker.clone(),
+                    })
+                })
+                .collect();
+            broker.shared.sink.claimed(claims);
+            debug!(pool = %key, worker = %req.worker, tasks = tasks.len(), "tasks claimed");
+            return Ok(Json(ClaimResponse { tasks }));
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(Json(ClaimResponse { tasks: Vec::new() }));
+        }
+    }
+}
+
+async fn heartbeat(
+    State(broker): State<Broker>,
+    Caller(caller): Caller,
+    Body(req): Body<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    authorize_task(&broker, &caller, &req.id)?;
+    let cancel = broker
+        .queue()
+        .heartbeat(&req.id, req.attempt, &req.worker, Timestamp::now())?;
+    Ok(Json(HeartbeatResponse { cancel }))
+}
+
+async fn complete(
+    State(broker): State<Broker>,
+    Caller(caller): Caller,
+    Body(req): Body<CompleteRequest>,
+) -> Result<Json<Ack>, ApiError> {
+    let task = authorize_task(&broker, &caller, &req.id)?;
+    report(
+        &broker,
+        Report {
+            task,
+            attempt: req.attempt,
+            worker: req.worker,
+            outcome: Outcome::Completed(req.output),
+        },
+        &req.id,
+    )
+    .await
+}
+
+async fn fail(
+    State(broker): State<Broker>,
+    Caller(caller): Caller,
+    Body(mut req): Body<FailRequest>,
+) -> Result<Json<Ack>, ApiError> {
+    let task = authorize_task(&broker, &caller, &req.id)?;
+    req.error.message = truncate_message(&req.error.message, MAX_ERROR_MESSAGE_BYTES);
+    report(
+        &broker,
+        Report {
+            task,
+            attempt: req.attempt,
+            worker: req.worker,
+            outcome: Outcome::Failed {
+                error: req.error,
+                retryable: req.retryable,
+            },
+        },
+        &req.id,
+    )
+    .await
+}
+
+/// Persists a result, then acknowledges it. The queue answers stale attempts at once; a task the queue no
+/// longer knows goes to the sink anyway, which tells a repeated report (acknowledged again) from a stale one.
+async fn report(broker: &Broker, report: Report, id: &TaskId) -> Result<Json<Ack>, ApiError> {
+    match broker.queue().check(id, report.attempt, &report.worker) {
+        Ok(()) | Err(Fenced::UnknownTask(_)) => {}
+        Err(fenced) => return Err(fenced.into()),
+    }
+    let attempt = report.attempt;
+    let recorded = broker.shared.sink.record(report).await?;
+    broker.queue().finish(id, attempt);
+    if recorded == Recorded::Duplicate {
+        info!(task = %id, attempt, "repeated report acknowledged again");
+    }
+    Ok(Json(Ack {
+        duplicate: recorded == Recorded::Duplicate,
+    }))
+}

@@ -1,0 +1,318 @@
+//! The broker's HTTP rules, exercised through its router with an in-memory sink (request shapes and status
+//! codes; the persistence behind the sink is tested with the FlowRun status writer on a real API server).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sluice_wire::{FlowRunRef, Task, TaskId};
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+use super::Broker;
+use super::auth::{AuthError, Authenticator, TrustAll, WorkerIdentity};
+use super::queue::QueuedTask;
+use super::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError};
+
+/// A sink that records every report and answers from a script (default: Applied).
+#[derive(Default)]
+struct ScriptedSink {
+    answers: Mutex<Vec<Result<Recorded, SinkError>>>,
+    reports: Mutex<Vec<Report>>,
+    claims: Mutex<Vec<Claimed>>,
+    notify: Mutex<Option<mpsc::UnboundedSender<Report>>>,
+}
+
+impl ResultSink for Arc<ScriptedSink> {
+    fn record(&self, report: Report) -> BoxFuture<'static, Result<Recorded, SinkError>> {
+        self.reports.lock().unwrap().push(report.clone());
+        if let Some(tx) = self.notify.lock().unwrap().as_ref() {
+            let _ = tx.send(report);
+        }
+        let answer = self
+            .answers
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap_or(Ok(Recorded::Applied));
+        Box::pin(async move { answer })
+    }
+
+    fn claimed(&self, claims: Vec<Claimed>) {
+        self.claims.lock().unwrap().extend(claims);
+    }
+}
+
+/// Authenticates the token `pool-<name>` as a pod of that pool in namespace `ns`; anything else is refused.
+struct PoolTokens;
+
+impl Authenticator for PoolTokens {
+    fn authenticate(
+        &self,
+        token: Option<&str>,
+    ) -> BoxFuture<'static, Result<WorkerIdentity, AuthError>> {
+        let result = match token.and_then(|t| t.strip_prefix("pool-")) {
+            Some(pool) => Ok(WorkerIdentity {
+                namespace: Some("ns".into()),
+                pod: Some(format!("{pool}-pod")),
+                pool: Some(pool.to_owned()),
+            }),
+            None => Err(AuthError::Unauthorized("no valid token".into())),
+        };
+        Box::pin(async move { result })
+    }
+}
+
+fn queued(step: &str, attempt: u32, pool: &str) -> QueuedTask {
+    QueuedTask {
+        task: Task {
+            id: TaskId::from_parts("ns", "fr", step, None),
+            attempt,
+            handler: "h".into(),
+            input: json!({"n": 1}),
+            deadline: None,
+            heartbeat_interval_seconds: 1,
+            flow_run: FlowRunRef {
+                namespace: "ns".into(),
+                name: "fr".into(),
+                uid: "uid".into(),
+            },
+            step: step.into(),
+            instance: None,
+        },
+        pool: format!("ns/{pool}"),
+        timeout: None,
+        heartbeat_timeout: Duration::from_millis(300),
+    }
+}
+
+fn broker_with(auth: impl Authenticator) -> (Broker, Arc<ScriptedSink>) {
+    let sink = Arc::new(ScriptedSink::default());
+    let broker = Broker::new(Arc::new(sink.clone()), Arc::new(auth));
+    broker.set_ready(true);
+    (broker, sink)
+}
+
+async fn post(
+    broker: &Broker,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut req = Request::post(path).header("content-type", "application/json");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let response = broker
+        .router()
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn claim_body(pool: &str, wait: u32) -> Value {
+    json!({"pool": pool, "worker": "w1", "handlers": ["h"], "capacity": 2, "waitSeconds": wait})
+}
+
+#[tokio::test]
+async fn not_ready_answers_503() {
+    let (broker, _) = broker_with(TrustAll);
+    broker.set_ready(false);
+    let (status, body) = post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["code"], "unavailable");
+}
+
+#[tokio::test]
+async fn malformed_and_out_of_bounds_claims_are_400() {
+    let (broker, _) = broker_with(TrustAll);
+    let (status, body) = post(&broker, "/v1/claim", None, json!({"pool": "ns/p"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "badRequest");
+    let (status, body) = post(&broker, "/v1/claim", None, claim_body("ns/p", 999)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"].as_str().unwrap().contains("waitSeconds"),
+        "{body}"
+    );
+    let (status, body) = post(&broker, "/v1/claim", None, claim_body("p", 0)).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "unqualified pool without auth: {body}"
+    );
+}
+
+#[tokio::test]
+async fn long_poll_returns_a_task_offered_while_waiting() {
+    let (broker, sink) = broker_with(TrustAll);
+    let waiting = {
+        let broker = broker.clone();
+        tokio::spawn(async move { post(&broker, "/v1/claim", None, claim_body("ns/p", 10)).await })
+    };
+    // Give the poll a chance to start waiting; correctness doesn't depend on it (an offer before the wait is
+    // found by the first look), only which path is exercised.
+    tokio::task::yield_now().await;
+    broker.offer([queued("a", 1, "p")]);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the long poll should return once a task is offered")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["tasks"][0]["step"], "a");
+    assert_eq!(body["tasks"][0]["attempt"], 1);
+    assert_eq!(
+        sink.claims.lock().unwrap().len(),
+        1,
+        "the claim is passed on for the batched write"
+    );
+}
+
+#[tokio::test]
+async fn empty_poll_returns_an_empty_list() {
+    let (broker, _) = broker_with(TrustAll);
+    broker.offer([queued("a", 1, "other")]);
+    let (status, body) = post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["tasks"], json!([]));
+}
+
+#[tokio::test]
+async fn completion_is_acked_after_persisting_and_repeats_are_duplicates() {
+    let (broker, sink) = broker_with(TrustAll);
+    broker.offer([queued("a", 1, "p")]);
+    post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
+    let done = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1", "output": {"ok": true}});
+    let (status, body) = post(&broker, "/v1/tasks/complete", None, done.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["duplicate"], false);
+    assert_eq!(
+        sink.reports.lock().unwrap()[0].outcome,
+        Outcome::Completed(json!({"ok": true}))
+    );
+    // The queue forgot the task; the sink (the status) knows the attempt already succeeded.
+    sink.answers.lock().unwrap().push(Ok(Recorded::Duplicate));
+    let (status, body) = post(&broker, "/v1/tasks/complete", None, done).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["duplicate"], true);
+}
+
+#[tokio::test]
+async fn stale_attempts_get_409_without_touching_status() {
+    let (broker, sink) = broker_with(TrustAll);
+    broker.offer([queued("a", 2, "p")]);
+    post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
+    let late = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w0", "output": 1});
+    let (status, body) = post(&broker, "/v1/tasks/complete", None, late).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["code"], "staleAttempt");
+    assert!(sink.reports.lock().unwrap().is_empty());
+    let hb = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w0"});
+    let (status, _) = post(&broker, "/v1/tasks/heartbeat", None, hb).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // When the queue no longer knows the task, the sink's verdict decides.
+    sink.answers
+        .lock()
+        .unwrap()
+        .push(Err(SinkError::Stale("attempt 3 exists".into())));
+    let gone = json!({"id": "ns/fr/b", "attempt": 1, "worker": "w0", "error": {"type": "Boom", "message": "x"}, "retryable": true});
+    let (status, body) = post(&broker, "/v1/tasks/fail", None, gone).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["code"], "staleAttempt");
+}
+
+#[tokio::test]
+async fn heartbeat_answers_cancel() {
+    let (broker, _) = broker_with(TrustAll);
+    broker.offer([queued("a", 1, "p")]);
+    post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
+    let hb = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1"});
+    let (status, body) = post(&broker, "/v1/tasks/heartbeat", None, hb.clone()).await;
+    assert_eq!(
+        (status, body["cancel"].clone()),
+        (StatusCode::OK, json!(false))
+    );
+    broker.cancel(&TaskId::new("ns/fr/a"));
+    let (_, body) = post(&broker, "/v1/tasks/heartbeat", None, hb).await;
+    assert_eq!(body["cancel"], true);
+}
+
+#[tokio::test]
+async fn callers_only_touch_their_own_pool() {
+    let (broker, sink) = broker_with(PoolTokens);
+    broker.offer([queued("a", 1, "p")]);
+    let (status, body) = post(&broker, "/v1/claim", None, claim_body("p", 0)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = post(&broker, "/v1/claim", Some("pool-q"), claim_body("p", 0)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = post(&broker, "/v1/claim", Some("pool-p"), claim_body("p", 0)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["tasks"].as_array().unwrap().len(), 1);
+    let report = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1", "output": null});
+    let (status, _) = post(
+        &broker,
+        "/v1/tasks/complete",
+        Some("pool-q"),
+        report.clone(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a pod of pool q may not complete pool p's task"
+    );
+    assert!(sink.reports.lock().unwrap().is_empty());
+    let (status, _) = post(&broker, "/v1/tasks/complete", Some("pool-p"), report).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn silent_workers_are_released_once_as_lost() {
+    let (broker, sink) = broker_with(TrustAll);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    *sink.notify.lock().unwrap() = Some(tx);
+    broker.offer([queued("a", 1, "p")]);
+    post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let detector = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            broker
+                .run_loss_detector(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        })
+    };
+    let report = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a silent attempt should be released within its heartbeat timeout")
+        .unwrap();
+    assert_eq!((report.attempt, report.outcome), (1, Outcome::Lost));
+    // The late answer of the lost worker is refused.
+    let late = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1", "output": 1});
+    sink.answers
+        .lock()
+        .unwrap()
+        .push(Err(SinkError::Stale("released".into())));
+    let (status, _) = post(&broker, "/v1/tasks/complete", None, late).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let _ = stop_tx.send(());
+    detector.await.unwrap();
+    let lost = sink
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.outcome == Outcome::Lost)
+        .count();
+    assert_eq!(lost, 1, "released exactly once");
+}
