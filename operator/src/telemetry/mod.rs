@@ -1,0 +1,5 @@
+//! What the operator tells about itself: Prometheus metrics (and, with the `run` command, health endpoints).
+
+pub mod metrics;
+
+pub use metrics::Metrics;
