@@ -5,3 +5,4 @@ pub mod api;
 pub mod broker;
 pub mod telemetry;
 pub mod crds;
+pub mod engine;

@@ -1,0 +1,117 @@
+//! The attempt life cycle shared by plain handler steps and forEach instances:
+//! Ready(N) → Running(N) → Succeeded | Retrying(N) → Ready(N+1) … | Failed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::Ctx;
+use super::decision::Note;
+use super::retry::{FailureKind, JitterKey, Verdict, verdict};
+use crate::api::{InstanceStatus, Step, StepError, StepPhase, StepStatus};
+
+/// Mutable view of the attempt fields of a step or an instance.
+pub(crate) struct Slot<'a> {
+    pub phase: &'a mut StepPhase,
+    pub attempts: &'a mut u32,
+    pub error: &'a mut Option<StepError>,
+    pub worker: &'a mut Option<String>,
+    pub wake_at: &'a mut Option<Time>,
+    pub deadline: &'a mut Option<Time>,
+}
+
+impl<'a> Slot<'a> {
+    pub fn of_step(s: &'a mut StepStatus) -> Self {
+        Self {
+            phase: &mut s.phase,
+            attempts: &mut s.attempts,
+            error: &mut s.error,
+            worker: &mut s.worker,
+            wake_at: &mut s.wake_at,
+            deadline: &mut s.deadline,
+        }
+    }
+
+    pub fn of_instance(s: &'a mut InstanceStatus) -> Self {
+        Self {
+            phase: &mut s.phase,
+            attempts: &mut s.attempts,
+            error: &mut s.error,
+            worker: &mut s.worker,
+            wake_at: &mut s.wake_at,
+            deadline: &mut s.deadline,
+        }
+    }
+
+    /// Reserves the next attempt: phase Ready, attempts + 1.
+    pub fn reserve_next(&mut self) {
+        *self.phase = StepPhase::Ready;
+        *self.attempts += 1;
+        *self.worker = None;
+        *self.wake_at = None;
+        *self.deadline = None;
+    }
+}
+
+/// Records the failure of the slot's current attempt and decides, with the step's retry policy, between
+/// Retrying (with a backoff) and Failed. Returns the note to report.
+pub(crate) fn fail_attempt(
+    ctx: &Ctx<'_>,
+    step: &Step,
+    instance: Option<u32>,
+    slot: &mut Slot<'_>,
+    error: StepError,
+    retryable: bool,
+) -> Note {
+    let policy = ctx.policy(step);
+    let attempt = *slot.attempts;
+    let kind = FailureKind {
+        error_type: &error.type_,
+        exit_code: error.exit_code,
+        retryable,
+    };
+    let key = JitterKey {
+        uid: &ctx.meta.uid,
+        step: &step.name,
+        instance,
+        attempt,
+    };
+    let what = match instance {
+        Some(i) => format!("step {:?} instance {i}", step.name),
+        None => format!("step {:?}", step.name),
+    };
+    let v = verdict(&policy, &kind, key, ctx.now);
+    let described = if error.message.is_empty() {
+        error.type_.clone()
+    } else {
+        format!("{}: {}", error.type_, error.message)
+    };
+    *slot.worker = None;
+    *slot.deadline = None;
+    *slot.error = Some(error);
+    match v {
+        Verdict::Retry { backoff, wake_at } => {
+            *slot.phase = StepPhase::Retrying;
+            *slot.wake_at = Some(Time(wake_at));
+            Note::normal(
+                "RetryScheduled",
+                Some(&step.name),
+                format!(
+                    "{what} attempt {attempt} of {} failed ({described}); retrying in {:.1}s",
+                    policy.max_attempts,
+                    backoff.as_secs_f64()
+                ),
+            )
+        }
+        Verdict::GiveUp(why) => {
+            *slot.phase = StepPhase::Failed;
+            *slot.wake_at = None;
+            Note::warning(
+                "StepFailed",
+                Some(&step.name),
+                format!(
+                    "{what} failed at attempt {attempt}: {} ({described})",
+                    why.explain(policy.max_attempts)
+                ),
+            )
+        }
+    }
+}

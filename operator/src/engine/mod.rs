@@ -1,0 +1,188 @@
+//! The pure flow engine: from a FlowRun's spec, its status and the current time, decide what happens next.
+//!
+//! Nothing here does I/O, reads the clock or draws random numbers: time is an argument, the jitter of retry
+//! backoffs is a hash, so the same inputs always give the same result. The FlowRun controller, the worker broker
+//! and the status writer are thin shells around two entry points:
+//!
+//! * [`decide`] — given the status, compute the next status and the side effects: tasks to queue, child flows
+//!   to create or cancel, workers to stop, Kubernetes events, and when to wake up.
+//! * [`apply_event`] — fold one event from the outside world (a worker claimed, completed or failed an attempt,
+//!   an attempt timed out or lost its heartbeat, a child flow finished) into the status, with fencing: events of
+//!   an old attempt or of a finished step are refused, repeated ones are recognized as duplicates.
+//!
+//! `spec.cancel`, `spec.suspend` and the signals users write in `status.signals` are read by [`decide`]; the
+//! engine never changes `status.signals`.
+//!
+//! # Choices worth knowing
+//! * **Attempt reservation**: when a handler step (or forEach instance) becomes ready, `decide` records attempt
+//!   N (phase `Ready`, `attempts: N`) in the same status that queues its [`Task`]; the broker hands the task out
+//!   only after that status is persisted, and can answer claims from memory.
+//! * **Fail fast**: when a step fails for good and does not have `continueOnFailure`, no new step starts and
+//!   every step still running is Cancelled in the same decision (their workers are asked to stop, their late
+//!   results are refused); the run ends Failed at once, with the failed step named in its condition.
+//! * **Suspend** holds everything that would dispatch work: Pending steps, retries whose backoff ran out, new
+//!   forEach instances, and queued (Ready) attempts, which are withheld from [`Decision::tasks`] until resumed.
+//!   Attempts already claimed run to their end; sleeps and signal waits keep going.
+//! * **Timestamps** written by the engine are whole seconds (how Kubernetes stores them); future ones are
+//!   rounded up so that no timer fires early.
+
+mod attempt;
+pub mod child;
+pub mod dag;
+mod decision;
+pub mod events;
+pub mod expr;
+pub mod foreach;
+pub mod output;
+pub mod patch;
+pub mod retry;
+mod schedule;
+pub mod timers;
+pub mod validate;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+pub use decision::{AttemptRef, ChildFlowRequest, Decision, Note, NoteKind, Task};
+pub use events::{ChildOutcome, Event, EventOutcome, Refusal, TaskFailure, apply_event};
+pub use patch::status_patch;
+pub use schedule::decide;
+pub use validate::{ValidationError, ValidationErrors, validate};
+
+use crate::api::{FlowRun, FlowRunSpec, FlowRunStatus, Step};
+use dag::Dag;
+use retry::EffectivePolicy;
+
+/// Default heartbeat timeout of handler steps.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Identity of the FlowRun being decided on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowMeta {
+    /// `metadata.uid`: seeds the retry jitter.
+    pub uid: String,
+    /// `metadata.name`: prefix of child FlowRun names.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.generation`: copied to `observedGeneration` and the conditions.
+    pub generation: Option<i64>,
+}
+
+/// What the engine reads: the FlowRun's identity, spec and current status.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowRunInput<'a> {
+    /// Identity of the FlowRun.
+    pub meta: &'a FlowMeta,
+    /// Its spec.
+    pub spec: &'a FlowRunSpec,
+    /// Its current status (the default, empty status for a new FlowRun).
+    pub status: &'a FlowRunStatus,
+}
+
+static EMPTY_STATUS: FlowRunStatus = FlowRunStatus {
+    phase: None,
+    observed_generation: None,
+    started_at: None,
+    finished_at: None,
+    progress: None,
+    steps: std::collections::BTreeMap::new(),
+    signals: std::collections::BTreeMap::new(),
+    output: None,
+    status_bytes: None,
+    conditions: Vec::new(),
+};
+
+impl FlowMeta {
+    /// The identity of a FlowRun object.
+    pub fn of(fr: &FlowRun) -> Self {
+        Self {
+            uid: fr.metadata.uid.clone().unwrap_or_default(),
+            name: fr.metadata.name.clone().unwrap_or_default(),
+            namespace: fr.metadata.namespace.clone().unwrap_or_default(),
+            generation: fr.metadata.generation,
+        }
+    }
+}
+
+impl<'a> FlowRunInput<'a> {
+    /// The input for a FlowRun object and its identity (see [`FlowMeta::of`]).
+    pub fn new(meta: &'a FlowMeta, fr: &'a FlowRun) -> Self {
+        Self {
+            meta,
+            spec: &fr.spec,
+            status: fr.status.as_ref().unwrap_or(&EMPTY_STATUS),
+        }
+    }
+}
+
+/// What both entry points need: the flow, its graph and the time.
+pub(crate) struct Ctx<'a> {
+    pub meta: &'a FlowMeta,
+    pub spec: &'a FlowRunSpec,
+    pub dag: Dag,
+    pub now: Timestamp,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(flow: &FlowRunInput<'a>, now: Timestamp) -> Self {
+        Self {
+            meta: flow.meta,
+            spec: flow.spec,
+            dag: Dag::new(&flow.spec.steps),
+            now,
+        }
+    }
+
+    pub fn step(&self, name: &str) -> Option<(usize, &'a Step)> {
+        let i = *self.dag.index.get(name)?;
+        Some((i, &self.spec.steps[i]))
+    }
+
+    pub fn policy(&self, step: &Step) -> EffectivePolicy {
+        retry::effective_policy(
+            self.spec.defaults.as_ref().and_then(|d| d.retry.as_ref()),
+            step.retry.as_ref(),
+        )
+    }
+
+    pub fn timeout(&self, step: &Step) -> Option<Duration> {
+        step.timeout
+            .as_deref()
+            .or(self
+                .spec
+                .defaults
+                .as_ref()
+                .and_then(|d| d.timeout.as_deref()))
+            .and_then(|t| timers::parse_duration(t).ok())
+            .filter(|d| !d.is_zero())
+    }
+
+    pub fn heartbeat_timeout(&self, step: &Step) -> Duration {
+        step.heartbeat_timeout
+            .as_deref()
+            .or(self
+                .spec
+                .defaults
+                .as_ref()
+                .and_then(|d| d.heartbeat_timeout.as_deref()))
+            .and_then(|t| timers::parse_duration(t).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT)
+    }
+
+    pub fn pool(&self, step: &Step) -> String {
+        step.pool
+            .clone()
+            .or_else(|| self.spec.pool.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn max_output(&self) -> usize {
+        output::max_output_bytes(self.spec)
+    }
+}
+
+#[cfg(test)]
+mod tests;

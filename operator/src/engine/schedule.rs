@@ -1,0 +1,851 @@
+//! `decide`: the scheduler. Walks the steps in dependency order and moves each one as far as the status and
+//! the time allow, then derives the run's phase, conditions, progress, queued tasks and next wake-up.
+//!
+//! A step starts when every step it depends on Succeeded, was Skipped, or Failed with `continueOnFailure`,
+//! and its `when` (if any) is true; a false `when` Skips it and its dependents still evaluate. Because the walk
+//! follows the topological order, a chain of steps that finish at once (skips, signals already delivered,
+//! zero sleeps) settles in one decision.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::Value;
+
+use super::attempt::{Slot, fail_attempt};
+use super::child::{child_name, child_spec};
+use super::decision::{AttemptRef, ChildFlowRequest, Decision, Note, Task};
+use super::expr::{self, Vars};
+use super::foreach;
+use super::output::{
+    INVALID_INPUT, OUTPUT_TOO_LARGE, TIMEOUT, check_output, status_bytes, step_error,
+};
+use super::timers::{after, ceil_second, earliest, is_due, parse_duration, parse_time, past};
+use super::validate::{StepKind, step_kind, validate};
+use super::{Ctx, FlowRunInput};
+use crate::api::{FlowPhase, FlowRunStatus, StepPhase, StepStatus};
+
+/// Side effects gathered while deciding.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub notes: Vec<Note>,
+    pub cancel_workers: Vec<AttemptRef>,
+    pub create_children: Vec<ChildFlowRequest>,
+}
+
+/// Why a run ended other than Succeeded, for its conditions.
+struct Ending {
+    reason: &'static str,
+    message: String,
+}
+
+/// Decides what happens next for a FlowRun. Pure: the same input and `now` give the same decision.
+pub fn decide(flow: &FlowRunInput<'_>, now: Timestamp) -> Decision {
+    let mut s = Scheduler {
+        ctx: Ctx::new(flow, now),
+        old: flow.status,
+        status: flow.status.clone(),
+        fx: Effects::default(),
+        inputs: HashMap::new(),
+        ending: None,
+    };
+    s.run();
+    s.finish()
+}
+
+struct Scheduler<'a> {
+    ctx: Ctx<'a>,
+    old: &'a FlowRunStatus,
+    status: FlowRunStatus,
+    fx: Effects,
+    /// Inputs resolved while starting steps, reused for their tasks.
+    inputs: HashMap<String, Value>,
+    ending: Option<Ending>,
+}
+
+impl Scheduler<'_> {
+    fn phase(&self) -> FlowPhase {
+        self.status.phase.unwrap_or_default()
+    }
+
+    fn st(&mut self, i: usize) -> &mut StepStatus {
+        let name = &self.ctx.spec.steps[i].name;
+        self.status.steps.entry(name.clone()).or_default()
+    }
+
+    fn step_phase(&self, i: usize) -> StepPhase {
+        self.status
+            .steps
+            .get(&self.ctx.spec.steps[i].name)
+            .map(|s| s.phase)
+            .unwrap_or_default()
+    }
+
+    /// The first step (in spec order) that failed without `continueOnFailure`: it fails the run.
+    fn failed_step(&self) -> Option<usize> {
+        (0..self.ctx.spec.steps.len()).find(|&i| {
+            self.step_phase(i) == StepPhase::Failed && !self.ctx.spec.steps[i].continue_on_failure
+        })
+    }
+
+    fn run(&mut self) {
+        if let Some(g) = self.ctx.meta.generation {
+            self.status.observed_generation = Some(g);
+        }
+        if self.phase().is_terminal() {
+            return;
+        }
+        if let Err(errors) = validate(self.ctx.spec) {
+            let message = errors.to_string();
+            self.fx.notes.push(Note::warning(
+                "FlowInvalid",
+                None,
+                format!("the flow is invalid: {message}"),
+            ));
+            self.status.phase = Some(FlowPhase::Failed);
+            self.ending = Some(Ending {
+                reason: "Invalid",
+                message,
+            });
+            return;
+        }
+        if self.status.phase.is_none() {
+            self.status.phase = Some(FlowPhase::Pending);
+        }
+        for step in &self.ctx.spec.steps {
+            self.status.steps.entry(step.name.clone()).or_default();
+        }
+
+        if self.ctx.spec.cancel {
+            self.cancel_all("cancelled: the run was cancelled (spec.cancel)");
+            self.status.phase = Some(FlowPhase::Cancelled);
+            self.fx.notes.push(Note::normal(
+                "FlowCancelled",
+                None,
+                "the run was cancelled".into(),
+            ));
+            self.ending = Some(Ending {
+                reason: "Cancelled",
+                message: "the run was cancelled (spec.cancel)".into(),
+            });
+            return;
+        }
+
+        let order = self.ctx.dag.order.clone();
+        for i in order {
+            // Each pass moves the step one phase; a few passes settle instant transitions.
+            for _ in 0..4 {
+                let before = self.step_phase(i);
+                self.advance(i);
+                if self.step_phase(i) == before {
+                    break;
+                }
+            }
+        }
+
+        if let Some(i) = self.failed_step() {
+            let name = self.ctx.spec.steps[i].name.clone();
+            let error = self.status.steps[&name].error.clone().unwrap_or_default();
+            self.cancel_all(&format!("cancelled: step {name:?} failed"));
+            let message = if error.message.is_empty() {
+                format!("step {name:?} failed: {}", error.type_)
+            } else {
+                format!("step {name:?} failed: {}: {}", error.type_, error.message)
+            };
+            self.fx
+                .notes
+                .push(Note::warning("FlowFailed", None, message.clone()));
+            self.status.phase = Some(FlowPhase::Failed);
+            self.ending = Some(Ending {
+                reason: "StepFailed",
+                message,
+            });
+        } else if self
+            .ctx
+            .spec
+            .steps
+            .iter()
+            .enumerate()
+            .all(|(i, _)| self.step_phase(i).is_terminal())
+        {
+            self.succeed();
+        } else if self
+            .ctx
+            .spec
+            .steps
+            .iter()
+            .enumerate()
+            .any(|(i, _)| self.step_phase(i) != StepPhase::Pending)
+        {
+            self.status.phase = Some(FlowPhase::Running);
+        }
+        if self.phase() != FlowPhase::Pending && self.status.started_at.is_none() {
+            self.status.started_at = Some(past(self.ctx.now));
+        }
+    }
+
+    /// The variables step `i` sees: the flow input and its upstream steps.
+    fn vars_for(&self, i: Option<usize>) -> Vars {
+        let mut steps = serde_json::Map::new();
+        let all: Vec<usize> = match i {
+            Some(i) => self.ctx.dag.upstream[i].iter().copied().collect(),
+            None => (0..self.ctx.spec.steps.len()).collect(),
+        };
+        for j in all {
+            let name = &self.ctx.spec.steps[j].name;
+            let st = self.status.steps.get(name);
+            let mut view = serde_json::Map::new();
+            view.insert(
+                "output".into(),
+                st.and_then(|s| s.output.clone()).unwrap_or(Value::Null),
+            );
+            view.insert(
+                "phase".into(),
+                serde_json::to_value(st.map(|s| s.phase).unwrap_or_default())
+                    .unwrap_or(Value::Null),
+            );
+            steps.insert(name.clone(), Value::Object(view));
+        }
+        let input = self.ctx.spec.input.clone().unwrap_or(Value::Null);
+        Vars::new(&input, &steps)
+    }
+
+    fn deps_satisfied(&self, i: usize) -> bool {
+        self.ctx.dag.deps[i]
+            .iter()
+            .all(|&d| match self.step_phase(d) {
+                StepPhase::Succeeded | StepPhase::Skipped => true,
+                StepPhase::Failed => self.ctx.spec.steps[d].continue_on_failure,
+                _ => false,
+            })
+    }
+
+    /// Moves step `i` one phase if it can.
+    fn advance(&mut self, i: usize) {
+        let spec = self.ctx.spec;
+        let step = &spec.steps[i];
+        let suspended = spec.suspend;
+        let failing = self.failed_step().is_some();
+        let now = self.ctx.now;
+        let Ok(kind) = step_kind(step) else { return };
+        match self.step_phase(i) {
+            StepPhase::Pending if !failing && !suspended && self.deps_satisfied(i) => {
+                self.start(i, kind);
+            }
+            StepPhase::Running => match kind {
+                StepKind::Handler(_) if step.for_each.is_some() => {
+                    let vars = self.vars_for(Some(i));
+                    match foreach::items(step, &vars) {
+                        Ok(items) => {
+                            let (ctx, fx) = (&self.ctx, &mut self.fx);
+                            let st = self.status.steps.entry(step.name.clone()).or_default();
+                            foreach::advance(
+                                ctx,
+                                step,
+                                st,
+                                &items,
+                                &vars,
+                                suspended || failing,
+                                fx,
+                            );
+                        }
+                        Err(e) => self.fail_step(i, INVALID_INPUT, &e),
+                    }
+                }
+                StepKind::Handler(_) => {
+                    let st = self.status.steps.entry(step.name.clone()).or_default();
+                    if is_due(&st.deadline, now) {
+                        let attempt = st.attempts;
+                        self.fx
+                            .cancel_workers
+                            .push(AttemptRef::step(&step.name, attempt));
+                        let err = step_error(
+                            TIMEOUT,
+                            &format!("attempt {attempt} did not finish before its deadline"),
+                            None,
+                            attempt,
+                        );
+                        let note =
+                            fail_attempt(&self.ctx, step, None, &mut Slot::of_step(st), err, true);
+                        if st.phase == StepPhase::Failed {
+                            st.finished_at = Some(past(now));
+                        }
+                        self.fx.notes.push(note);
+                    }
+                }
+                StepKind::Flow(flow) => {
+                    let vars = self.vars_for(Some(i));
+                    match child_spec(flow, spec, &vars) {
+                        Ok(child) => {
+                            let name = self
+                                .st(i)
+                                .child
+                                .clone()
+                                .unwrap_or_else(|| child_name(&self.ctx.meta.name, &step.name));
+                            self.fx.create_children.push(ChildFlowRequest {
+                                step: step.name.clone(),
+                                name,
+                                spec: child,
+                            });
+                        }
+                        Err(e) => self.fail_step(i, INVALID_INPUT, &e),
+                    }
+                }
+                _ => {}
+            },
+            StepPhase::Retrying if !suspended && !failing => {
+                let st = self.st(i);
+                if is_due(&st.wake_at, now) {
+                    Slot::of_step(st).reserve_next();
+                }
+            }
+            StepPhase::Sleeping => {
+                let st = self.st(i);
+                if is_due(&st.wake_at, now) {
+                    st.phase = StepPhase::Succeeded;
+                    st.wake_at = None;
+                    st.finished_at = Some(past(now));
+                }
+            }
+            StepPhase::Waiting => {
+                let StepKind::Signal(wait) = kind else { return };
+                if let Some(signal) = self.status.signals.get(&wait.name) {
+                    let payload = signal.payload.clone().unwrap_or(Value::Null);
+                    if let Err(msg) = check_output(&payload, self.ctx.max_output()) {
+                        self.fail_step(i, OUTPUT_TOO_LARGE, &format!("signal payload: {msg}"));
+                        return;
+                    }
+                    let st = self.st(i);
+                    st.phase = StepPhase::Succeeded;
+                    st.output = Some(payload);
+                    st.deadline = None;
+                    st.finished_at = Some(past(now));
+                    self.fx.notes.push(Note::normal(
+                        "SignalReceived",
+                        Some(&step.name),
+                        format!("step {:?} received signal {:?}", step.name, wait.name),
+                    ));
+                } else if is_due(&self.st(i).deadline, now) {
+                    let timeout = wait.timeout.clone().unwrap_or_default();
+                    self.fail_step(
+                        i,
+                        TIMEOUT,
+                        &format!("no signal {:?} arrived within {timeout}", wait.name),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts step `i` (its dependencies are satisfied).
+    fn start(&mut self, i: usize, kind: StepKind<'_>) {
+        let spec = self.ctx.spec;
+        let step = &spec.steps[i];
+        let now = self.ctx.now;
+        let vars = self.vars_for(Some(i));
+        if let Some(when) = &step.when {
+            match expr::eval_condition(when, &vars) {
+                Err(e) => return self.fail_step(i, INVALID_INPUT, &format!("when: {e}")),
+                Ok(false) => {
+                    let st = self.st(i);
+                    st.phase = StepPhase::Skipped;
+                    st.message = Some("skipped: `when` was false".into());
+                    st.finished_at = Some(past(now));
+                    return;
+                }
+                Ok(true) => {}
+            }
+        }
+        match kind {
+            StepKind::Handler(_) if step.for_each.is_some() => match foreach::items(step, &vars) {
+                Ok(items) => {
+                    let ctx = &self.ctx;
+                    let st = self.status.steps.entry(step.name.clone()).or_default();
+                    foreach::start(st, items.len(), ctx);
+                }
+                Err(e) => self.fail_step(i, INVALID_INPUT, &e),
+            },
+            StepKind::Handler(_) => {
+                let input = step.input.as_ref().map(|v| expr::resolve(v, &vars));
+                match input.transpose() {
+                    Ok(v) => {
+                        self.inputs
+                            .insert(step.name.clone(), v.unwrap_or(Value::Null));
+                        Slot::of_step(self.st(i)).reserve_next();
+                    }
+                    Err(e) => self.fail_step(i, INVALID_INPUT, &format!("input: {e}")),
+                }
+            }
+            StepKind::Sleep(d) => {
+                let d = parse_duration(d).unwrap_or_default();
+                let st = self.st(i);
+                st.phase = StepPhase::Sleeping;
+                st.started_at = Some(past(now));
+                st.wake_at = Some(Time(after(now, d)));
+            }
+            StepKind::Until(u) => {
+                let at = expr::resolve_str(u, &vars)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| match v {
+                        Value::String(s) => parse_time(&s),
+                        other => Err(format!(
+                            "until must give an RFC 3339 time, but gave {}",
+                            expr::short_json(&other)
+                        )),
+                    });
+                match at {
+                    Ok(at) => {
+                        let st = self.st(i);
+                        st.phase = StepPhase::Sleeping;
+                        st.started_at = Some(past(now));
+                        st.wake_at = Some(Time(ceil_second(at)));
+                    }
+                    Err(e) => self.fail_step(i, INVALID_INPUT, &format!("until: {e}")),
+                }
+            }
+            StepKind::Signal(wait) => {
+                let deadline = wait
+                    .timeout
+                    .as_deref()
+                    .and_then(|t| parse_duration(t).ok())
+                    .map(|t| Time(after(now, t)));
+                let st = self.st(i);
+                st.phase = StepPhase::Waiting;
+                st.signal = Some(wait.name.clone());
+                st.started_at = Some(past(now));
+                st.deadline = deadline;
+            }
+            StepKind::Flow(flow) => match child_spec(flow, spec, &vars) {
+                Ok(_) => {
+                    let name = child_name(&self.ctx.meta.name, &step.name);
+                    self.fx.notes.push(Note::normal(
+                        "ChildStarted",
+                        Some(&step.name),
+                        format!("step {:?} started child flow {name}", step.name),
+                    ));
+                    let st = self.st(i);
+                    st.phase = StepPhase::Running;
+                    st.started_at = Some(past(now));
+                    st.child = Some(name);
+                }
+                Err(e) => self.fail_step(i, INVALID_INPUT, &e),
+            },
+        }
+    }
+
+    /// Fails step `i` for good (no retry: expression errors, signal timeouts, bad child specs ...).
+    fn fail_step(&mut self, i: usize, type_: &str, message: &str) {
+        let now = self.ctx.now;
+        let name = self.ctx.spec.steps[i].name.clone();
+        let st = self.st(i);
+        st.phase = StepPhase::Failed;
+        st.error = Some(step_error(type_, message, None, st.attempts));
+        st.finished_at = Some(past(now));
+        st.wake_at = None;
+        st.deadline = None;
+        self.fx.notes.push(Note::warning(
+            "StepFailed",
+            Some(&name),
+            format!("step {name:?} failed: {type_}: {message}"),
+        ));
+    }
+
+    /// Cancels every step that has not ended; their workers are asked to stop.
+    fn cancel_all(&mut self, message: &str) {
+        let now = self.ctx.now;
+        for step in &self.ctx.spec.steps {
+            let Some(st) = self.status.steps.get_mut(&step.name) else {
+                continue;
+            };
+            if st.phase.is_terminal() {
+                continue;
+            }
+            if step.handler.is_some()
+                && step.for_each.is_none()
+                && matches!(st.phase, StepPhase::Ready | StepPhase::Running)
+            {
+                self.fx
+                    .cancel_workers
+                    .push(AttemptRef::step(&step.name, st.attempts));
+            }
+            if let Some(inst) = st.instances.as_mut() {
+                for (k, one) in inst.active.iter_mut() {
+                    if matches!(one.phase, StepPhase::Ready | StepPhase::Running) {
+                        let index = k.parse().unwrap_or(u32::MAX);
+                        self.fx.cancel_workers.push(AttemptRef::instance(
+                            &step.name,
+                            index,
+                            one.attempts,
+                        ));
+                    }
+                    if !one.phase.is_terminal() {
+                        one.phase = StepPhase::Cancelled;
+                        one.worker = None;
+                        one.deadline = None;
+                        one.wake_at = None;
+                    }
+                }
+            }
+            st.phase = StepPhase::Cancelled;
+            st.message = Some(message.to_owned());
+            st.finished_at = Some(past(now));
+            st.wake_at = None;
+            st.deadline = None;
+        }
+    }
+
+    /// Every step ended and none failed the run: resolve the flow output.
+    fn succeed(&mut self) {
+        let output = match &self.ctx.spec.output {
+            None => Ok(None),
+            Some(out) => expr::resolve(out, &self.vars_for(None))
+                .map_err(|e| format!("spec.output: {e}"))
+                .and_then(|v| check_output(&v, self.ctx.max_output()).map(|()| Some(v)))
+                .map_err(|e| format!("the flow output could not be built: {e}")),
+        };
+        match output {
+            Ok(output) => {
+                self.status.output = output;
+                self.status.phase = Some(FlowPhase::Succeeded);
+                self.fx.notes.push(Note::normal(
+                    "FlowSucceeded",
+                    None,
+                    "the run succeeded".into(),
+                ));
+            }
+            Err(message) => {
+                self.fx
+                    .notes
+                    .push(Note::warning("FlowFailed", None, message.clone()));
+                self.status.phase = Some(FlowPhase::Failed);
+                self.ending = Some(Ending {
+                    reason: "OutputFailed",
+                    message,
+                });
+            }
+        }
+    }
+
+    /// Derives progress, conditions, tasks and the wake-up time, and assembles the decision.
+    fn finish(mut self) -> Decision {
+        let now = self.ctx.now;
+        let spec = self.ctx.spec;
+        let phase = self.phase();
+        let was_terminal = self.old.phase.is_some_and(FlowPhase::is_terminal);
+        let done = spec
+            .steps
+            .iter()
+            .filter(|s| {
+                self.status
+                    .steps
+                    .get(&s.name)
+                    .is_some_and(|st| st.phase.is_terminal())
+            })
+            .count();
+        if !(was_terminal && self.ending.is_none() && self.status.progress.is_some()) {
+            self.status.progress = Some(format!("{done}/{}", spec.steps.len()));
+        }
+        if phase.is_terminal() && self.status.finished_at.is_none() {
+            self.status.finished_at = Some(past(now));
+        }
+        self.conditions(was_terminal);
+
+        let mut tasks = Vec::new();
+        let mut wake_at = None;
+        let mut cancel_children = Vec::new();
+        if phase.is_terminal() {
+            for step in &spec.steps {
+                if let Some(st) = self.status.steps.get(&step.name)
+                    && st.phase == StepPhase::Cancelled
+                    && let Some(child) = &st.child
+                {
+                    cancel_children.push(child.clone());
+                }
+            }
+        } else {
+            if !spec.suspend {
+                tasks = self.tasks();
+            }
+            wake_at = self.wake_at();
+        }
+        self.status.status_bytes = Some(status_bytes(&self.status));
+        Decision {
+            status: self.status,
+            tasks,
+            create_children: self.fx.create_children,
+            cancel_children,
+            cancel_workers: self.fx.cancel_workers,
+            notes: self.fx.notes,
+            wake_at,
+        }
+    }
+
+    /// The queued attempts (phase Ready) with their resolved inputs.
+    fn tasks(&self) -> Vec<Task> {
+        let mut tasks = Vec::new();
+        for &i in &self.ctx.dag.order {
+            let step = &self.ctx.spec.steps[i];
+            let Some(handler) = &step.handler else {
+                continue;
+            };
+            let Some(st) = self.status.steps.get(&step.name) else {
+                continue;
+            };
+            let old = self.old.steps.get(&step.name);
+            let task = |attempt: AttemptRef, input: Value, fresh: bool| Task {
+                attempt,
+                pool: self.ctx.pool(step),
+                handler: handler.clone(),
+                input,
+                timeout: self.ctx.timeout(step),
+                heartbeat_timeout: self.ctx.heartbeat_timeout(step),
+                fresh,
+            };
+            if step.for_each.is_none() {
+                if st.phase != StepPhase::Ready {
+                    continue;
+                }
+                let input = match self.inputs.get(&step.name) {
+                    Some(v) => Ok(v.clone()),
+                    None => step.input.as_ref().map_or(Ok(Value::Null), |v| {
+                        expr::resolve(v, &self.vars_for(Some(i)))
+                    }),
+                };
+                let Ok(input) = input else { continue };
+                let fresh =
+                    !old.is_some_and(|o| o.phase == StepPhase::Ready && o.attempts == st.attempts);
+                tasks.push(task(
+                    AttemptRef::step(&step.name, st.attempts),
+                    input,
+                    fresh,
+                ));
+            } else if st.phase == StepPhase::Running
+                && let Some(inst) = &st.instances
+            {
+                let ready: Vec<(u32, u32)> = inst
+                    .active
+                    .iter()
+                    .filter(|(_, one)| one.phase == StepPhase::Ready)
+                    .filter_map(|(k, one)| Some((k.parse().ok()?, one.attempts)))
+                    .collect();
+                if ready.is_empty() {
+                    continue;
+                }
+                let vars = self.vars_for(Some(i));
+                let Ok(items) = foreach::items(step, &vars) else {
+                    continue;
+                };
+                let mut ready = ready;
+                ready.sort_unstable();
+                for (index, attempts) in ready {
+                    let item = items.get(index as usize).cloned().unwrap_or(Value::Null);
+                    let Ok(input) = foreach::instance_input(step, &vars, &item, index) else {
+                        continue;
+                    };
+                    let key = index.to_string();
+                    let fresh = !old
+                        .and_then(|o| o.instances.as_ref())
+                        .and_then(|o| o.active.get(&key))
+                        .is_some_and(|o| o.phase == StepPhase::Ready && o.attempts == attempts);
+                    tasks.push(task(
+                        AttemptRef::instance(&step.name, index, attempts),
+                        input,
+                        fresh,
+                    ));
+                }
+            }
+        }
+        tasks
+    }
+
+    /// The earliest future time at which something would change by itself.
+    fn wake_at(&self) -> Option<Timestamp> {
+        let now = self.ctx.now;
+        let hold = self.ctx.spec.suspend;
+        let future = |t: &Option<Time>| t.as_ref().map(|t| t.0).filter(|t| *t > now);
+        let mut wake = None;
+        for step in &self.ctx.spec.steps {
+            let Some(st) = self.status.steps.get(&step.name) else {
+                continue;
+            };
+            match st.phase {
+                StepPhase::Sleeping => wake = earliest(wake, future(&st.wake_at)),
+                StepPhase::Waiting | StepPhase::Running => {
+                    wake = earliest(wake, future(&st.deadline))
+                }
+                StepPhase::Retrying if !hold => wake = earliest(wake, future(&st.wake_at)),
+                _ => {}
+            }
+            if let Some(inst) = &st.instances {
+                for one in inst.active.values() {
+                    match one.phase {
+                        StepPhase::Running => wake = earliest(wake, future(&one.deadline)),
+                        StepPhase::Retrying if !hold => wake = earliest(wake, future(&one.wake_at)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        wake
+    }
+
+    /// Sets the conditions `Ready`, `Succeeded`, `Invalid` and `Suspended`.
+    fn conditions(&mut self, was_terminal: bool) {
+        let generation = self.ctx.meta.generation;
+        let now = self.ctx.now;
+        if was_terminal && self.ending.is_none() {
+            // The run ended earlier: keep its conditions, only follow the generation.
+            for c in &mut self.status.conditions {
+                c.observed_generation = generation.or(c.observed_generation);
+            }
+            return;
+        }
+        let phase = self.phase();
+        let phase_name = format!("{phase:?}");
+        let suspended = self.ctx.spec.suspend && !phase.is_terminal();
+        let (ending_reason, ending_message) = match &self.ending {
+            Some(e) => (e.reason, e.message.clone()),
+            None => ("", String::new()),
+        };
+        let invalid = ending_reason == "Invalid";
+        let was_suspended = self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Suspended" && c.status == "True");
+        if suspended != was_suspended {
+            self.fx.notes.push(if suspended {
+                Note::normal("Suspended", None, "dispatch of new steps is paused".into())
+            } else {
+                Note::normal("Resumed", None, "dispatch of new steps resumed".into())
+            });
+        }
+
+        let (ready, ready_reason, ready_msg) = match phase {
+            FlowPhase::Succeeded => ("True", "Succeeded", "the run succeeded".to_owned()),
+            FlowPhase::Failed | FlowPhase::Cancelled => {
+                ("False", ending_reason, ending_message.clone())
+            }
+            _ if suspended => (
+                "False",
+                "Suspended",
+                "dispatch of new steps is paused".into(),
+            ),
+            _ => (
+                "False",
+                phase_name.as_str(),
+                self.status.progress.clone().unwrap_or_default(),
+            ),
+        };
+        let ready_reason = ready_reason.to_owned();
+        let (succ, succ_reason, succ_msg) = match phase {
+            FlowPhase::Succeeded => (
+                "True",
+                "Succeeded".to_owned(),
+                "the run succeeded".to_owned(),
+            ),
+            FlowPhase::Failed | FlowPhase::Cancelled => {
+                ("False", ending_reason.to_owned(), ending_message.clone())
+            }
+            _ => (
+                "Unknown",
+                phase_name.clone(),
+                "the run has not finished".to_owned(),
+            ),
+        };
+        let conds = &mut self.status.conditions;
+        set_condition(
+            conds,
+            "Ready",
+            ready,
+            &ready_reason,
+            &ready_msg,
+            generation,
+            now,
+        );
+        set_condition(
+            conds,
+            "Succeeded",
+            succ,
+            &succ_reason,
+            &succ_msg,
+            generation,
+            now,
+        );
+        if invalid {
+            set_condition(
+                conds,
+                "Invalid",
+                "True",
+                "Invalid",
+                &ending_message,
+                generation,
+                now,
+            );
+        } else {
+            set_condition(
+                conds,
+                "Invalid",
+                "False",
+                "Valid",
+                "the flow is valid",
+                generation,
+                now,
+            );
+        }
+        if suspended {
+            set_condition(
+                conds,
+                "Suspended",
+                "True",
+                "Suspended",
+                "dispatch of new steps is paused (spec.suspend)",
+                generation,
+                now,
+            );
+        } else {
+            set_condition(
+                conds,
+                "Suspended",
+                "False",
+                "NotSuspended",
+                "",
+                generation,
+                now,
+            );
+        }
+    }
+}
+
+/// Sets a condition; `lastTransitionTime` changes only when the status does.
+fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let message = sluice_wire::truncate_message(message, 32 * 1024);
+    let reason = if reason.is_empty() { "Unknown" } else { reason };
+    if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status {
+            c.last_transition_time = past(now);
+        }
+        c.status = status.to_owned();
+        c.reason = reason.to_owned();
+        c.message = message;
+        c.observed_generation = generation;
+    } else {
+        conds.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time: past(now),
+        });
+    }
+}
