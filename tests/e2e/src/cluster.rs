@@ -118,6 +118,8 @@ pub async fn cluster() -> Result<Client> {
 }
 
 pub(crate) async fn client_for(path: &Path) -> Result<Client> {
+    // Several rustls providers may be compiled into a workspace build (kube: ring, reqwest: aws-lc-rs).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let kubeconfig = Kubeconfig::read_from(path).map_err(|source| HarnessError::Kubeconfig {
         path: path.to_path_buf(),
         source,
