@@ -12,11 +12,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::schema::{any_json, duration_string, optional_any_json};
+use super::schema::{any_json, duration_string, optional_any_json, positive_duration_string};
 
 /// A FlowRun declares a flow: a DAG of steps with inputs, outputs, retries, timeouts, signals, timers, fan-out
 /// and child flows. The Sluice operator runs it to completion and records each step's state in `status.steps`.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+// Printer columns repeat `type_ = ...`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[kube(
     group = "sluice.dev",
     version = "v1alpha1",
@@ -25,6 +27,7 @@ use super::schema::{any_json, duration_string, optional_any_json};
     status = "FlowRunStatus",
     shortname = "fr",
     category = "sluice",
+    cel,
     derive = "PartialEq",
     derive = "Default",
     doc = "A FlowRun declares a flow: a DAG of steps with inputs, outputs, retries, timeouts, signals, timers, fan-out and child flows. The Sluice operator runs it to completion and records each step's state in status.steps.",
@@ -36,11 +39,29 @@ use super::schema::{any_json, duration_string, optional_any_json};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(
+    validation = Rule::new("self.steps.all(s, self.steps.exists_one(t, t.name == s.name))")
+        .message("step names must be unique: rename the step whose name appears more than once")
+        .field_path(".steps")
+        .reason(Reason::FieldValueDuplicate),
+    validation = Rule::new(
+        "self.steps.all(s, !has(s.dependsOn) || s.dependsOn.all(d, self.steps.exists(t, t.name == d)))"
+    )
+    .message("every dependsOn entry must be the name of a step in spec.steps: fix the name or add the missing step")
+    .field_path(".steps"),
+    validation = Rule::new("has(self.pool) || self.steps.all(s, !has(s.handler) || has(s.pool))")
+        .message(
+            "spec.pool is required when a handler step sets no pool of its own: set spec.pool to the name of a WorkerPool"
+        )
+        .field_path(".pool")
+        .reason(Reason::FieldValueRequired),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct FlowRunSpec {
     /// Name of the WorkerPool (in the FlowRun's namespace) whose workers run handler steps, unless a step names
     /// another pool. Required when any step has a `handler`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub pool: Option<String>,
 
     /// Input of the flow: any JSON value, visible to expressions as `input`.
@@ -53,7 +74,8 @@ pub struct FlowRunSpec {
     pub defaults: Option<StepDefaults>,
 
     /// The steps of the flow. Steps without `dependsOn` start at once; the others start when every step they
-    /// depend on has Succeeded or been Skipped.
+    /// depend on has Succeeded or been Skipped. At most 200 steps.
+    #[schemars(length(min = 1, max = 200))]
     pub steps: Vec<Step>,
 
     /// Output of the flow, usually built from step outputs with expressions such as
@@ -81,13 +103,13 @@ pub struct StepDefaults {
 
     /// Time one attempt of a handler step may take, as a duration such as `30s`, `10m` or `1h30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "duration_string")]
+    #[schemars(schema_with = "positive_duration_string")]
     pub timeout: Option<String>,
 
     /// A worker that sends no heartbeat for this long is presumed lost and its attempt fails as retryable
     /// (for example `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "duration_string")]
+    #[schemars(schema_with = "positive_duration_string")]
     pub heartbeat_timeout: Option<String>,
 
     /// Largest accepted output of a single step or forEach instance, in bytes of JSON (default 65536). A larger
@@ -122,31 +144,65 @@ pub struct RetryPolicy {
     #[schemars(schema_with = "duration_string")]
     pub max_backoff: Option<String>,
 
-    /// Error types (as reported by the handler) that fail the step at once, without retry.
+    /// Error types (as reported by the handler) that fail the step at once, without retry. At most 50.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), inner(length(min = 1, max = 253)))]
     pub non_retryable_errors: Vec<String>,
 
-    /// Exit codes of an exec-worker command that fail the step at once, without retry.
+    /// Exit codes (1 to 255) of an exec-worker command that fail the step at once, without retry. At most 50.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), inner(range(min = 1, max = 255)))]
     pub non_retryable_exit_codes: Vec<i32>,
 }
 
 /// One step of a flow. A step does exactly one thing: run a `handler`, wait for a signal (`waitForSignal`),
 /// sleep (`sleep` or `until`), or run a child flow (`flow`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new(
+        "has(self.handler) || has(self.waitForSignal) || has(self.sleep) || has(self.until) || has(self.flow)"
+    )
+    .message(Message::Expression(
+        "'step ' + self.name + ' does nothing: set exactly one of handler, waitForSignal, sleep, until or flow'".into()
+    ))
+    .reason(Reason::FieldValueRequired),
+    validation = Rule::new(
+        "(has(self.handler) ? 1 : 0) + (has(self.waitForSignal) ? 1 : 0) + (has(self.sleep) || has(self.until) ? 1 : 0) + (has(self.flow) ? 1 : 0) <= 1"
+    )
+    .message(Message::Expression(
+        "'step ' + self.name + ' sets more than one of handler, waitForSignal, sleep/until and flow: a step does one thing, split it into several steps'".into()
+    )),
+    validation = Rule::new("!has(self.sleep) || !has(self.until)")
+        .message(Message::Expression(
+            "'step ' + self.name + ' sets both sleep and until: keep one of them'".into()
+        )),
+    validation = Rule::new("!has(self.dependsOn) || !(self.name in self.dependsOn)")
+        .message(Message::Expression(
+            "'step ' + self.name + ' depends on itself: remove ' + self.name + ' from its dependsOn'".into()
+        ))
+        .field_path(".dependsOn"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     /// Name of the step, unique in the flow; the key of its entry in `status.steps`. Lower-case letters,
-    /// digits and '-', at most 63 characters.
+    /// digits and '-', at most 63 characters. Expressions refer to a name with '-' as `steps['cooling-off']`.
+    #[schemars(length(max = 63))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message(
+            "step name must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit (e.g. cooling-off)"
+        )
+    )]
     pub name: String,
 
-    /// Steps that must have Succeeded (or been Skipped) before this one starts.
+    /// Steps that must have Succeeded (or been Skipped) before this one starts. At most 50.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), inner(length(max = 63)))]
     pub depends_on: Vec<String>,
 
     /// Condition, as an expression `${{ ... }}`; when it is false the step is Skipped and its dependents still
     /// run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub when: Option<String>,
 
     /// Input of the step: any JSON value; strings may hold `${{ ... }}` expressions over `input`,
@@ -157,10 +213,16 @@ pub struct Step {
 
     /// Name of a handler registered by the workers of the pool; the step runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(
+        validation = Rule::new(r"self.matches('^[^\\s]+$')")
+            .message("handler must name a handler registered by the pool's workers (e.g. charge_payment): it must not be empty or contain spaces")
+    )]
     pub handler: Option<String>,
 
     /// WorkerPool that runs this step, overriding `spec.pool`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub pool: Option<String>,
 
     /// Wait until a signal of this name is written to `status.signals`; its payload becomes the step's output.
@@ -174,6 +236,13 @@ pub struct Step {
 
     /// Sleep until this time (RFC 3339, e.g. `2026-12-01T09:00:00Z`), or an expression that yields one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(
+        validation = Rule::new(
+            r"self.startsWith('${{') || self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$')"
+        )
+        .message("until must be an RFC 3339 time such as 2026-12-01T09:00:00Z, or an expression ${{ ... }} that yields one")
+    )]
     pub until: Option<String>,
 
     /// Run a child FlowRun, owned by this one; the step ends with the child's output or failure.
@@ -188,7 +257,7 @@ pub struct Step {
 
     /// With `forEach`, how many instances may run at once (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000))]
     pub max_parallel: Option<u32>,
 
     /// Retry policy of this step, overriding `spec.defaults.retry` field by field.
@@ -197,12 +266,12 @@ pub struct Step {
 
     /// Time one attempt may take, overriding `spec.defaults.timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "duration_string")]
+    #[schemars(schema_with = "positive_duration_string")]
     pub timeout: Option<String>,
 
     /// Heartbeat timeout of this step's workers, overriding `spec.defaults.heartbeatTimeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "duration_string")]
+    #[schemars(schema_with = "positive_duration_string")]
     pub heartbeat_timeout: Option<String>,
 
     /// true lets the flow go on when this step fails: its dependents treat it as done, with no output.
@@ -215,11 +284,16 @@ pub struct Step {
 #[serde(rename_all = "camelCase")]
 pub struct SignalWait {
     /// Name of the signal: the key users write under `status.signals`.
+    #[schemars(length(max = 253))]
+    #[x_kube(
+        validation = Rule::new(r"self.matches('^[^\\s]+$')")
+            .message("waitForSignal.name must name the signal (e.g. manager-approval): it must not be empty or contain spaces")
+    )]
     pub name: String,
 
     /// How long to wait before the step fails with a timeout, as a duration such as `72h` (default: forever).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "duration_string")]
+    #[schemars(schema_with = "positive_duration_string")]
     pub timeout: Option<String>,
 }
 

@@ -24,6 +24,19 @@ pub fn duration_string(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A duration string that must not be zero, for timeouts: `0s` would fail every attempt at once.
+pub fn positive_duration_string(g: &mut SchemaGenerator) -> Schema {
+    let mut schema = duration_string(g);
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        serde_json::json!([{
+            "rule": "self.matches('[1-9]')",
+            "message": "must be a positive duration such as 30s, 10m or 1h30m, not zero",
+        }]),
+    );
+    schema
+}
+
 /// A pod template. Kept open in the schema (the API server validates it fully when the operator creates the
 /// Deployment) so that the CRD stays small enough for client-side `kubectl apply`.
 pub fn pod_template(_: &mut SchemaGenerator) -> Schema {

@@ -6,12 +6,14 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{duration_string, pod_template};
+use super::schema::{duration_string, pod_template, positive_duration_string};
 
 /// A WorkerPool runs the workers of a flow binary: the operator owns a Deployment built from `spec.template`,
 /// scales it by queue depth (or lets an HPA scale it through the scale subresource), and reaps failed and lost
 /// worker pods, releasing their steps for retry.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+// Printer columns repeat `type_ = ...`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[kube(
     group = "sluice.dev",
     version = "v1alpha1",
@@ -20,6 +22,7 @@ use super::schema::{duration_string, pod_template};
     status = "WorkerPoolStatus",
     shortname = "wp",
     category = "sluice",
+    cel,
     derive = "PartialEq",
     derive = "Default",
     doc = "A WorkerPool runs the workers of a flow binary: the operator owns a Deployment built from spec.template, scales it by queue depth (or lets an HPA scale it through the scale subresource), and reaps failed and lost worker pods, releasing their steps for retry.",
@@ -36,6 +39,14 @@ use super::schema::{duration_string, pod_template};
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
     )
+)]
+#[x_kube(
+    validation = Rule::new(
+        "!has(self.scaling) || !has(self.scaling.mode) || self.scaling.mode != 'Manual' || has(self.replicas)"
+    )
+    .message("spec.replicas is required with scaling.mode Manual: set the number of worker pods")
+    .field_path(".replicas")
+    .reason(Reason::FieldValueRequired),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerPoolSpec {
@@ -63,12 +74,26 @@ pub struct WorkerPoolSpec {
     /// A worker that sends no heartbeat for this long is presumed lost: its pod is reaped and its steps are
     /// retried elsewhere (default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "duration_string")]
+    #[schemars(schema_with = "positive_duration_string")]
     pub heartbeat_timeout: Option<String>,
 }
 
 /// How the number of workers of a pool is chosen.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new(
+        "!has(self.minReplicas) || self.minReplicas <= (has(self.maxReplicas) ? self.maxReplicas : 10)"
+    )
+    .message("scaling.minReplicas must not exceed scaling.maxReplicas (default 10): lower minReplicas or raise maxReplicas")
+    .field_path(".minReplicas"),
+    validation = Rule::new(
+        "!has(self.mode) || self.mode == 'QueueDepth' || !(has(self.minReplicas) || has(self.maxReplicas) || has(self.targetStepsPerWorker) || has(self.scaleDownDelay))"
+    )
+    .message(
+        "scaling.minReplicas, maxReplicas, targetStepsPerWorker and scaleDownDelay apply only to mode QueueDepth: remove them, or set mode QueueDepth"
+    )
+    .reason(Reason::FieldValueForbidden),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Scaling {
     /// QueueDepth (default): the operator sets replicas from queued and running steps. External: an HPA or KEDA

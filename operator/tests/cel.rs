@@ -1,0 +1,350 @@
+//! The CEL rules of the CRDs (`x-kubernetes-validations`), evaluated locally with kube's `cel` feature on
+//! valid and invalid FlowRuns and WorkerPools: every invalid object is refused with exactly the rule's
+//! message, and every valid one passes.
+
+use serde_json::{Value, json};
+use sluice_operator::api::{FlowRun, WorkerPool};
+
+/// The failures of the CEL rules for a FlowRun with this spec, as `path: message`.
+fn flowrun_errors(spec: Value) -> Vec<String> {
+    let obj = json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "FlowRun",
+        "metadata": {"name": "test"},
+        "spec": spec,
+    });
+    let fr: FlowRun = serde_json::from_value(obj).expect("the spec parses into FlowRun");
+    match fr.validate_cel() {
+        Ok(()) => vec![],
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn workerpool_errors(spec: Value) -> Vec<String> {
+    let obj = json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": "test"},
+        "spec": spec,
+    });
+    let wp: WorkerPool = serde_json::from_value(obj).expect("the spec parses into WorkerPool");
+    match wp.validate_cel() {
+        Ok(()) => vec![],
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[track_caller]
+fn refused(errors: Vec<String>, expected: &str) {
+    assert_eq!(
+        errors,
+        [expected.to_string()],
+        "expected exactly one failure"
+    );
+}
+
+#[track_caller]
+fn accepted(errors: Vec<String>) {
+    assert!(errors.is_empty(), "expected no failure, got {errors:#?}");
+}
+
+/// A valid spec with the given steps.
+fn spec(steps: Value) -> Value {
+    json!({"pool": "orders", "steps": steps})
+}
+
+#[test]
+fn a_flow_using_every_kind_of_step_is_accepted() {
+    accepted(flowrun_errors(json!({
+        "pool": "orders",
+        "input": {"orderId": "1234", "items": ["a", "b"]},
+        "defaults": {
+            "retry": {"maxAttempts": 3, "initialBackoff": "1s", "backoffFactor": 2, "maxBackoff": "5m"},
+            "timeout": "10m",
+            "heartbeatTimeout": "30s",
+        },
+        "steps": [
+            {"name": "charge", "handler": "charge_payment", "retry": {"nonRetryableErrors": ["card_declined"]}},
+            {"name": "reserve", "handler": "reserve_inventory", "forEach": "${{ input.items }}", "maxParallel": 2},
+            {"name": "approval", "dependsOn": ["charge"], "waitForSignal": {"name": "manager-approval", "timeout": "72h"}},
+            {"name": "cooling-off", "dependsOn": ["approval"], "sleep": "30m"},
+            {"name": "deadline", "until": "2026-12-01T09:00:00Z"},
+            {"name": "later", "until": "${{ input.shipAt }}"},
+            {"name": "ship", "dependsOn": ["reserve", "cooling-off"], "handler": "ship_order", "pool": "shipping",
+             "when": "${{ steps.approval.output.approved == true }}", "timeout": "0.5s"},
+            {"name": "invoice", "dependsOn": ["ship"], "flow": {"spec": {"steps": [{"name": "x", "sleep": "1s"}]}}},
+        ],
+        "output": {"tracking": "${{ steps.ship.output.tracking }}"},
+    })));
+}
+
+#[test]
+fn duplicate_step_names_are_refused() {
+    refused(
+        flowrun_errors(spec(json!([
+            {"name": "charge", "handler": "charge_payment"},
+            {"name": "charge", "sleep": "1s"},
+        ]))),
+        "spec.steps: step names must be unique: rename the step whose name appears more than once",
+    );
+}
+
+#[test]
+fn depends_on_an_unknown_step_is_refused() {
+    refused(
+        flowrun_errors(spec(json!([
+            {"name": "charge", "handler": "charge_payment"},
+            {"name": "ship", "handler": "ship_order", "dependsOn": ["charge", "reserve"]},
+        ]))),
+        "spec.steps: every dependsOn entry must be the name of a step in spec.steps: fix the name or add the missing step",
+    );
+}
+
+#[test]
+fn depends_on_itself_is_refused() {
+    refused(
+        flowrun_errors(spec(json!([
+            {"name": "charge", "handler": "charge_payment", "dependsOn": ["charge"]},
+        ]))),
+        "spec.steps[0].dependsOn: step charge depends on itself: remove charge from its dependsOn",
+    );
+}
+
+#[test]
+fn a_step_that_does_nothing_is_refused() {
+    refused(
+        flowrun_errors(spec(json!([{"name": "idle"}]))),
+        "spec.steps[0]: step idle does nothing: set exactly one of handler, waitForSignal, sleep, until or flow",
+    );
+}
+
+#[test]
+fn a_step_that_does_two_things_is_refused() {
+    let two = "spec.steps[0]: step busy sets more than one of handler, waitForSignal, sleep/until and flow: \
+               a step does one thing, split it into several steps";
+    refused(
+        flowrun_errors(spec(
+            json!([{"name": "busy", "handler": "charge_payment", "sleep": "1s"}]),
+        )),
+        two,
+    );
+    refused(
+        flowrun_errors(spec(json!([
+            {"name": "busy", "waitForSignal": {"name": "go"}, "flow": {"spec": {}}},
+        ]))),
+        two,
+    );
+    refused(
+        flowrun_errors(spec(json!([
+            {"name": "busy", "handler": "h", "waitForSignal": {"name": "go"}, "until": "2026-01-01T00:00:00Z"},
+        ]))),
+        two,
+    );
+}
+
+#[test]
+fn sleep_and_until_together_are_refused() {
+    refused(
+        flowrun_errors(spec(json!([
+            {"name": "nap", "sleep": "1h", "until": "2026-12-01T09:00:00Z"},
+        ]))),
+        "spec.steps[0]: step nap sets both sleep and until: keep one of them",
+    );
+}
+
+#[test]
+fn step_names_must_be_dns_labels() {
+    let msg = "spec.steps[0].name: step name must be a DNS label: lower-case letters, digits and '-', \
+               starting and ending with a letter or digit (e.g. cooling-off)";
+    for bad in [
+        "Charge",
+        "cooling_off",
+        "-charge",
+        "charge-",
+        "",
+        "a b",
+        "ship.order",
+    ] {
+        let errors = flowrun_errors(spec(json!([{"name": bad, "sleep": "1s"}])));
+        assert!(
+            errors.iter().any(|e| e == msg),
+            "name {bad:?} should be refused, got {errors:#?}"
+        );
+    }
+    for good in ["a", "charge", "cooling-off", "step-2", "0", &"a".repeat(63)] {
+        accepted(flowrun_errors(spec(json!([{"name": good, "sleep": "1s"}]))));
+    }
+}
+
+#[test]
+fn handler_and_signal_names_must_not_be_empty() {
+    let handler = "spec.steps[0].handler: handler must name a handler registered by the pool's workers \
+                   (e.g. charge_payment): it must not be empty or contain spaces";
+    refused(
+        flowrun_errors(spec(json!([{"name": "a", "handler": ""}]))),
+        handler,
+    );
+    refused(
+        flowrun_errors(spec(json!([{"name": "a", "handler": "charge payment"}]))),
+        handler,
+    );
+    refused(
+        flowrun_errors(spec(json!([{"name": "a", "waitForSignal": {"name": ""}}]))),
+        "spec.steps[0].waitForSignal.name: waitForSignal.name must name the signal (e.g. manager-approval): \
+         it must not be empty or contain spaces",
+    );
+}
+
+#[test]
+fn until_must_be_a_time_or_an_expression() {
+    refused(
+        flowrun_errors(spec(json!([{"name": "a", "until": "tomorrow"}]))),
+        "spec.steps[0].until: until must be an RFC 3339 time such as 2026-12-01T09:00:00Z, or an expression \
+         ${{ ... }} that yields one",
+    );
+    for good in [
+        "2026-12-01T09:00:00Z",
+        "2026-12-01T09:00:00.5+02:00",
+        "${{ input.at }}",
+    ] {
+        accepted(flowrun_errors(spec(json!([{"name": "a", "until": good}]))));
+    }
+}
+
+#[test]
+fn zero_timeouts_are_refused() {
+    let zero = |path: &str| {
+        format!("{path}: must be a positive duration such as 30s, 10m or 1h30m, not zero")
+    };
+    refused(
+        flowrun_errors(spec(
+            json!([{"name": "a", "handler": "h", "timeout": "0s"}]),
+        )),
+        &zero("spec.steps[0].timeout"),
+    );
+    refused(
+        flowrun_errors(spec(
+            json!([{"name": "a", "handler": "h", "heartbeatTimeout": "0m0s"}]),
+        )),
+        &zero("spec.steps[0].heartbeatTimeout"),
+    );
+    refused(
+        flowrun_errors(spec(
+            json!([{"name": "a", "waitForSignal": {"name": "go", "timeout": "0.0h"}}]),
+        )),
+        &zero("spec.steps[0].waitForSignal.timeout"),
+    );
+    let mut s = spec(json!([{"name": "a", "handler": "h"}]));
+    s["defaults"] = json!({"timeout": "0ms", "heartbeatTimeout": "10s"});
+    refused(flowrun_errors(s), &zero("spec.defaults.timeout"));
+    // Zero-length sleeps and backoffs are fine: they are not limits.
+    let mut s = spec(json!([{"name": "a", "sleep": "0s"}, {"name": "b", "handler": "h"}]));
+    s["defaults"] = json!({"retry": {"initialBackoff": "0s"}});
+    accepted(flowrun_errors(s));
+}
+
+#[test]
+fn handler_steps_need_a_pool() {
+    let steps = json!([{"name": "charge", "handler": "charge_payment"}]);
+    refused(
+        flowrun_errors(json!({"steps": steps})),
+        "spec.pool: spec.pool is required when a handler step sets no pool of its own: set spec.pool to the \
+         name of a WorkerPool",
+    );
+    accepted(flowrun_errors(json!({
+        "steps": [{"name": "charge", "handler": "charge_payment", "pool": "payments"}],
+    })));
+    accepted(flowrun_errors(
+        json!({"steps": [{"name": "nap", "sleep": "1s"}]}),
+    ));
+}
+
+#[test]
+fn a_flow_of_many_steps_stays_valid() {
+    // A chain of 200 steps (the maxItems), each depending on the one before, within the rules' budget.
+    let steps: Vec<Value> = (0..200)
+        .map(|i| {
+            let mut s = json!({"name": format!("step-{i}"), "handler": "h"});
+            if i > 0 {
+                s["dependsOn"] = json!([format!("step-{}", i - 1)]);
+            }
+            s
+        })
+        .collect();
+    accepted(flowrun_errors(spec(Value::Array(steps))));
+}
+
+fn pod_template() -> Value {
+    json!({"spec": {"containers": [{"name": "worker", "image": "sluice/worker-example:dev"}]}})
+}
+
+#[test]
+fn workerpools_in_every_mode_are_accepted() {
+    accepted(workerpool_errors(json!({"template": pod_template()})));
+    accepted(workerpool_errors(json!({
+        "template": pod_template(),
+        "concurrency": 4,
+        "heartbeatTimeout": "30s",
+        "scaling": {"mode": "QueueDepth", "minReplicas": 0, "maxReplicas": 5, "targetStepsPerWorker": 8,
+                    "scaleDownDelay": "60s"},
+    })));
+    accepted(workerpool_errors(json!({
+        "template": pod_template(), "scaling": {"mode": "QueueDepth", "minReplicas": 10},
+    })));
+    accepted(workerpool_errors(
+        json!({"template": pod_template(), "scaling": {"mode": "External"}}),
+    ));
+    accepted(workerpool_errors(json!({
+        "template": pod_template(), "replicas": 3, "scaling": {"mode": "Manual"},
+    })));
+}
+
+#[test]
+fn min_replicas_above_max_replicas_is_refused() {
+    let msg = "spec.scaling.minReplicas: scaling.minReplicas must not exceed scaling.maxReplicas (default 10): \
+               lower minReplicas or raise maxReplicas";
+    refused(
+        workerpool_errors(
+            json!({"template": pod_template(), "scaling": {"minReplicas": 5, "maxReplicas": 2}}),
+        ),
+        msg,
+    );
+    refused(
+        workerpool_errors(json!({"template": pod_template(), "scaling": {"minReplicas": 11}})),
+        msg,
+    );
+}
+
+#[test]
+fn queue_depth_settings_outside_queue_depth_mode_are_refused() {
+    let msg = "spec.scaling: scaling.minReplicas, maxReplicas, targetStepsPerWorker and scaleDownDelay apply \
+               only to mode QueueDepth: remove them, or set mode QueueDepth";
+    refused(
+        workerpool_errors(
+            json!({"template": pod_template(), "scaling": {"mode": "External", "maxReplicas": 4}}),
+        ),
+        msg,
+    );
+    refused(
+        workerpool_errors(json!({
+            "template": pod_template(), "replicas": 2, "scaling": {"mode": "Manual", "scaleDownDelay": "1m"},
+        })),
+        msg,
+    );
+}
+
+#[test]
+fn manual_mode_needs_replicas() {
+    refused(
+        workerpool_errors(json!({"template": pod_template(), "scaling": {"mode": "Manual"}})),
+        "spec.replicas: spec.replicas is required with scaling.mode Manual: set the number of worker pods",
+    );
+}
+
+#[test]
+fn zero_heartbeat_timeout_of_a_pool_is_refused() {
+    refused(
+        workerpool_errors(json!({"template": pod_template(), "heartbeatTimeout": "0s"})),
+        "spec.heartbeatTimeout: must be a positive duration such as 30s, 10m or 1h30m, not zero",
+    );
+}
