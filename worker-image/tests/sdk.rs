@@ -140,6 +140,35 @@ async fn claims_runs_typed_handler_and_completes() {
 }
 
 #[tokio::test]
+async fn claims_ask_only_for_free_slots() {
+    let broker = FakeBroker::start().await;
+    broker.push(task("block", "s", empty()));
+    let release = Arc::new(Notify::new());
+    let gate = Arc::clone(&release);
+    let worker = Worker::new(config(&broker).with_concurrency(2)).handler(
+        "block",
+        move |_ctx: StepContext, _: Value| {
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.notified().await;
+                Ok::<_, StepError>(json!("released"))
+            }
+        },
+    );
+    let running = spawn(worker);
+    let state = broker
+        .wait_for("a claim while the task runs", |s| s.claims.len() >= 2)
+        .await;
+    assert_eq!(state.claims[0].capacity, 2);
+    assert_eq!(state.claims[1].capacity, 1, "one slot is busy");
+    release.notify_one();
+    broker
+        .wait_for("the completion", |s| !s.completes.is_empty())
+        .await;
+    stop(running).await;
+}
+
+#[tokio::test]
 async fn completion_is_retried_until_acknowledged() {
     let broker = FakeBroker::start().await;
     broker.program(|s| s.complete_errors_left = 2);
@@ -378,11 +407,9 @@ async fn broker_errors_are_backed_off_and_survived() {
     let state = broker
         .wait_for("the completion", |s| !s.completes.is_empty())
         .await;
-    assert_eq!(
-        state.claims.len(),
-        4,
-        "three 503s, then the claim that got the task"
-    );
+    // Three 503s, then the claim that got the task (and perhaps the next long poll already).
+    assert_eq!(state.claim_errors_left, 0);
+    assert!(state.claims.len() >= 4, "{}", state.claims.len());
     stop(running).await;
 }
 
