@@ -6,6 +6,7 @@ pub mod auth;
 pub mod queue;
 pub mod server;
 pub mod sink;
+pub mod tokenreview;
 
 pub use server::Broker;
 
