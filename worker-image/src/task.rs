@@ -16,7 +16,7 @@ use crate::backoff::Backoff;
 use crate::client::BrokerClient;
 use crate::config::Config;
 use crate::context::{CancelReason, StepContext};
-use crate::error::StepError;
+use crate::error::{StepError, chain};
 use crate::handler::ErasedHandler;
 
 /// What a running attempt shares with the worker loop.
@@ -149,10 +149,10 @@ async fn heartbeats(env: &TaskEnv, task: &Task) -> CancelReason {
             }
             Ok(_) => {}
             Err(error) if error.is_fenced() => {
-                warn!(%error, "heartbeat refused: attempt fenced");
+                warn!(error = %chain(&error), "heartbeat refused: attempt fenced");
                 return CancelReason::Fenced;
             }
-            Err(error) => warn!(%error, "heartbeat failed"),
+            Err(error) => warn!(error = %chain(&error), "heartbeat failed"),
         }
     }
 }
@@ -201,22 +201,22 @@ async fn send_report(env: &TaskEnv, task: &Task, mut report: Report) {
                 return;
             }
             Err(error) if error.is_fenced() => {
-                info!(%error, "report refused: attempt fenced");
+                info!(error = %chain(&error), "report refused: attempt fenced");
                 return;
             }
             Err(error) if error.status() == Some(413) && matches!(report, Report::Complete(_)) => {
-                warn!(%error, "output too large for the broker");
+                warn!(error = %chain(&error), "output too large for the broker");
                 report = too_large(&task.id);
             }
             Err(error) if error.status() == Some(400) => {
                 // Our request is malformed: repeating it cannot help. The broker will release the attempt
                 // when its heartbeats stop.
-                error!(%error, "report rejected as malformed; giving up");
+                error!(error = %chain(&error), "report rejected as malformed; giving up");
                 return;
             }
             Err(error) => {
                 let delay = backoff.next_delay();
-                warn!(%error, ?delay, "report failed; retrying");
+                warn!(error = %chain(&error), ?delay, "report failed; retrying");
                 tokio::time::sleep(delay).await;
             }
         }

@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 use crate::client::BrokerClient;
 use crate::config::Config;
 use crate::context::StepContext;
-use crate::error::{Error, StepError};
+use crate::error::{Error, StepError, chain};
 use crate::handler::{ErasedHandler, TypedHandler};
 use crate::task::{TaskEnv, run_task};
 
@@ -231,7 +231,7 @@ impl ClaimLoop {
                 Err(error) => {
                     drop(slots);
                     let delay = backoff.next_delay();
-                    warn!(%error, ?delay, "claim failed; backing off");
+                    warn!(error = %chain(&error), ?delay, "claim failed; backing off");
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -264,7 +264,7 @@ impl ClaimLoop {
     fn reap_finished(&mut self) {
         while let Some(result) = self.tasks.try_join_next() {
             if let Err(error) = result {
-                warn!(%error, "task runner ended abnormally");
+                warn!(error = %chain(&error), "task runner ended abnormally");
             }
         }
     }
@@ -304,7 +304,7 @@ impl ClaimLoop {
 async fn join_all(tasks: &mut JoinSet<()>) {
     while let Some(result) = tasks.join_next().await {
         if let Err(error) = result {
-            warn!(%error, "task runner ended abnormally");
+            warn!(error = %chain(&error), "task runner ended abnormally");
         }
     }
 }
