@@ -45,7 +45,7 @@ use super::schema::{any_json, duration_string, optional_any_json, positive_durat
         .field_path(".steps")
         .reason(Reason::FieldValueDuplicate),
     validation = Rule::new(
-        "self.steps.all(s, !has(s.dependsOn) || s.dependsOn.all(d, self.steps.exists(t, t.name == d)))"
+        "self.steps.all(s, !has(s.dependsOn) || sets.contains(self.steps.map(t, t.name), s.dependsOn))"
     )
     .message("every dependsOn entry must be the name of a step in spec.steps: fix the name or add the missing step")
     .field_path(".steps"),

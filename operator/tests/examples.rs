@@ -1,0 +1,127 @@
+//! Every manifest in `examples/` parses into its typed resource without unknown or misspelt fields, passes the
+//! CRDs' CEL rules, and (FlowRuns) passes the engine's validation; the FlowRuns name a WorkerPool the examples
+//! define.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde_json::Value;
+use sluice_operator::api::{FlowRun, WorkerPool};
+use sluice_operator::engine;
+
+fn examples_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// Every YAML document of every file in `examples/`, with its file name.
+fn documents() -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(examples_dir())
+        .expect("examples/ exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut docs = vec![];
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let parsed: Vec<Value> = serde_saphyr::from_str_multiple(&text)
+            .unwrap_or_else(|e| panic!("{name} is not valid YAML: {e}"));
+        assert!(!parsed.is_empty(), "{name} holds no manifest");
+        docs.extend(parsed.into_iter().map(|d| (name.clone(), d)));
+    }
+    docs
+}
+
+/// JSON numbers compared by value (`2` and `2.0` are the same backoff factor).
+fn normalize(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => serde_json::json!(n.as_f64()),
+        Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
+        Value::Object(o) => {
+            Value::Object(o.iter().map(|(k, v)| (k.clone(), normalize(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// The typed resource must keep every field of the manifest: serde ignores unknown fields, so a typo such as
+/// `dependOn` would otherwise pass silently.
+fn assert_round_trips(file: &str, raw: &Value, typed: Value) {
+    assert_eq!(
+        normalize(&raw["spec"]),
+        normalize(&typed["spec"]),
+        "{file}: the spec has fields the type does not know (a typo?) or that it drops"
+    );
+}
+
+#[test]
+fn the_promised_examples_exist() {
+    for file in [
+        "order-flow.yaml",
+        "approval-flow.yaml",
+        "fanout-flow.yaml",
+        "job-pool.yaml",
+        "workerpool.yaml",
+    ] {
+        assert!(
+            examples_dir().join(file).is_file(),
+            "examples/{file} is missing"
+        );
+    }
+}
+
+#[test]
+fn every_example_is_valid() {
+    let docs = documents();
+    let mut pools = BTreeSet::new();
+    let mut used_pools = vec![];
+    let mut flowruns = 0;
+    for (file, raw) in &docs {
+        assert_eq!(raw["apiVersion"], "sluice.dev/v1alpha1", "{file}");
+        match raw["kind"].as_str() {
+            Some("FlowRun") => {
+                flowruns += 1;
+                let fr: FlowRun = serde_json::from_value(raw.clone())
+                    .unwrap_or_else(|e| panic!("{file}: not a FlowRun: {e}"));
+                assert_round_trips(file, raw, serde_json::to_value(&fr).unwrap());
+                if let Err(errors) = fr.validate_cel() {
+                    panic!("{file}: refused by the CRD's CEL rules: {errors:#?}");
+                }
+                if let Err(errors) = engine::validate(&fr.spec) {
+                    panic!("{file}: refused by engine validation: {errors}");
+                }
+                used_pools.extend(fr.spec.pool.iter().map(|p| (file.clone(), p.clone())));
+                used_pools.extend(
+                    fr.spec
+                        .steps
+                        .iter()
+                        .filter_map(|s| s.pool.clone())
+                        .map(|p| (file.clone(), p)),
+                );
+            }
+            Some("WorkerPool") => {
+                let wp: WorkerPool = serde_json::from_value(raw.clone())
+                    .unwrap_or_else(|e| panic!("{file}: not a WorkerPool: {e}"));
+                assert_round_trips(file, raw, serde_json::to_value(&wp).unwrap());
+                if let Err(errors) = wp.validate_cel() {
+                    panic!("{file}: refused by the CRD's CEL rules: {errors:#?}");
+                }
+                let containers = &raw["spec"]["template"]["spec"]["containers"];
+                assert!(
+                    containers.as_array().is_some_and(|c| !c.is_empty()),
+                    "{file}: the pod template has no container"
+                );
+                pools.insert(wp.metadata.name.clone().expect("WorkerPool name"));
+            }
+            other => panic!("{file}: unexpected kind {other:?}"),
+        }
+    }
+    assert!(flowruns >= 4, "examples hold at least four FlowRuns");
+    for (file, pool) in used_pools {
+        assert!(
+            pools.contains(&pool),
+            "{file} runs on WorkerPool {pool}, which no example defines"
+        );
+    }
+}
