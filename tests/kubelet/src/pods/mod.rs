@@ -51,6 +51,8 @@ pub async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     let mut workers: HashMap<String, mpsc::UnboundedSender<Msg>> = HashMap::new();
     let mut tasks = JoinSet::new();
     let mut listed: HashSet<String> = HashSet::new();
+    // Pods whose worker deleted them: echoes of their last updates start nothing.
+    let mut finished: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             changed = shutdown.changed() => {
@@ -59,17 +61,28 @@ pub async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                 }
             }
             event = events.next() => match event {
-                Some(Ok(Event::Apply(pod))) => dispatch(&ctx, &mut workers, &mut tasks, pod),
+                Some(Ok(Event::Apply(pod))) => {
+                    let done = pod.metadata.uid.as_ref().is_some_and(|uid| finished.contains(uid));
+                    if !(done && pod.metadata.deletion_timestamp.is_some()) {
+                        dispatch(&ctx, &mut workers, &mut tasks, pod);
+                    }
+                }
                 Some(Ok(Event::InitApply(pod))) => {
                     listed.extend(pod.metadata.uid.clone());
                     dispatch(&ctx, &mut workers, &mut tasks, pod);
                 }
                 Some(Ok(Event::Delete(pod))) => {
+                    if let Some(uid) = &pod.metadata.uid {
+                        finished.remove(uid);
+                    }
                     if let Some(tx) = pod.metadata.uid.as_ref().and_then(|uid| workers.remove(uid)) {
                         let _ = tx.send(Msg::Gone);
                     }
                 }
-                Some(Ok(Event::Init)) => listed.clear(),
+                Some(Ok(Event::Init)) => {
+                    listed.clear();
+                    finished.clear();
+                }
                 Some(Ok(Event::InitDone)) => {
                     // Pods that vanished while the watch was down.
                     let gone: Vec<String> = workers.keys().filter(|uid| !listed.contains(*uid)).cloned().collect();
@@ -83,7 +96,13 @@ pub async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                 None => break,
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {
-                workers.retain(|_, tx| !tx.is_closed());
+                workers.retain(|uid, tx| {
+                    let open = !tx.is_closed();
+                    if !open {
+                        finished.insert(uid.clone());
+                    }
+                    open
+                });
             }
         }
     }

@@ -660,6 +660,12 @@ impl Worker {
                 self.written = Some(status);
                 self.status_retry = None;
             }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                // Deleted meanwhile (a finished pod is deleted at once): nothing left to report.
+                tracing::debug!(pod = %self.key, "pod gone while writing status");
+                self.status_retry = None;
+                self.end(Ending::Gone, GONE_GRACE);
+            }
             Err(e) => {
                 tracing::warn!(pod = %self.key, error = %e, "writing status; retrying");
                 self.status_retry = Some(Instant::now() + Duration::from_secs(1));
