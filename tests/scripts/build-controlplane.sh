@@ -40,9 +40,9 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 mkdir -p "$(dirname "$BIN")"
-echo "build-controlplane: building sluice-controlplane (Kubernetes $KVER); a cold build takes a while" >&2
+echo "build-controlplane: building sluice-controlplane (Kubernetes $KVER) (a cold build takes several minutes)" >&2
 start=$SECONDS
-(cd "$SRC" && go build -trimpath -ldflags="$LDFLAGS" -o "$BIN.tmp" .)
+(cd "$SRC" && go build -buildvcs=false -trimpath -ldflags="$LDFLAGS" -o "$BIN.tmp" .)
 mv -f "$BIN.tmp" "$BIN"
 echo "build-controlplane: built in $((SECONDS - start))s" >&2
 echo "$BIN"

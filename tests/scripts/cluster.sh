@@ -33,10 +33,11 @@ has_kubelet() { [[ "${SLUICE_NO_KUBELET:-0}" != 1 && -f "$ROOT/tests/kubelet/Car
 kubelet_bin() { echo "${CARGO_TARGET_DIR:-$ROOT/target}/debug/sluice-kubelet"; }
 
 pid_of() { [[ -s "$1" ]] && cat "$1"; }
+# A pid file names a live process of ours (not a recycled pid).
 alive() {
   local pid
   pid="$(pid_of "$1")" || return 1
-  kill -0 "$pid" 2>/dev/null
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q sluice-
 }
 
 # All the state changes of up/down happen under a lock inside the state dir.
@@ -64,7 +65,12 @@ running() {
 stop() {
   local name="$1" pidfile="$2" grace="$3" pid
   pid="$(pid_of "$pidfile")" || { rm -f "$pidfile"; return 0; }
-  if kill -0 "$pid" 2>/dev/null; then
+  if kill -0 "$pid" 2>/dev/null && ! alive "$pidfile"; then
+    # The pid was recycled by an unrelated process: nothing of ours is left to stop.
+    rm -f "$pidfile"
+    return 0
+  fi
+  if alive "$pidfile"; then
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + grace))
