@@ -77,6 +77,19 @@ impl Task {
     }
 }
 
+/// An attempt the status shows claimed by a worker (phase Running). After an operator restart the broker
+/// learns of in-flight attempts from these and gives each a fresh heartbeat window (design invariant 6).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunningAttempt {
+    /// The attempt, with its pool, handler and timeouts; `input` is `null` (the worker already has it) and
+    /// `fresh` is false.
+    pub task: Task,
+    /// The worker running it.
+    pub worker: Option<String>,
+    /// When it times out, if it has a timeout.
+    pub deadline: Option<Timestamp>,
+}
+
 /// A child FlowRun to create (idempotently: it may already exist, the name is deterministic).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChildFlowRequest {

@@ -23,7 +23,8 @@ use thiserror::Error;
 use super::attempt::{Slot, fail_attempt};
 use super::decision::{AttemptRef, Note};
 use super::output::{
-    CHILD_FAILED, HEARTBEAT_LOST, OUTPUT_TOO_LARGE, TIMEOUT, check_output, status_bytes, step_error,
+    CHILD_FAILED, HEARTBEAT_LOST, OUTPUT_TOO_LARGE, TIMEOUT, check_output, normalize, status_bytes,
+    step_error, stored,
 };
 use super::timers::{after, past};
 use super::{Ctx, FlowRunInput};
@@ -389,8 +390,8 @@ fn plain(
     }
     let mut slot = Slot::of_step(st);
     let output = apply_to_slot(ctx, step, None, &mut slot, event, notes);
-    if output.is_some() {
-        st.output = output;
+    if let Some(out) = output {
+        st.output = stored(out);
     }
     if st.phase.is_terminal() {
         st.finished_at = Some(past(ctx.now));
@@ -471,7 +472,7 @@ fn instance(
     );
     match output {
         Some(out) => {
-            inst.outputs.insert(key, out);
+            inst.outputs.insert(key, normalize(out));
             inst.succeeded += 1;
         }
         None => {
@@ -537,7 +538,7 @@ fn child_finished(
             match check_output(&out, ctx.max_output()) {
                 Ok(()) => {
                     st.phase = StepPhase::Succeeded;
-                    st.output = Some(out);
+                    st.output = stored(out);
                     None
                 }
                 Err(msg) => Some((OUTPUT_TOO_LARGE, msg)),

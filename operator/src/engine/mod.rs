@@ -44,10 +44,10 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-pub use decision::{AttemptRef, ChildFlowRequest, Decision, Note, NoteKind, Task};
+pub use decision::{AttemptRef, ChildFlowRequest, Decision, Note, NoteKind, RunningAttempt, Task};
 pub use events::{ChildOutcome, Event, EventOutcome, Refusal, TaskFailure, apply_event};
 pub use patch::status_patch;
-pub use schedule::decide;
+pub use schedule::{decide, running_attempts};
 pub use validate::{ValidationError, ValidationErrors, validate};
 
 use crate::api::{FlowRun, FlowRunSpec, FlowRunStatus, Step};

@@ -69,6 +69,31 @@ fn truncate(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
+/// The form in which an output is stored: `null` members of objects are dropped (recursively; array
+/// elements are kept). Status is written with JSON merge patches, where a `null` member means "delete",
+/// so the API server would drop them anyway; dropping them here keeps the engine's status identical to what
+/// it reads back. A missing field and `null` read the same in expressions.
+pub fn normalize(v: Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, normalize(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(normalize).collect()),
+        other => other,
+    }
+}
+
+/// A stored output: normalized, and `None` for `null` (a merge patch cannot store a `null` field).
+pub fn stored(v: Value) -> Option<Value> {
+    match normalize(v) {
+        Value::Null => None,
+        v => Some(v),
+    }
+}
+
 /// Estimated size of the status in bytes of JSON, `statusBytes` included.
 pub fn status_bytes(status: &FlowRunStatus) -> u64 {
     let mut probe = status.clone();
@@ -121,6 +146,16 @@ mod tests {
         assert!(e.message.len() <= MAX_MESSAGE_BYTES);
         assert!(e.message.ends_with("THE CAUSE"));
         assert_eq!(e.attempt, 2);
+    }
+
+    #[test]
+    fn outputs_are_stored_without_null_members() {
+        assert_eq!(
+            stored(json!({"a": null, "b": {"c": null, "d": 1}, "e": [null, {"f": null}]})),
+            Some(json!({"b": {"d": 1}, "e": [null, {}]}))
+        );
+        assert_eq!(stored(json!(null)), None);
+        assert_eq!(stored(json!(0)), Some(json!(0)));
     }
 
     #[test]

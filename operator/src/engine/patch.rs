@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::api::FlowRunStatus;
 
 /// A merge patch `{"status": {...}}` turning `old` into `new`, touching only changed top-level fields and
-/// changed step entries (and inside a step entry only its changed fields). `signals` is never included.
+/// changed step entries (and inside them only the changed fields). `signals` is never included.
 /// Returns `{"status": {}}` when nothing changed; see [`is_empty`].
 pub fn status_patch(old: &FlowRunStatus, new: &FlowRunStatus) -> Value {
     let mut old = serde_json::to_value(old).unwrap_or(Value::Null);
@@ -23,26 +23,10 @@ pub fn status_patch(old: &FlowRunStatus, new: &FlowRunStatus) -> Value {
             m.remove("signals");
         }
     }
-    let mut status = Map::new();
-    let empty = Map::new();
-    let old = old.as_object().unwrap_or(&empty);
-    let new = new.as_object().unwrap_or(&empty);
-    for (key, new_value) in new {
-        match old.get(key) {
-            Some(old_value) if old_value == new_value => {}
-            Some(old_value) if key == "steps" => {
-                status.insert(key.clone(), diff(old_value, new_value, 2));
-            }
-            _ => {
-                status.insert(key.clone(), new_value.clone());
-            }
-        }
-    }
-    for key in old.keys() {
-        if !new.contains_key(key) {
-            status.insert(key.clone(), Value::Null);
-        }
-    }
+    let status = match diff(&old, &new) {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
     let mut patch = Map::new();
     patch.insert("status".into(), Value::Object(status));
     Value::Object(patch)
@@ -56,23 +40,20 @@ pub fn is_empty(patch: &Value) -> bool {
         .is_none_or(Map::is_empty)
 }
 
-/// Merge-patch diff of two objects, recursing `depth` levels (steps map → step entry → fields); below
-/// that, changed values are replaced whole.
-fn diff(old: &Value, new: &Value, depth: u32) -> Value {
+/// Merge-patch diff: objects recurse (a merge patch merges objects, so a removed key must be sent as
+/// `null` at its own level); anything else that changed is replaced whole.
+fn diff(old: &Value, new: &Value) -> Value {
     let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
         return new.clone();
     };
-    if depth == 0 {
-        return Value::Object(new.clone());
-    }
     let mut out = Map::new();
     for (k, v) in new {
         match old.get(k) {
             Some(o) if o == v => {}
-            Some(o) if o.is_object() && v.is_object() && depth > 1 => {
-                out.insert(k.clone(), diff(o, v, depth - 1));
+            Some(o) => {
+                out.insert(k.clone(), diff(o, v));
             }
-            _ => {
+            None => {
                 out.insert(k.clone(), v.clone());
             }
         }

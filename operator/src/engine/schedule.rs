@@ -14,16 +14,71 @@ use serde_json::Value;
 
 use super::attempt::{Slot, fail_attempt};
 use super::child::{child_name, child_spec};
-use super::decision::{AttemptRef, ChildFlowRequest, Decision, Note, Task};
+use super::decision::{AttemptRef, ChildFlowRequest, Decision, Note, RunningAttempt, Task};
 use super::expr::{self, Vars};
 use super::foreach;
 use super::output::{
-    INVALID_INPUT, OUTPUT_TOO_LARGE, TIMEOUT, check_output, status_bytes, step_error,
+    INVALID_INPUT, OUTPUT_TOO_LARGE, TIMEOUT, check_output, status_bytes, step_error, stored,
 };
 use super::timers::{after, ceil_second, earliest, is_due, parse_duration, parse_time, past};
 use super::validate::{StepKind, step_kind, validate};
 use super::{Ctx, FlowRunInput};
 use crate::api::{FlowPhase, FlowRunStatus, StepPhase, StepStatus};
+
+/// The attempts the status shows Running on workers (plain handler steps and forEach instances).
+pub fn running_attempts(flow: &FlowRunInput<'_>) -> Vec<RunningAttempt> {
+    let ctx = Ctx::new(flow, Timestamp::UNIX_EPOCH);
+    let mut out = Vec::new();
+    for step in &flow.spec.steps {
+        let (Some(handler), Some(st)) = (&step.handler, flow.status.steps.get(&step.name)) else {
+            continue;
+        };
+        let mut push = |attempt: AttemptRef, worker: &Option<String>, deadline: &Option<Time>| {
+            out.push(RunningAttempt {
+                task: Task {
+                    attempt,
+                    pool: ctx.pool(step),
+                    handler: handler.clone(),
+                    input: Value::Null,
+                    timeout: ctx.timeout(step),
+                    heartbeat_timeout: ctx.heartbeat_timeout(step),
+                    fresh: false,
+                },
+                worker: worker.clone(),
+                deadline: deadline.as_ref().map(|t| t.0),
+            });
+        };
+        match &st.instances {
+            Some(inst) if step.for_each.is_some() => {
+                let mut keys: Vec<(u32, &String)> = inst
+                    .active
+                    .keys()
+                    .filter_map(|k| Some((k.parse().ok()?, k)))
+                    .collect();
+                keys.sort();
+                for (index, k) in keys {
+                    let one = &inst.active[k];
+                    if one.phase == StepPhase::Running {
+                        push(
+                            AttemptRef::instance(&step.name, index, one.attempts),
+                            &one.worker,
+                            &one.deadline,
+                        );
+                    }
+                }
+            }
+            _ if step.for_each.is_none() && st.phase == StepPhase::Running => {
+                push(
+                    AttemptRef::step(&step.name, st.attempts),
+                    &st.worker,
+                    &st.deadline,
+                );
+            }
+            _ => {}
+        }
+    }
+    out
+}
 
 /// Side effects gathered while deciding.
 #[derive(Default)]
@@ -317,7 +372,7 @@ impl Scheduler<'_> {
                     }
                     let st = self.st(i);
                     st.phase = StepPhase::Succeeded;
-                    st.output = Some(payload);
+                    st.output = stored(payload);
                     st.deadline = None;
                     st.finished_at = Some(past(now));
                     self.fx.notes.push(Note::normal(
@@ -506,7 +561,7 @@ impl Scheduler<'_> {
         };
         match output {
             Ok(output) => {
-                self.status.output = output;
+                self.status.output = output.and_then(stored);
                 self.status.phase = Some(FlowPhase::Succeeded);
                 self.fx.notes.push(Note::normal(
                     "FlowSucceeded",

@@ -209,6 +209,50 @@ fn a_linear_flow_runs_to_success() {
 }
 
 #[test]
+fn running_attempts_are_listed_for_the_broker() {
+    let mut h = H::new(
+        json!({"pool": "p", "defaults": {"timeout": "1m"}, "steps": [
+            {"name": "a", "handler": "h"},
+            {"name": "b", "handler": "h2", "pool": "other", "forEach": [1, 2, 3]},
+        ]}),
+    );
+    h.decide();
+    assert!(running_attempts(&h.input()).is_empty());
+    h.claim("a", 1);
+    h.ok(Event::Claimed {
+        attempt: AttemptRef::instance("b", 2, 1),
+        worker: "w2".into(),
+        at: h.now,
+    });
+    let running = running_attempts(&h.input());
+    let got: Vec<_> = running
+        .iter()
+        .map(|r| {
+            (
+                r.task.attempt.to_string(),
+                r.task.pool.clone(),
+                r.worker.clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a attempt 1".to_owned(), "p".to_owned(), "w1".to_owned()),
+            (
+                "b[2] attempt 1".to_owned(),
+                "other".to_owned(),
+                "w2".to_owned()
+            )
+        ]
+    );
+    assert_eq!(
+        running[0].deadline,
+        Some(h.now + jiff::SignedDuration::from_secs(60))
+    );
+}
+
+#[test]
 fn decide_is_pure_and_reaches_a_fixpoint() {
     let mut h = H::new(linear());
     let a = decide(&h.input(), h.now);
