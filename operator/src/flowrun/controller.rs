@@ -1,0 +1,72 @@
+//! The FlowRun controller: watches FlowRuns (and the child FlowRuns they own) and asks the status writer to
+//! bring each one up to date, then requeues it for the engine's next timer or deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use super::Error;
+use super::writer::StatusWriter;
+use crate::api::FlowRun;
+use crate::telemetry::Metrics;
+
+/// What reconcile needs.
+pub struct Context {
+    /// The single writer of FlowRun statuses.
+    pub writer: Arc<StatusWriter>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Look at every FlowRun at least this often, even with nothing due: a safety net, not the mechanism.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Runs the controller over `api` until `shutdown` fires.
+pub async fn run(
+    api: Api<FlowRun>,
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    Controller::new(api.clone(), watcher::Config::default().any_semantic())
+        .owns(
+            api,
+            watcher::Config::default()
+                .labels(super::effects::PARENT_LABEL)
+                .any_semantic(),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "FlowRun reconcile failed");
+            }
+        })
+        .await;
+    info!("FlowRun controller stopped");
+}
+
+#[instrument(skip_all, fields(namespace = fr.namespace().unwrap_or_default(), flowrun = %fr.name_any()))]
+async fn reconcile(fr: Arc<FlowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = fr.namespace().unwrap_or_default();
+    let wake = ctx.writer.reconcile(&namespace, &fr.name_any()).await?;
+    Ok(match wake {
+        Some(at) => {
+            let wait =
+                Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO);
+            // A small floor keeps a timer that is already due from spinning the controller.
+            Action::requeue(wait.clamp(Duration::from_millis(100), RESYNC))
+        }
+        None => Action::requeue(RESYNC),
+    })
+}
+
+fn error_policy(_fr: Arc<FlowRun>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error("flowrun", error.metric_label());
+    Action::requeue(Duration::from_secs(2))
+}

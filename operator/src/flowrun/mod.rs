@@ -1,0 +1,166 @@
+//! Running FlowRuns: the controller that drives the engine, the status writer that is the single writer of
+//! step state, the side effects of decisions, and the runtime that ties them to the broker.
+
+pub mod controller;
+pub mod effects;
+pub mod writer;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, join_all};
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tracing::info;
+
+use crate::api::FlowRun;
+use crate::broker::Broker;
+use crate::broker::auth::Authenticator;
+use crate::telemetry::Metrics;
+use effects::Effects;
+use writer::StatusWriter;
+
+/// Errors of the FlowRun controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
+    /// The status writer of a FlowRun stopped before answering.
+    #[error("the status writer stopped")]
+    WriterGone,
+}
+
+impl Error {
+    /// A short label for the `sluice_reconcile_errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::WriterGone => "writer_gone",
+        }
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Error::Kube(e.to_string())
+    }
+}
+
+/// Which namespaces the operator watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace.
+    All,
+    /// Only these.
+    Namespaces(Vec<String>),
+}
+
+/// The FlowRun side of the operator: status writer, broker and controller.
+pub struct FlowRunRuntime {
+    client: Client,
+    broker: Broker,
+    writer: Arc<StatusWriter>,
+    metrics: Metrics,
+    scope: Scope,
+}
+
+impl FlowRunRuntime {
+    /// Builds the runtime; nothing runs until [`FlowRunRuntime::lead`].
+    pub fn new(
+        client: Client,
+        auth: Arc<dyn Authenticator>,
+        metrics: Metrics,
+        scope: Scope,
+    ) -> Self {
+        let instance = std::env::var("POD_NAME").ok();
+        let writer = StatusWriter::new(
+            client.clone(),
+            Effects::new(client.clone(), instance),
+            metrics.clone(),
+        );
+        let broker = Broker::new(Arc::new(writer.clone()), auth);
+        writer.attach(broker.clone());
+        Self {
+            client,
+            broker,
+            writer,
+            metrics,
+            scope,
+        }
+    }
+
+    /// The broker, to serve its router.
+    pub fn broker(&self) -> Broker {
+        self.broker.clone()
+    }
+
+    fn apis(&self) -> Vec<Api<FlowRun>> {
+        match &self.scope {
+            Scope::All => vec![Api::all(self.client.clone())],
+            Scope::Namespaces(namespaces) => namespaces
+                .iter()
+                .map(|ns| Api::namespaced(self.client.clone(), ns))
+                .collect(),
+        }
+    }
+
+    /// Runs while this replica leads: rebuilds the broker's queue from every FlowRun's status (invariant 6),
+    /// opens the broker to workers, and runs the controller and the loss detector until `shutdown`.
+    pub async fn lead(
+        &self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let shutdown = shutdown.shared();
+        self.rebuild().await?;
+        self.broker.set_ready(true);
+        info!("broker open: queue rebuilt from FlowRun statuses");
+        let ctx = Arc::new(controller::Context {
+            writer: self.writer.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
+        for api in self.apis() {
+            tasks.push(Box::pin(controller::run(
+                api,
+                ctx.clone(),
+                shutdown.clone(),
+            )));
+        }
+        let broker = self.broker.clone();
+        let stop = shutdown.clone();
+        tasks.push(Box::pin(
+            async move { broker.run_loss_detector(stop).await },
+        ));
+        join_all(tasks).await;
+        self.broker.set_ready(false);
+        Ok(())
+    }
+
+    /// Reconciles every FlowRun once, so that queued attempts are offered again and running ones adopted with
+    /// a fresh heartbeat window before any worker is answered.
+    async fn rebuild(&self) -> Result<(), Error> {
+        let mut n = 0;
+        for api in self.apis() {
+            let list = api.list(&ListParams::default()).await?;
+            for fr in list.items {
+                let terminal = fr
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|p| p.is_terminal());
+                if terminal {
+                    continue;
+                }
+                let namespace = kube::ResourceExt::namespace(&fr).unwrap_or_default();
+                self.writer
+                    .reconcile(&namespace, &kube::ResourceExt::name_any(&fr))
+                    .await?;
+                n += 1;
+            }
+        }
+        info!(flowruns = n, "rebuilt the broker queue");
+        Ok(())
+    }
+}

@@ -1,0 +1,473 @@
+//! FlowRuns run to completion on the real API server: the operator's FlowRun runtime (status writer,
+//! controller, broker) runs in this test process, and workers built on the Rust SDK claim from its broker over
+//! real HTTP. These tests prove the engine ↔ status ↔ broker ↔ worker path; worker pods run by the process
+//! kubelet are exercised by the WorkerPool tests.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use sluice_e2e::{TestNamespace, cluster, wait_for};
+use sluice_operator::api::{FlowPhase, FlowRun, StepPhase};
+use sluice_operator::broker::auth::TrustAll;
+use sluice_operator::flowrun::{FlowRunRuntime, Scope};
+use sluice_operator::telemetry::Metrics;
+use sluice_worker::{Config, StepContext, StepError, Worker};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Installs (server-side apply) the CRDs generated from the types and waits until they are served.
+async fn ensure_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in sluice_operator::crds::all() {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply("sluice-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+        wait_for(
+            &api,
+            &name,
+            |crd: Option<&CustomResourceDefinition>| {
+                crd.and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
+            },
+            Duration::from_secs(60),
+            &format!("CRD {name} to be Established"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The operator's FlowRun runtime and its broker, running in this process for one namespace.
+struct Operator {
+    url: String,
+    stop: watch::Sender<bool>,
+}
+
+impl Operator {
+    async fn start(client: Client, namespace: &str) -> Result<Self> {
+        let runtime = FlowRunRuntime::new(
+            client,
+            Arc::new(TrustAll),
+            Metrics::new(),
+            Scope::Namespaces(vec![namespace.to_owned()]),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, rx) = watch::channel(false);
+        let router = runtime.broker().router();
+        let mut http_stop = rx.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        let mut lead_stop = rx;
+        tokio::spawn(async move {
+            runtime
+                .lead(async move {
+                    let _ = lead_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        Ok(Self { url, stop })
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// What the handlers saw, to assert on side effects.
+#[derive(Default)]
+struct Log {
+    calls: Mutex<Vec<(String, u32)>>,
+    flaky_failures: AtomicU32,
+}
+
+fn start_worker(
+    operator: &Operator,
+    namespace: &str,
+    name: &str,
+    log: Arc<Log>,
+) -> sluice_worker::ShutdownHandle {
+    let config = Config::new(&operator.url, format!("{namespace}/pool"), name);
+    let (l1, l2, l3) = (log.clone(), log.clone(), log);
+    let worker = Worker::new(config)
+        .concurrency(4)
+        .handler("double", move |ctx: StepContext, input: Value| {
+            let log = l1.clone();
+            async move {
+                log.calls
+                    .lock()
+                    .unwrap()
+                    .push((ctx.step().to_owned(), ctx.attempt()));
+                let n = input["n"]
+                    .as_i64()
+                    .ok_or_else(|| StepError::fatal("BadInput", "n must be a number"))?;
+                Ok(json!({ "n": n * 2 }))
+            }
+        })
+        .handler("flaky", move |ctx: StepContext, _input: Value| {
+            let log = l2.clone();
+            async move {
+                log.calls
+                    .lock()
+                    .unwrap()
+                    .push((ctx.step().to_owned(), ctx.attempt()));
+                if ctx.attempt() < 3 {
+                    log.flaky_failures.fetch_add(1, Ordering::SeqCst);
+                    return Err(StepError::retryable(format!(
+                        "transient failure on attempt {}",
+                        ctx.attempt()
+                    )));
+                }
+                Ok(json!({ "attempt": ctx.attempt() }))
+            }
+        })
+        .handler("decline", move |ctx: StepContext, _input: Value| {
+            let log = l3.clone();
+            async move {
+                log.calls
+                    .lock()
+                    .unwrap()
+                    .push((ctx.step().to_owned(), ctx.attempt()));
+                Err::<Value, _>(StepError::fatal("card_declined", "the card was declined"))
+            }
+        });
+    let handle = worker.shutdown_handle();
+    tokio::spawn(async move { worker.run_until(std::future::pending()).await });
+    handle
+}
+
+async fn create(api: &Api<FlowRun>, manifest: Value) -> Result<String> {
+    let fr: FlowRun = serde_json::from_value(manifest)?;
+    let created = api.create(&PostParams::default(), &fr).await?;
+    Ok(created.metadata.name.unwrap_or_default())
+}
+
+async fn wait_phase(api: &Api<FlowRun>, name: &str, phase: FlowPhase) -> Result<FlowRun> {
+    let want = phase;
+    wait_for(
+        api,
+        name,
+        move |fr: Option<&FlowRun>| {
+            fr.and_then(|f| f.status.as_ref()).and_then(|s| s.phase) == Some(want)
+        },
+        WAIT,
+        &format!("FlowRun {name} to reach {phase:?}"),
+    )
+    .await?;
+    Ok(api.get(name).await?)
+}
+
+struct Setup {
+    ns: TestNamespace,
+    api: Api<FlowRun>,
+    log: Arc<Log>,
+    _operator: Operator,
+    worker: sluice_worker::ShutdownHandle,
+}
+
+async fn setup(prefix: &str) -> Result<Setup> {
+    // Operator and worker logs go to the test's captured output, shown when a test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sluice_operator=debug,sluice_worker=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let client = cluster().await?;
+    ensure_crds(&client).await?;
+    let ns = TestNamespace::new(prefix).await?;
+    let operator = Operator::start(ns.client(), ns.name()).await?;
+    let log = Arc::new(Log::default());
+    let worker = start_worker(&operator, ns.name(), "worker-1", log.clone());
+    let api: Api<FlowRun> = ns.api();
+    Ok(Setup {
+        ns,
+        api,
+        log,
+        _operator: operator,
+        worker,
+    })
+}
+
+impl Setup {
+    async fn finish(self) -> Result<()> {
+        self.worker.shutdown();
+        self.ns.cleanup().await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_chain_of_handler_steps_succeeds_with_outputs_in_status() -> Result<()> {
+    let s = setup("fr-chain").await?;
+    let name = create(
+        &s.api,
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": "chain"},
+            "spec": {
+                "pool": "pool",
+                "input": {"n": 21},
+                "steps": [
+                    {"name": "first", "handler": "double", "input": {"n": "${{ input.n }}"}},
+                    {"name": "second", "dependsOn": ["first"], "handler": "double",
+                     "input": {"n": "${{ steps.first.output.n }}"}}
+                ],
+                "output": {"result": "${{ steps.second.output.n }}"}
+            }
+        }),
+    )
+    .await?;
+    let fr = wait_phase(&s.api, &name, FlowPhase::Succeeded).await?;
+    let status = fr.status.unwrap();
+    assert_eq!(status.output, Some(json!({"result": 84})));
+    assert_eq!(status.steps["first"].output, Some(json!({"n": 42})));
+    for step in ["first", "second"] {
+        assert_eq!(status.steps[step].phase, StepPhase::Succeeded);
+        assert_eq!(status.steps[step].attempts, 1, "{step} ran once");
+        assert_eq!(status.steps[step].worker.as_deref(), Some("worker-1"));
+    }
+    let calls = s.log.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![("first".to_owned(), 1), ("second".to_owned(), 1)],
+        "each step handled once, in order"
+    );
+    s.finish().await
+}
+
+#[tokio::test]
+async fn retries_with_backoff_then_succeeds_and_non_retryable_fails_at_once() -> Result<()> {
+    let s = setup("fr-retry").await?;
+    let flaky = create(
+        &s.api,
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": "flaky"},
+            "spec": {
+                "pool": "pool",
+                "steps": [{"name": "job", "handler": "flaky",
+                           "retry": {"maxAttempts": 5, "initialBackoff": "200ms", "maxBackoff": "1s"}}]
+            }
+        }),
+    )
+    .await?;
+    let declined = create(
+        &s.api,
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": "declined"},
+            "spec": {
+                "pool": "pool",
+                "steps": [{"name": "charge", "handler": "decline",
+                           "retry": {"maxAttempts": 5, "nonRetryableErrors": ["card_declined"]}}]
+            }
+        }),
+    )
+    .await?;
+    let fr = wait_phase(&s.api, &flaky, FlowPhase::Succeeded).await?;
+    let job = &fr.status.as_ref().unwrap().steps["job"];
+    assert_eq!(job.attempts, 3, "two transient failures, then success");
+    assert_eq!(job.output, Some(json!({"attempt": 3})));
+
+    let fr = wait_phase(&s.api, &declined, FlowPhase::Failed).await?;
+    let charge = &fr.status.as_ref().unwrap().steps["charge"];
+    assert_eq!(charge.phase, StepPhase::Failed);
+    assert_eq!(charge.attempts, 1, "a non-retryable error is not retried");
+    assert_eq!(
+        charge.error.as_ref().map(|e| e.type_.as_str()),
+        Some("card_declined")
+    );
+    s.finish().await
+}
+
+#[tokio::test]
+async fn max_attempts_fails_the_step_with_the_last_error() -> Result<()> {
+    let s = setup("fr-poison").await?;
+    let name = create(
+        &s.api,
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": "poison"},
+            "spec": {
+                "pool": "pool",
+                "steps": [{"name": "job", "handler": "flaky",
+                           "retry": {"maxAttempts": 2, "initialBackoff": "100ms"}}]
+            }
+        }),
+    )
+    .await?;
+    let fr = wait_phase(&s.api, &name, FlowPhase::Failed).await?;
+    let job = &fr.status.as_ref().unwrap().steps["job"];
+    assert_eq!((job.phase, job.attempts), (StepPhase::Failed, 2));
+    let error = job.error.as_ref().expect("the last error is kept");
+    assert!(
+        error.message.contains("attempt 2"),
+        "last error kept: {error:?}"
+    );
+    s.finish().await
+}
+
+/// Signals sent before the wait starts and after it started both complete the wait, and the payload becomes
+/// the step's output. The signal is written the way a user does, through the status subresource.
+#[tokio::test]
+async fn signals_sent_before_and_after_the_wait_complete_it() -> Result<()> {
+    let s = setup("fr-signal").await?;
+    let manifest = |name: &str| {
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": name},
+            "spec": {
+                "pool": "pool",
+                "input": {"n": 1},
+                "steps": [
+                    {"name": "prepare", "handler": "double", "input": {"n": "${{ input.n }}"}},
+                    {"name": "approval", "dependsOn": ["prepare"], "waitForSignal": {"name": "manager-approval"}}
+                ],
+                "output": {"approved": "${{ steps.approval.output.approved }}"}
+            }
+        })
+    };
+    let signal =
+        json!({"status": {"signals": {"manager-approval": {"payload": {"approved": true}}}}});
+
+    // After: wait until the step is Waiting, then signal.
+    let after = create(&s.api, manifest("after")).await?;
+    wait_for(
+        &s.api,
+        &after,
+        |fr: Option<&FlowRun>| {
+            fr.and_then(|f| f.status.as_ref())
+                .and_then(|st| st.steps.get("approval"))
+                .is_some_and(|st| st.phase == StepPhase::Waiting)
+        },
+        WAIT,
+        "step approval to wait for its signal",
+    )
+    .await?;
+    s.api
+        .patch_status(&after, &PatchParams::default(), &Patch::Merge(&signal))
+        .await?;
+    let fr = wait_phase(&s.api, &after, FlowPhase::Succeeded).await?;
+    let status = fr.status.unwrap();
+    assert_eq!(
+        status.steps["approval"].output,
+        Some(json!({"approved": true}))
+    );
+    assert_eq!(status.output, Some(json!({"approved": true})));
+    assert!(
+        status.signals.contains_key("manager-approval"),
+        "the operator never removes user-written signals"
+    );
+
+    // Before: create the FlowRun and signal it at once, before the step can have started waiting.
+    let before = create(&s.api, manifest("before")).await?;
+    s.api
+        .patch_status(&before, &PatchParams::default(), &Patch::Merge(&signal))
+        .await?;
+    let fr = wait_phase(&s.api, &before, FlowPhase::Succeeded).await?;
+    assert_eq!(
+        fr.status.unwrap().steps["approval"].output,
+        Some(json!({"approved": true}))
+    );
+    s.finish().await
+}
+
+#[tokio::test]
+async fn for_each_fans_out_and_collects_outputs_in_order() -> Result<()> {
+    let s = setup("fr-foreach").await?;
+    let name = create(
+        &s.api,
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": "fanout"},
+            "spec": {
+                "pool": "pool",
+                "input": {"items": [1, 2, 3, 4, 5, 6, 7]},
+                "steps": [
+                    {"name": "each", "handler": "double", "forEach": "${{ input.items }}", "maxParallel": 3,
+                     "input": {"n": "${{ item }}"}}
+                ],
+                "output": "${{ steps.each.output }}"
+            }
+        }),
+    )
+    .await?;
+    let fr = wait_phase(&s.api, &name, FlowPhase::Succeeded).await?;
+    let expected: Vec<Value> = (1..=7).map(|n| json!({"n": n * 2})).collect();
+    assert_eq!(fr.status.unwrap().output, Some(Value::Array(expected)));
+    let calls = s.log.calls.lock().unwrap().clone();
+    let per_step: BTreeMap<_, usize> = calls.iter().fold(BTreeMap::new(), |mut m, (step, _)| {
+        *m.entry(step.clone()).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        per_step.get("each"),
+        Some(&7),
+        "each instance handled exactly once"
+    );
+    s.finish().await
+}
+
+#[tokio::test]
+async fn an_invalid_flow_ends_failed_with_a_condition_naming_every_problem() -> Result<()> {
+    let s = setup("fr-invalid").await?;
+    // Valid for the CRD schema, invalid for the engine: a cycle and a reference to an unknown step.
+    let name = create(
+        &s.api,
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": "invalid"},
+            "spec": {
+                "pool": "pool",
+                "steps": [
+                    {"name": "a", "dependsOn": ["b"], "handler": "double"},
+                    {"name": "b", "dependsOn": ["a"], "handler": "double",
+                     "input": {"n": "${{ steps.nowhere.output }}"}}
+                ]
+            }
+        }),
+    )
+    .await
+    .context("the CRD rules accept this flow; only the engine can see the cycle")?;
+    let fr = wait_phase(&s.api, &name, FlowPhase::Failed).await?;
+    let status = fr.status.unwrap();
+    let invalid = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Invalid")
+        .context("an Invalid condition")?;
+    assert_eq!(invalid.status, "True");
+    assert!(invalid.message.contains("cycle"), "{}", invalid.message);
+    assert!(invalid.message.contains("nowhere"), "{}", invalid.message);
+    assert!(
+        s.log.calls.lock().unwrap().is_empty(),
+        "nothing of an invalid flow runs"
+    );
+    s.finish().await
+}
