@@ -293,7 +293,7 @@ fn lists_and_strings_that_rules_walk_are_bounded() {
         ("spec.steps", "maxItems", 200),
         ("spec.steps", "minItems", 1),
         ("spec.steps[].name", "maxLength", 63),
-        ("spec.steps[].dependsOn", "maxItems", 50),
+        ("spec.steps[].dependsOn", "maxItems", 20),
         ("spec.steps[].dependsOn[]", "maxLength", 63),
         ("spec.steps[].handler", "maxLength", 253),
         ("spec.steps[].pool", "maxLength", 253),

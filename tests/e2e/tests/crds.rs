@@ -1,0 +1,254 @@
+//! The generated CRDs on the real API server: `crds/` installs (the server's CEL cost estimator accepts every
+//! rule), `kubectl apply` refuses invalid FlowRuns and WorkerPools with the rules' messages, and every example
+//! is accepted. Objects are applied with a server-side dry run, so nothing runs.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use sluice_e2e::{TestNamespace, kubectl, repo_root};
+
+/// Applies `crds/` as a user would (`kubectl apply --server-side`) and waits until both CRDs are served.
+async fn install_crds() -> Result<()> {
+    let dir = repo_root().join("crds");
+    kubectl([
+        "apply".into(),
+        "--server-side".into(),
+        "--force-conflicts".into(),
+        "-f".into(),
+        dir.into_os_string(),
+    ])
+    .ok()
+    .await
+    .context("installing crds/ (a rule the API server refuses shows here)")?;
+    for crd in ["flowruns.sluice.dev", "workerpools.sluice.dev"] {
+        kubectl([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/{crd}")[..],
+        ])
+        .ok()
+        .await?;
+    }
+    // Discovery of the new resources can lag a moment behind Established.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = kubectl(["api-resources", "--api-group=sluice.dev", "-o", "name"])
+            .output()
+            .await?;
+        let names = String::from_utf8_lossy(&out.stdout);
+        if names.contains("flowruns") && names.contains("workerpools") {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "sluice.dev resources not in discovery after 30s: {names}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `kubectl apply --dry-run=server` of a manifest; Ok(stdout) or Err(stderr).
+async fn dry_run(ns: &str, manifest: &str) -> Result<Result<String, String>> {
+    let out = kubectl(["apply", "--dry-run=server", "-n", ns, "-f", "-"])
+        .stdin(manifest)
+        .output()
+        .await?;
+    Ok(if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}
+
+fn flowrun(spec: &str) -> String {
+    format!("apiVersion: sluice.dev/v1alpha1\nkind: FlowRun\nmetadata:\n  name: bad\nspec:\n{spec}")
+}
+
+fn workerpool(spec: &str) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: WorkerPool\nmetadata:\n  name: bad\nspec:\n  template:\n    spec:\n      \
+         containers: [{{name: w, image: sluice/worker-example:dev}}]\n{spec}"
+    )
+}
+
+#[tokio::test]
+async fn the_api_server_refuses_invalid_objects_with_the_rules_messages() -> Result<()> {
+    install_crds().await?;
+    let ns = TestNamespace::new("crds").await?;
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "duplicate step names",
+            flowrun("  pool: p\n  steps:\n  - {name: a, sleep: 1s}\n  - {name: a, sleep: 2s}\n"),
+            "spec.steps: Invalid value: step names must be unique: rename the step whose name appears more than once",
+        ),
+        (
+            "dependsOn an unknown step",
+            flowrun("  pool: p\n  steps:\n  - {name: a, sleep: 1s, dependsOn: [b]}\n"),
+            "every dependsOn entry must be the name of a step in spec.steps",
+        ),
+        (
+            "dependsOn itself",
+            flowrun("  pool: p\n  steps:\n  - {name: a, sleep: 1s, dependsOn: [a]}\n"),
+            "spec.steps[0].dependsOn: Invalid value: step a depends on itself: remove a from its dependsOn",
+        ),
+        (
+            "a step that does nothing",
+            flowrun("  pool: p\n  steps:\n  - {name: idle}\n"),
+            "step idle does nothing: set exactly one of handler, waitForSignal, sleep, until or flow",
+        ),
+        (
+            "a step that does two things",
+            flowrun("  pool: p\n  steps:\n  - {name: busy, handler: h, sleep: 1s}\n"),
+            "step busy sets more than one of handler, waitForSignal, sleep/until and flow",
+        ),
+        (
+            "sleep and until",
+            flowrun("  steps:\n  - {name: nap, sleep: 1s, until: \"2026-12-01T09:00:00Z\"}\n"),
+            "step nap sets both sleep and until: keep one of them",
+        ),
+        (
+            "a step name that is not a DNS label",
+            flowrun("  steps:\n  - {name: Cooling_Off, sleep: 1s}\n"),
+            "spec.steps[0].name: Invalid value: \"Cooling_Off\": step name must be a DNS label",
+        ),
+        (
+            "a step name over 63 characters",
+            flowrun(&format!(
+                "  steps:\n  - {{name: {}, sleep: 1s}}\n",
+                "a".repeat(64)
+            )),
+            "spec.steps[0].name: Too long: may not be more than 63 bytes",
+        ),
+        (
+            "21 dependsOn entries",
+            flowrun(&format!(
+                "  pool: p\n  steps:\n  - {{name: a, handler: h, dependsOn: [{}]}}\n",
+                vec!["b"; 21].join(", ")
+            )),
+            "spec.steps[0].dependsOn: Too many: 21: must have at most 20 items",
+        ),
+        (
+            "an empty handler",
+            flowrun("  pool: p\n  steps:\n  - {name: a, handler: \"\"}\n"),
+            "handler must name a handler registered by the pool's workers",
+        ),
+        (
+            "a zero timeout",
+            flowrun("  pool: p\n  steps:\n  - {name: a, handler: h, timeout: 0s}\n"),
+            "spec.steps[0].timeout: Invalid value: \"0s\": must be a positive duration such as 30s, 10m or 1h30m, not zero",
+        ),
+        (
+            "zero maxAttempts",
+            flowrun("  pool: p\n  steps:\n  - {name: a, handler: h, retry: {maxAttempts: 0}}\n"),
+            "spec.steps[0].retry.maxAttempts: Invalid value: 0: spec.steps[0].retry.maxAttempts in body should be greater than or equal to 1",
+        ),
+        (
+            "a handler step without a pool",
+            flowrun("  steps:\n  - {name: a, handler: h}\n"),
+            "spec.pool: Required value: spec.pool is required when a handler step sets no pool of its own",
+        ),
+        (
+            "minReplicas above maxReplicas",
+            workerpool("  scaling: {minReplicas: 5, maxReplicas: 2}\n"),
+            "spec.scaling.minReplicas: Invalid value: scaling.minReplicas must not exceed scaling.maxReplicas (default 10)",
+        ),
+        (
+            "Manual mode without replicas",
+            workerpool("  scaling: {mode: Manual}\n"),
+            "spec.replicas: Required value: spec.replicas is required with scaling.mode Manual",
+        ),
+        (
+            "QueueDepth settings in External mode",
+            workerpool("  scaling: {mode: External, maxReplicas: 4}\n"),
+            "spec.scaling: Forbidden: scaling.minReplicas, maxReplicas, targetStepsPerWorker and scaleDownDelay apply only to mode QueueDepth",
+        ),
+    ];
+    let mut failures = vec![];
+    for (what, manifest, expected) in &cases {
+        match dry_run(ns.name(), manifest).await? {
+            Ok(out) => failures.push(format!("{what}: accepted ({})", out.trim())),
+            Err(stderr) if stderr.contains(expected) => {}
+            Err(stderr) => failures.push(format!(
+                "{what}: refused, but not with {expected:?}: {}",
+                stderr.trim()
+            )),
+        }
+    }
+    ns.cleanup().await?;
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_api_server_accepts_every_example() -> Result<()> {
+    install_crds().await?;
+    let ns = TestNamespace::new("crd-examples").await?;
+    let dir = repo_root().join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
+    files.sort();
+    ensure!(
+        files.len() >= 5,
+        "examples/ holds the five promised manifests"
+    );
+    let mut failures = vec![];
+    for file in &files {
+        let manifest = std::fs::read_to_string(file)?;
+        if let Err(stderr) = dry_run(ns.name(), &manifest).await? {
+            failures.push(format!("{}: {}", file.display(), stderr.trim()));
+        }
+    }
+    ns.cleanup().await?;
+    ensure!(
+        failures.is_empty(),
+        "examples refused:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// The largest FlowRun the list rules can meet (200 steps with 63-character names, each depending on the 20
+/// steps before it) stays within the API server's runtime cost limit per rule: it is accepted, not refused
+/// with "actual cost limit exceeded".
+#[tokio::test]
+async fn the_largest_flow_the_schema_allows_fits_the_runtime_cost_budget() -> Result<()> {
+    install_crds().await?;
+    let ns = TestNamespace::new("crd-max").await?;
+    let name = |i: usize| format!("step-{i:03}-{}", "x".repeat(54));
+    let steps: Vec<serde_json::Value> = (0..200usize)
+        .map(|i| {
+            let deps: Vec<String> = (i.saturating_sub(20)..i).map(name).collect();
+            serde_json::json!({"name": name(i), "handler": "h", "dependsOn": deps})
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "FlowRun",
+        "metadata": {"name": "maximal"},
+        "spec": {"pool": "p", "steps": steps},
+    });
+    // Server-side apply: the manifest is larger than client-side apply's last-applied annotation allows.
+    let out = kubectl([
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-n",
+        ns.name(),
+        "-f",
+        "-",
+    ])
+    .stdin(manifest.to_string())
+    .output()
+    .await?;
+    ns.cleanup().await?;
+    ensure!(
+        out.status.success(),
+        "the maximal FlowRun was refused: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
