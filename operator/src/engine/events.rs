@@ -3,8 +3,8 @@
 //! Every event about a handler attempt names the attempt ([`AttemptRef`]). The rules, in order:
 //! 1. A repeat of an event already recorded is a [`EventOutcome::Duplicate`]: a completion of attempt N of a
 //!    step that Succeeded with attempt N, a failure of attempt N when the recorded last error is attempt N's,
-//!    a claim of the running attempt by the same worker. The broker acknowledges it again (200) and nothing
-//!    changes.
+//!    a claim of the running attempt by the same worker, a completion of attempt N that was recorded as an
+//!    `OutputTooLarge` failure. The broker acknowledges it again (200) and nothing changes.
 //! 2. An event for a step that is terminal, or for an attempt other than the current one, or for an attempt
 //!    that already failed (Retrying), is refused as [`Refusal::Stale`] (the broker answers 409) and nothing
 //!    changes. A Succeeded step therefore never changes again.
@@ -279,7 +279,11 @@ fn fence(
         Event::Claimed { worker: w, .. } => {
             phase == StepPhase::Running && attempts == a.attempt && worker == Some(w.as_str())
         }
-        Event::Completed { .. } => phase == StepPhase::Succeeded && attempts == a.attempt,
+        // A completion refused as too large was recorded as that attempt's failure: repeating it is harmless.
+        Event::Completed { .. } => {
+            (phase == StepPhase::Succeeded && attempts == a.attempt)
+                || recorded_error(OUTPUT_TOO_LARGE)
+        }
         Event::Failed { error: e, .. } => recorded_error(&e.error_type),
         Event::TimedOut { .. } => recorded_error(TIMEOUT),
         Event::HeartbeatLost { .. } => recorded_error(HEARTBEAT_LOST),

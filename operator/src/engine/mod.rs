@@ -23,6 +23,16 @@
 //! * **Suspend** holds everything that would dispatch work: Pending steps, retries whose backoff ran out, new
 //!   forEach instances, and queued (Ready) attempts, which are withheld from [`Decision::tasks`] until resumed.
 //!   Attempts already claimed run to their end; sleeps and signal waits keep going.
+//! * **Conditions**: `Ready` is True once the run Succeeded (False otherwise, the reason says why: Pending,
+//!   Running, Suspended, StepFailed, Invalid, OutputFailed, Cancelled); `Succeeded` is Unknown while the run
+//!   goes on, then True or False; `Invalid` is True when validation failed (its message lists every
+//!   problem); `Suspended` follows `spec.suspend` while the run goes on. All carry `observedGeneration`.
+//! * **Outputs** are stored without `null` object members (merge patches would drop them anyway) and are
+//!   refused above `maxOutputBytes` as a non-retryable `OutputTooLarge` failure; `statusBytes` is updated by
+//!   every decision and event.
+//! * **forEach** is supported on handler steps; `input` defaults to the item. **Child flows** get the
+//!   parent's `pool` and `defaults` when they set none; only their `input` is resolved with the parent's
+//!   values.
 //! * **Timestamps** written by the engine are whole seconds (how Kubernetes stores them); future ones are
 //!   rounded up so that no timer fires early.
 

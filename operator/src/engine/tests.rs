@@ -978,8 +978,16 @@ fn outputs_over_the_limit_fail_without_retry() {
     let mut h = H::new(spec.clone());
     h.decide();
     h.complete("a", 1, json!("x".repeat(200)));
-    let st = &h.status.steps["a"];
+    let st = h.status.steps["a"].clone();
     assert_eq!(st.phase, StepPhase::Failed, "not retried");
+    assert_eq!(
+        h.event(Event::Completed {
+            attempt: AttemptRef::step("a", 1),
+            output: json!("x".repeat(200))
+        }),
+        Ok(EventOutcome::Duplicate),
+        "the worker repeating its refused completion gets the same answer"
+    );
     let e = st.error.as_ref().unwrap();
     assert_eq!(e.type_, "OutputTooLarge");
     assert!(
