@@ -3,16 +3,15 @@
 
 use std::time::Duration;
 
-use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice_wire::{FlowRunRef, Task as WireTask, TaskId};
 use tracing::warn;
 
-use super::writer::{FIELD_MANAGER, child_outcome, in_flight};
+use super::writer::{FIELD_MANAGER, child_outcome};
 use crate::api::{FlowRun, FlowRunStatus, StepPhase};
 use crate::broker::queue::QueuedTask;
 use crate::engine::{self, Decision, Event, FlowMeta, FlowRunInput, Note, NoteKind};
@@ -64,46 +63,13 @@ pub fn running_attempts(
         spec: &fr.spec,
         status,
     };
-    let ctx = engine::Ctx::new(&input, Timestamp::now());
-    let mut out = Vec::new();
-    for step in &fr.spec.steps {
-        let Some(handler) = &step.handler else {
-            continue;
-        };
-        let Some(st) = status.steps.get(&step.name) else {
-            continue;
-        };
-        let mut push = |instance: Option<u32>, attempt: u32, worker: &Option<String>| {
-            let Some(worker) = worker else { return };
-            let task = engine::Task {
-                attempt: match instance {
-                    Some(i) => engine::AttemptRef::instance(step.name.clone(), i, attempt),
-                    None => engine::AttemptRef::step(step.name.clone(), attempt),
-                },
-                pool: ctx.pool(step),
-                handler: handler.clone(),
-                input: Value::Null,
-                timeout: ctx.timeout(step),
-                heartbeat_timeout: ctx.heartbeat_timeout(step),
-                fresh: false,
-            };
-            out.push((queued_task(namespace, name, uid, &task), worker.clone()));
-        };
-        match &st.instances {
-            Some(instances) => {
-                for (index, inst) in &instances.active {
-                    if in_flight(inst.phase)
-                        && let Ok(i) = index.parse()
-                    {
-                        push(Some(i), inst.attempts, &inst.worker);
-                    }
-                }
-            }
-            None if in_flight(st.phase) => push(None, st.attempts, &st.worker),
-            None => {}
-        }
-    }
-    out
+    engine::running_attempts(&input)
+        .into_iter()
+        .filter_map(|running| {
+            let worker = running.worker?;
+            Some((queued_task(namespace, name, uid, &running.task), worker))
+        })
+        .collect()
 }
 
 /// Side effects of persisted decisions.

@@ -18,7 +18,7 @@ use tracing::{debug, instrument, warn};
 
 use super::Error;
 use super::effects::Effects;
-use crate::api::{FlowRun, StepPhase};
+use crate::api::FlowRun;
 use crate::broker::Broker;
 use crate::broker::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError};
 use crate::engine::{
@@ -341,11 +341,6 @@ fn sync_broker(broker: &Broker, fr: &FlowRun, decision: &engine::Decision) {
 
 fn attempt_id(namespace: &str, name: &str, attempt: &AttemptRef) -> sluice_wire::TaskId {
     sluice_wire::TaskId::from_parts(namespace, name, &attempt.step, attempt.instance)
-}
-
-/// Whether a step phase holds an attempt a worker may be running.
-pub(crate) fn in_flight(phase: StepPhase) -> bool {
-    matches!(phase, StepPhase::Running)
 }
 
 impl ResultSink for Arc<StatusWriter> {
