@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod run;
+
 /// The Sluice operator: durable flows on Kubernetes.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-operator", version, about)]
@@ -15,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the operator: leader election, the FlowRun controllers, the worker broker and the health port.
+    Run(run::RunArgs),
     /// Print the CustomResourceDefinitions of FlowRun and WorkerPool as YAML.
     Crd {
         /// Write one file per CRD (`<plural>.<group>.yaml`) into this directory instead of printing a
@@ -27,6 +31,16 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd { out_dir } => crd(out_dir),
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("building the async runtime")?;
+            let result = runtime.block_on(run::run(args));
+            // Do not wait for stray tasks (long polls, watches) of a process that is leaving.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result
+        }
     }
 }
 

@@ -1,0 +1,482 @@
+//! `sluice-operator run`: the operator process. It campaigns for the leader Lease, serves the worker broker and
+//! the health port on every replica, and — only while it leads — runs the FlowRun controllers behind the
+//! broker.
+//!
+//! Lifecycle:
+//! - **Start**: health and broker ports are bound first (the broker answers 503 and `/readyz` says "not the
+//!   leader" until this replica leads and has rebuilt its queue).
+//! - **Leadership gained**: [`FlowRunRuntime::lead`] rebuilds the queue from FlowRun statuses, opens the broker
+//!   and runs the controllers.
+//! - **Leadership lost after leading**: the process exits non-zero at once and Kubernetes restarts it as a
+//!   follower. Everything the old term kept in memory (queue, claims, watches, pending status batches, spawned
+//!   tasks) dies with the process, so nothing from a stale term can write after a new leader took over — the
+//!   simplest fencing there is, and cheap because all state that matters lives in the API server (invariant 6).
+//! - **SIGTERM/SIGINT**: the controllers stop, the lease is released (another replica takes over at once
+//!   instead of after expiry), the servers drain, and the process exits 0. A second signal exits at once.
+
+pub mod leader;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use axum::Router;
+use clap::{Args, ValueEnum};
+use kube::Client;
+use sluice_operator::broker::auth::{Authenticator, TrustAll};
+use sluice_operator::broker::tokenreview::TokenReviewAuthenticator;
+use sluice_operator::flowrun::{FlowRunRuntime, Scope};
+use sluice_operator::telemetry::Metrics;
+use sluice_operator::telemetry::health::Health;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use leader::{LEASE_GRACE_SECONDS, Leadership, LeaseConfig};
+
+/// How long the controllers get to stop after SIGTERM before the process releases the lease anyway.
+const LEAD_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the HTTP servers get to finish open requests (long polls included) at shutdown.
+const SERVER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per-request bound of the lease client: a renewal must fail well before the lease could expire.
+const LEASE_REQUEST_TIMEOUT: Duration = Duration::from_secs(LEASE_GRACE_SECONDS - 1);
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log collectors).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Options of `sluice-operator run`.
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct RunArgs {
+    /// Address of the worker broker (HTTP).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
+    pub broker_addr: SocketAddr,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub health_addr: SocketAddr,
+
+    /// Watch only this namespace (repeatable, or comma-separated). Default: every namespace.
+    #[arg(long = "namespace", value_name = "NAMESPACE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = "sluice-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the leader-election Lease.
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "POD_NAMESPACE",
+        default_value = "default"
+    )]
+    pub lease_namespace: String,
+
+    /// This replica's identity in the Lease. Default: `POD_NAME`, else `<hostname>-<pid>` (unique per
+    /// process, so two operators started by hand on one machine never share leadership).
+    #[arg(long, value_name = "ID", env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Accept every broker caller as a worker of any pool, without TokenReview. Local development only.
+    #[arg(long)]
+    pub insecure_skip_worker_auth: bool,
+
+    /// Log format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// Which namespaces the controllers watch.
+    pub fn scope(&self) -> Scope {
+        let namespaces: Vec<String> = self
+            .namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if namespaces.is_empty() {
+            Scope::All
+        } else {
+            Scope::Namespaces(namespaces)
+        }
+    }
+
+    /// The Lease identity of this process.
+    pub fn identity(&self) -> String {
+        match self.identity.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => {
+                let host = hostname::get()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "sluice-operator".to_owned());
+                format!("{host}-{}", std::process::id())
+            }
+        }
+    }
+}
+
+/// Runs the operator until SIGTERM/SIGINT (then `Ok`) or until something forces an exit (then `Err`: lost
+/// leadership, the controllers failing, a port that cannot be bound, no cluster).
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format)?;
+    // A workspace build may compile several rustls providers in (kube: ring, reqwest: aws-lc-rs); pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let identity = args.identity();
+    let scope = args.scope();
+    info!(version = env!("CARGO_PKG_VERSION"), %identity, ?scope, "starting the Sluice operator");
+
+    let config = kube::Config::infer()
+        .await
+        .context("loading the Kubernetes client configuration")?;
+    let client = Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    let lease_client = Client::try_from(lease_client_config(config))
+        .context("building the Kubernetes client for the lease")?;
+
+    let metrics = Metrics::new();
+    let auth: Arc<dyn Authenticator> = if args.insecure_skip_worker_auth {
+        warn!(
+            "WORKER AUTHENTICATION IS DISABLED (--insecure-skip-worker-auth): anyone who reaches the broker port \
+             can claim, complete and fail any task of any pool in any namespace. Never run like this outside \
+             local development."
+        );
+        Arc::new(TrustAll)
+    } else {
+        Arc::new(TokenReviewAuthenticator::new(client.clone()))
+    };
+    let runtime = FlowRunRuntime::new(client, auth, metrics.clone(), scope);
+    let broker = runtime.broker();
+
+    let broker_listener = TcpListener::bind(args.broker_addr)
+        .await
+        .with_context(|| format!("binding the broker to {}", args.broker_addr))?;
+    let health_listener = TcpListener::bind(args.health_addr)
+        .await
+        .with_context(|| format!("binding the health port to {}", args.health_addr))?;
+
+    let stop = install_signal_handlers().context("installing signal handlers")?;
+
+    let leadership = Leadership::start(
+        lease_client,
+        LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity,
+        },
+    )
+    .await?;
+    let leader = leadership.subscribe();
+
+    let ready_broker = broker.clone();
+    let health = Health::new(metrics, leader.clone(), move || ready_broker.is_ready());
+    let (drain, draining) = watch::channel(false);
+    let mut broker_server = tokio::spawn(serve(broker_listener, broker.router(), draining.clone()));
+    let mut health_server = tokio::spawn(serve(health_listener, health.router(), draining));
+    info!(broker = %args.broker_addr, health = %args.health_addr, "serving");
+
+    let outcome = tokio::select! {
+        outcome = lead_while_elected(&runtime, leader, stop) => outcome,
+        r = &mut broker_server => Outcome::Failed(anyhow!("the broker server stopped: {}", server_end(r))),
+        r = &mut health_server => Outcome::Failed(anyhow!("the health server stopped: {}", server_end(r))),
+    };
+    broker.set_ready(false);
+
+    match outcome {
+        Outcome::Stopped => {
+            leadership.release().await;
+            let _ = drain.send(true);
+            let drained = tokio::time::timeout(SERVER_DRAIN_TIMEOUT, async {
+                let _ = (&mut broker_server).await;
+                let _ = (&mut health_server).await;
+            })
+            .await;
+            if drained.is_err() {
+                warn!("open requests did not finish in time; closing them");
+            }
+            info!("stopped");
+            Ok(())
+        }
+        Outcome::LostLeadership => {
+            // Not ours to release any more. Exiting drops every task of the old term (see the module docs).
+            error!("lost leadership; exiting so that a fresh process rejoins the election");
+            drop(leadership);
+            Err(anyhow!("lost leadership"))
+        }
+        Outcome::Failed(e) => {
+            error!(error = %e, "the operator cannot go on; releasing the lease and exiting");
+            leadership.release().await;
+            Err(e)
+        }
+    }
+}
+
+/// How the leading part of the process ended.
+#[derive(Debug)]
+enum Outcome {
+    /// SIGTERM/SIGINT.
+    Stopped,
+    /// Leadership lost after (or while) leading.
+    LostLeadership,
+    /// Something else that ends the process.
+    Failed(anyhow::Error),
+}
+
+/// Waits for leadership, then leads until leadership is lost or `stop` fires.
+async fn lead_while_elected(
+    runtime: &FlowRunRuntime,
+    leader: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+) -> Outcome {
+    info!("waiting for leadership");
+    tokio::select! {
+        biased;
+        _ = signalled(stop.clone()) => return Outcome::Stopped,
+        elected = elected(leader.clone()) => {
+            if !elected {
+                return Outcome::Failed(anyhow!("leader election ended before this replica was elected"));
+            }
+        }
+    }
+    info!("leading: rebuilding the queue from FlowRun statuses and starting the controllers");
+
+    // The controllers stop on either leadership loss or a signal.
+    let shutdown = {
+        let (leader, stop) = (leader.clone(), stop.clone());
+        async move {
+            tokio::select! {
+                _ = lost(leader) => {}
+                _ = signalled(stop) => {}
+            }
+        }
+    };
+    let lead = runtime.lead(shutdown);
+    tokio::pin!(lead);
+    tokio::select! {
+        // Leadership loss wins over everything: exit without waiting for the controllers to wind down.
+        biased;
+        _ = lost(leader.clone()) => {
+            if *stop.borrow() {
+                // Our own release after a signal, not a loss.
+                return Outcome::Stopped;
+            }
+            Outcome::LostLeadership
+        }
+        _ = signalled(stop.clone()) => {
+            info!("stopping: waiting for the controllers to finish");
+            tokio::select! {
+                biased;
+                _ = lost(leader.clone()) => warn!("lost leadership while stopping"),
+                finished = tokio::time::timeout(LEAD_STOP_TIMEOUT, &mut lead) => match finished {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(error = %e, "the controllers stopped with an error"),
+                    Err(_) => warn!(timeout_s = LEAD_STOP_TIMEOUT.as_secs(), "the controllers did not stop in time"),
+                },
+            }
+            Outcome::Stopped
+        }
+        result = &mut lead => match result {
+            Ok(()) if *stop.borrow() => Outcome::Stopped,
+            Ok(()) if !*leader.borrow() => Outcome::LostLeadership,
+            Ok(()) => Outcome::Failed(anyhow!("the controllers stopped while this replica still leads")),
+            Err(e) => Outcome::Failed(anyhow::Error::new(e).context("leading failed")),
+        },
+    }
+}
+
+/// Resolves when this replica leads (`true`) or the election ended (`false`).
+async fn elected(mut leader: watch::Receiver<bool>) -> bool {
+    leader.wait_for(|l| *l).await.is_ok()
+}
+
+/// Resolves when this replica does not lead (or the election ended).
+async fn lost(mut leader: watch::Receiver<bool>) {
+    let _ = leader.wait_for(|l| !*l).await;
+}
+
+/// Resolves on the first SIGTERM/SIGINT.
+async fn signalled(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves `router` until `draining` turns true.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    mut draining: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = draining.wait_for(|d| *d).await;
+        })
+        .await
+}
+
+fn server_end(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "without an error".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A client configuration for the lease whose every request is bounded, so that a hanging renewal fails (and
+/// this replica steps down) before the lease can expire under it.
+fn lease_client_config(mut config: kube::Config) -> kube::Config {
+    config.connect_timeout = Some(LEASE_REQUEST_TIMEOUT);
+    config.read_timeout = Some(LEASE_REQUEST_TIMEOUT);
+    config.write_timeout = Some(LEASE_REQUEST_TIMEOUT);
+    config
+}
+
+/// Turns true on the first SIGTERM or SIGINT; a second one exits the process at once.
+fn install_signal_handlers() -> std::io::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let first = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(
+            signal = first,
+            "shutting down (send it again to exit at once)"
+        );
+        tx.send_replace(true);
+        let second = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        warn!(signal = second, "second signal: exiting now");
+        std::process::exit(130);
+    });
+    Ok(rx)
+}
+
+fn init_tracing(format: LogFormat) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| anyhow!("initialising logging: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> RunArgs {
+        Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+            .unwrap()
+            .run
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&[]);
+        assert_eq!(args.broker_addr, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(args.health_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(args.scope(), Scope::All);
+        assert_eq!(args.lease_name, "sluice-operator");
+        let expected_ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".to_owned());
+        assert_eq!(args.lease_namespace, expected_ns);
+        assert!(!args.insecure_skip_worker_auth);
+        assert_eq!(args.log_format, LogFormat::Text);
+        assert!(!args.identity().is_empty());
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let args = parse(&[
+            "--broker-addr",
+            "127.0.0.1:9001",
+            "--health-addr",
+            "127.0.0.1:9000",
+            "--namespace",
+            "team-a",
+            "--namespace",
+            "team-b,team-c",
+            "--lease-name",
+            "l",
+            "--lease-namespace",
+            "ops",
+            "--identity",
+            "replica-1",
+            "--insecure-skip-worker-auth",
+            "--log-format",
+            "json",
+        ]);
+        assert_eq!(args.broker_addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(args.health_addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(
+            args.scope(),
+            Scope::Namespaces(vec!["team-a".into(), "team-b".into(), "team-c".into()])
+        );
+        assert_eq!(args.lease_name, "l");
+        assert_eq!(args.lease_namespace, "ops");
+        assert_eq!(args.identity(), "replica-1");
+        assert!(args.insecure_skip_worker_auth);
+        assert_eq!(args.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            &["--broker-addr", "nope"][..],
+            &["--log-format", "xml"][..],
+            &["--health-addr"][..],
+            &["--unknown"][..],
+        ] {
+            let argv = std::iter::once("run").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_default_identity_is_unique_per_process() {
+        let args = RunArgs {
+            identity: None,
+            ..parse(&[])
+        };
+        let id = args.identity();
+        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+        let blank = RunArgs {
+            identity: Some("  ".into()),
+            ..parse(&[])
+        };
+        assert_eq!(blank.identity(), id);
+    }
+
+    #[test]
+    fn lease_requests_end_before_the_grace_runs_out() {
+        let config = lease_client_config(kube::Config::new("http://127.0.0.1:1".parse().unwrap()));
+        assert!(config.read_timeout.unwrap() < Duration::from_secs(LEASE_GRACE_SECONDS));
+        assert!(config.write_timeout.unwrap() < Duration::from_secs(LEASE_GRACE_SECONDS));
+        assert!(config.connect_timeout.unwrap() < Duration::from_secs(LEASE_GRACE_SECONDS));
+    }
+}
