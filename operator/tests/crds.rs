@@ -111,8 +111,8 @@ fn yaml_round_trips_to_the_same_crds() {
 
 /// Collects the paths of schema properties without a description. Free-form nodes
 /// (`x-kubernetes-preserve-unknown-fields`) need a description themselves but are not descended into. The
-/// elements of a list or map need one when they are objects (`kubectl explain` shows the list's own
-/// description for lists of strings or numbers).
+/// elements of a list or map need one when they are structured objects (`kubectl explain` shows the list's or
+/// map's own description for elements that are scalars or free-form JSON).
 fn undocumented(node: &Value, path: &str, missing: &mut Vec<String>) {
     let described = node
         .get("description")
@@ -122,7 +122,9 @@ fn undocumented(node: &Value, path: &str, missing: &mut Vec<String>) {
     let scalar = node
         .get("type")
         .is_some_and(|t| t != "object" && t != "array");
-    let exempt = element && scalar;
+    let free_form = node.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+        && node.get("properties").is_none();
+    let exempt = element && (scalar || free_form);
     if !described && !exempt {
         missing.push(path.to_string());
     }
