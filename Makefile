@@ -37,3 +37,8 @@ crds:
 
 demo:
 	@echo "make demo is not yet available: it arrives with the end-to-end issue."
+
+# Flow throughput and dispatch latency on the local cluster, as ratios to the same API server's raw
+# status-PATCH rate measured in the same run (sizes: SLUICE_BENCH_FLOWS, SLUICE_BENCH_STEPS).
+bench:
+	tests/scripts/with-cluster.sh $(CARGO) bench -p sluice-e2e --bench flows
