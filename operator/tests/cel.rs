@@ -351,3 +351,39 @@ fn zero_heartbeat_timeout_of_a_pool_is_refused() {
         "spec.heartbeatTimeout: must be a positive duration such as 30s, 10m or 1h30m, not zero",
     );
 }
+
+/// Child flows (`flow.spec`) are free-form JSON the CRD rules never see, so the engine's validation must
+/// refuse everything the rules refuse.
+#[test]
+fn engine_validation_refuses_what_the_rules_refuse() {
+    use sluice_operator::api::FlowRunSpec;
+    let cases = [
+        spec(json!([{"name": "a", "sleep": "1s"}, {"name": "a", "sleep": "1s"}])),
+        spec(json!([{"name": "a", "sleep": "1s", "dependsOn": ["b"]}])),
+        spec(json!([{"name": "a", "sleep": "1s", "dependsOn": ["a"]}])),
+        spec(json!([{"name": "a"}])),
+        spec(json!([{"name": "a", "handler": "h", "sleep": "1s"}])),
+        spec(json!([{"name": "a", "sleep": "1s", "until": "2026-12-01T09:00:00Z"}])),
+        spec(json!([{"name": "Cooling_Off", "sleep": "1s"}])),
+        spec(json!([{"name": "a", "handler": ""}])),
+        spec(json!([{"name": "a", "waitForSignal": {"name": ""}}])),
+        spec(json!([{"name": "a", "until": "tomorrow"}])),
+        spec(json!([{"name": "a", "handler": "h", "timeout": "0s"}])),
+        json!({"steps": [{"name": "a", "handler": "h"}]}),
+    ];
+    let mut missed = vec![];
+    for case in cases {
+        assert!(
+            !flowrun_errors(case.clone()).is_empty(),
+            "the rules refuse {case}"
+        );
+        let spec: FlowRunSpec = serde_json::from_value(case.clone()).unwrap();
+        if sluice_operator::engine::validate(&spec).is_ok() {
+            missed.push(case);
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "engine validation accepts specs the CRD rules refuse: {missed:#?}"
+    );
+}
