@@ -33,11 +33,23 @@ has_kubelet() { [[ "${SLUICE_NO_KUBELET:-0}" != 1 && -f "$ROOT/tests/kubelet/Car
 kubelet_bin() { echo "${CARGO_TARGET_DIR:-$ROOT/target}/debug/sluice-kubelet"; }
 
 pid_of() { [[ -s "$1" ]] && cat "$1"; }
-# A pid file names a live process of ours (not a recycled pid).
+# What a pid is now: "ours" (a live sluice- process), "gone" (no such process, or a zombie), or
+# "foreign" (the pid was recycled by an unrelated process).
+pid_state() {
+  local stat
+  stat="$(ps -o stat= -p "$1" 2>/dev/null)" || { echo gone; return; }
+  if [[ -z "$stat" || "$stat" == Z* ]]; then
+    echo gone
+  elif tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q sluice-; then
+    echo ours
+  else
+    echo foreign
+  fi
+}
 alive() {
   local pid
   pid="$(pid_of "$1")" || return 1
-  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q sluice-
+  [[ "$(pid_state "$pid")" == ours ]]
 }
 
 # All the state changes of up/down happen under a lock inside the state dir.
@@ -65,25 +77,33 @@ running() {
 stop() {
   local name="$1" pidfile="$2" grace="$3" pid
   pid="$(pid_of "$pidfile")" || { rm -f "$pidfile"; return 0; }
-  if kill -0 "$pid" 2>/dev/null && ! alive "$pidfile"; then
-    # The pid was recycled by an unrelated process: nothing of ours is left to stop.
-    rm -f "$pidfile"
-    return 0
-  fi
-  if alive "$pidfile"; then
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + grace))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name did not exit within ${grace}s of SIGTERM; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
+  case "$(pid_state "$pid")" in
+    foreign)
+      # Nothing of ours is left under that pid.
+      rm -f "$pidfile"
+      return 0
+      ;;
+    ours)
+      log "stopping $name (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      local deadline=$((SECONDS + grace))
+      while [[ "$(pid_state "$pid")" == ours ]] && ((SECONDS < deadline)); do
+        sleep 0.1
+      done
+      if [[ "$(pid_state "$pid")" == ours ]]; then
+        log "$name did not exit within ${grace}s of SIGTERM; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + 10))
+        while [[ "$(pid_state "$pid")" == ours ]] && ((SECONDS < deadline)); do
+          sleep 0.1
+        done
+      fi
+      ;;
+  esac
+  # It was started with setsid: whatever is left in its session (e.g. pods of a kubelet that
+  # died) is ours too.
   local leftovers
-  leftovers="$(ps -e -o pid=,sid= | awk -v s="$pid" '$2 == s { print $1 }')"
+  leftovers="$(ps -e -o pid=,sid= | awk -v s="$pid" '$1 != s && $2 == s { print $1 }')"
   if [[ -n "$leftovers" ]]; then
     log "killing processes left in the session of $name: $(echo $leftovers)"
     kill -KILL $leftovers 2>/dev/null || true
