@@ -8,3 +8,4 @@ pub mod crds;
 pub mod engine;
 pub mod flowrun;
 pub mod telemetry;
+pub mod workerpool;

@@ -94,6 +94,35 @@ pub struct PoolDemand {
     pub handlers_queued: BTreeSet<String>,
 }
 
+/// What the broker knows of one worker process of a pool: fed by its claims (long polls) and heartbeats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The worker's name (its pod's name for workers run by a WorkerPool).
+    pub name: String,
+    /// When the worker was last heard of: a long poll starting or ending, or a heartbeat.
+    pub last_seen: Timestamp,
+    /// Whether a long poll of this worker is open right now (it is alive and idle for some of its slots).
+    pub polling: bool,
+    /// The handlers its last claim asked for.
+    pub handlers: BTreeSet<String>,
+    /// Attempts it holds now.
+    pub in_flight: u32,
+}
+
+impl WorkerInfo {
+    /// Whether the worker counts as live at `now`: polling, or heard of within `timeout`.
+    pub fn is_live(&self, now: Timestamp, timeout: Duration) -> bool {
+        self.polling || now.duration_since(self.last_seen).unsigned_abs() <= timeout
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    last_seen: Option<Timestamp>,
+    polls: u32,
+    handlers: BTreeSet<String>,
+}
+
 #[derive(Clone, Debug)]
 enum State {
     Queued {
@@ -127,6 +156,8 @@ pub struct TaskQueue {
     /// FIFO of queued task ids per (pool, handler). May hold ids that were since claimed, replaced or removed;
     /// those are skipped lazily at claim time.
     ready: BTreeMap<(String, String), VecDeque<TaskId>>,
+    /// Workers heard of, per pool: the registry behind live-worker counts, `HandlersMissing` and the reaper.
+    workers: BTreeMap<String, BTreeMap<String, Seen>>,
 }
 
 impl TaskQueue {
@@ -288,7 +319,16 @@ impl TaskQueue {
         if let State::Claimed { last_seen, .. } = &mut entry.state {
             *last_seen = now;
         }
-        Ok(entry.cancel)
+        let cancel = entry.cancel;
+        let pool = entry.queued.pool.clone();
+        let seen = self
+            .workers
+            .entry(pool)
+            .or_default()
+            .entry(worker.to_owned())
+            .or_default();
+        seen.last_seen = Some(now);
+        Ok(cancel)
     }
 
     /// Forgets a task once its result (or release) is persisted. Only the named attempt is removed, so a newer
@@ -422,6 +462,76 @@ impl TaskQueue {
             }
         }
         demand
+    }
+
+    /// A worker of `pool` opened a long poll for `handlers`.
+    pub fn poll_started(&mut self, pool: &str, worker: &str, handlers: &[String], now: Timestamp) {
+        let seen = self
+            .workers
+            .entry(pool.to_owned())
+            .or_default()
+            .entry(worker.to_owned())
+            .or_default();
+        seen.polls += 1;
+        seen.last_seen = Some(now);
+        seen.handlers = handlers.iter().cloned().collect();
+    }
+
+    /// A long poll of a worker of `pool` ended (answered, timed out, or the worker went away).
+    pub fn poll_ended(&mut self, pool: &str, worker: &str, now: Timestamp) {
+        if let Some(seen) = self
+            .workers
+            .get_mut(pool)
+            .and_then(|workers| workers.get_mut(worker))
+        {
+            seen.polls = seen.polls.saturating_sub(1);
+            seen.last_seen = Some(now);
+        }
+    }
+
+    /// Forgets a worker of `pool` (its pod is gone). A worker that comes back is simply registered again.
+    pub fn forget_worker(&mut self, pool: &str, worker: &str) {
+        if let Some(workers) = self.workers.get_mut(pool) {
+            workers.remove(worker);
+            if workers.is_empty() {
+                self.workers.remove(pool);
+            }
+        }
+    }
+
+    /// The workers of `pool` heard of since they were registered, with the attempts each holds now (workers
+    /// holding attempts adopted after a restart are listed even before they are heard of), sorted by name.
+    pub fn workers(&self, pool: &str) -> Vec<WorkerInfo> {
+        let mut out: BTreeMap<String, WorkerInfo> = BTreeMap::new();
+        for (name, seen) in self.workers.get(pool).into_iter().flatten() {
+            let Some(last_seen) = seen.last_seen else {
+                continue;
+            };
+            out.insert(
+                name.clone(),
+                WorkerInfo {
+                    name: name.clone(),
+                    last_seen,
+                    polling: seen.polls > 0,
+                    handlers: seen.handlers.clone(),
+                    in_flight: 0,
+                },
+            );
+        }
+        for entry in self.entries.values().filter(|e| e.queued.pool == pool) {
+            if let State::Claimed { worker, last_seen } = &entry.state {
+                let info = out.entry(worker.clone()).or_insert_with(|| WorkerInfo {
+                    name: worker.clone(),
+                    last_seen: *last_seen,
+                    polling: false,
+                    handlers: BTreeSet::new(),
+                    in_flight: 0,
+                });
+                info.in_flight += 1;
+                info.last_seen = info.last_seen.max(*last_seen);
+            }
+        }
+        out.into_values().collect()
     }
 
     /// Whether `pool` has a queued task for one of `handlers` (to decide whether a long poll may return).
@@ -601,6 +711,51 @@ mod tests {
         assert_eq!((lost[0].attempt, lost[0].worker.as_str()), (3, "w1"));
         assert!(q.take_worker("w1").is_empty(), "released once");
         assert_eq!(q.take_worker("w2").len(), 1);
+    }
+
+    #[test]
+    fn worker_registry_tracks_polls_heartbeats_and_load() {
+        let mut q = TaskQueue::new();
+        assert!(q.workers("p").is_empty());
+        q.poll_started("p", "w1", &handlers(&["h", "g"]), at(0));
+        q.poll_started("p", "w2", &handlers(&["h"]), at(0));
+        q.offer(task("a", "h", 1), at(1));
+        q.claim("p", &handlers(&["h"]), 1, "w1", at(1));
+        q.poll_ended("p", "w1", at(1));
+        let workers = q.workers("p");
+        assert_eq!(workers.len(), 2);
+        let w1 = &workers[0];
+        assert_eq!(
+            (w1.name.as_str(), w1.polling, w1.in_flight, w1.last_seen),
+            ("w1", false, 1, at(1))
+        );
+        assert_eq!(
+            w1.handlers,
+            ["g", "h"].iter().map(|s| s.to_string()).collect()
+        );
+        assert!(workers[1].polling, "w2 is still in its long poll");
+        assert!(workers[1].is_live(at(1000), Duration::from_secs(1)));
+
+        let a = TaskId::from_parts("ns", "fr", "a", None);
+        q.heartbeat(&a, 1, "w1", at(20)).unwrap();
+        let w1 = q.workers("p").remove(0);
+        assert_eq!(w1.last_seen, at(20), "a heartbeat refreshes the worker");
+        assert!(w1.is_live(at(50), Duration::from_secs(30)));
+        assert!(!w1.is_live(at(51), Duration::from_secs(30)));
+        assert!(q.workers("other").is_empty(), "registries are per pool");
+
+        q.finish(&a, 1);
+        q.forget_worker("p", "w1");
+        assert_eq!(q.workers("p").len(), 1);
+    }
+
+    #[test]
+    fn adopted_attempts_name_their_worker_before_it_is_heard_of() {
+        let mut q = TaskQueue::new();
+        q.adopt_running(task("a", "h", 1), "w9", at(5));
+        let workers = q.workers("p");
+        assert_eq!(workers.len(), 1);
+        assert_eq!((workers[0].in_flight, workers[0].last_seen), (1, at(5)));
     }
 
     #[test]

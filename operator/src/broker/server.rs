@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use jiff::Timestamp;
 use sluice_wire::{
@@ -21,12 +21,30 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::auth::{AuthError, Authenticator, WorkerIdentity};
-use super::queue::{Fenced, LostAttempt, Offer, PoolDemand, QueuedTask, TaskQueue};
+use super::queue::{Fenced, LostAttempt, Offer, PoolDemand, QueuedTask, TaskQueue, WorkerInfo};
 use super::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError, TaskRef};
 
 /// Largest request body the broker reads. Step outputs are capped far lower by the engine (64 KiB by default);
 /// this only keeps a misbehaving worker from making the operator buffer without bound.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Path of the queue-depth endpoint of one pool, shaped for KEDA's `metrics-api` scaler:
+/// `GET /v1/pools/{namespace}/{name}/metrics` answers [`PoolMetrics`] (`{"queueDepth": n, "inFlight": n,
+/// "oldestWaitingSeconds": n}`; use `valueLocation: queueDepth`). It needs no token (it reveals counts only)
+/// and answers 503 on a replica that does not lead.
+pub const POOL_METRICS_PATH: &str = "/v1/pools/{namespace}/{name}/metrics";
+
+/// The body of [`POOL_METRICS_PATH`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolMetrics {
+    /// Steps queued for the pool and not yet claimed.
+    pub queue_depth: u32,
+    /// Steps workers of the pool are running.
+    pub in_flight: u32,
+    /// Age in seconds of the oldest queued step (0 when none is queued).
+    pub oldest_waiting_seconds: u64,
+}
 
 /// The broker: shared by the HTTP handlers and the FlowRun controller that feeds it.
 #[derive(Clone)]
@@ -71,6 +89,7 @@ impl Broker {
             .route(HEARTBEAT_PATH, post(heartbeat))
             .route(COMPLETE_PATH, post(complete))
             .route(FAIL_PATH, post(fail))
+            .route(POOL_METRICS_PATH, get(pool_metrics))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
     }
@@ -140,12 +159,23 @@ impl Broker {
             .demand(&pool_key(namespace, pool), Timestamp::now())
     }
 
-    /// Releases, as retryable failures, the attempts held by a worker whose pod is gone.
-    pub async fn release_worker(&self, worker: &str) -> usize {
+    /// The workers of a pool heard of (qualified by `namespace`), with the attempts each holds.
+    pub fn workers(&self, namespace: &str, pool: &str) -> Vec<WorkerInfo> {
+        self.queue().workers(&pool_key(namespace, pool))
+    }
+
+    /// Forgets a worker of a pool whose pod is gone.
+    pub fn forget_worker(&self, namespace: &str, pool: &str, worker: &str) {
+        self.queue()
+            .forget_worker(&pool_key(namespace, pool), worker);
+    }
+
+    /// Releases, as retryable failures, the attempts held by a worker whose pod is gone, and returns them
+    /// (each is released once: a second call returns nothing).
+    pub async fn release_worker(&self, worker: &str) -> Vec<LostAttempt> {
         let lost = self.queue().take_worker(worker);
-        let n = lost.len();
-        self.release(lost).await;
-        n
+        self.release(lost.clone()).await;
+        lost
     }
 
     /// Declares silent attempts lost until `shutdown` resolves. Each lost attempt is persisted as a retryable
@@ -365,6 +395,15 @@ async fn claim(
     let (namespace, pool) = claim_pool(&caller, &req.pool)?;
     let key = pool_key(&namespace, &pool);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(req.wait_seconds));
+    // The worker registry sees the poll open now and close when this future ends, however it ends.
+    broker
+        .queue()
+        .poll_started(&key, &req.worker, &req.handlers, Timestamp::now());
+    let _poll = PollGuard {
+        broker: broker.clone(),
+        pool: key.clone(),
+        worker: req.worker.clone(),
+    };
     loop {
         // Register interest before looking, so an offer between the look and the wait is not missed.
         let notified = broker.shared.wake.notified();
@@ -402,6 +441,40 @@ async fn claim(
             return Ok(Json(ClaimResponse { tasks: Vec::new() }));
         }
     }
+}
+
+/// Marks a long poll ended in the worker registry when dropped.
+struct PollGuard {
+    broker: Broker,
+    pool: String,
+    worker: String,
+}
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        self.broker
+            .queue()
+            .poll_ended(&self.pool, &self.worker, Timestamp::now());
+    }
+}
+
+/// Queue depth of one pool for external autoscalers (see [`POOL_METRICS_PATH`]).
+async fn pool_metrics(
+    State(broker): State<Broker>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<PoolMetrics>, ApiError> {
+    if !broker.is_ready() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "this operator replica does not lead: ask the leader",
+        ));
+    }
+    let demand = broker.demand(&namespace, &name);
+    Ok(Json(PoolMetrics {
+        queue_depth: demand.queued,
+        in_flight: demand.in_flight,
+        oldest_waiting_seconds: demand.oldest_wait.map_or(0, |d| d.as_secs()),
+    }))
 }
 
 async fn heartbeat(

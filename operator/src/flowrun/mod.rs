@@ -64,6 +64,7 @@ pub struct FlowRunRuntime {
     writer: Arc<StatusWriter>,
     metrics: Metrics,
     scope: Scope,
+    worker_pools: Option<crate::workerpool::WorkerPoolConfig>,
 }
 
 impl FlowRunRuntime {
@@ -88,7 +89,14 @@ impl FlowRunRuntime {
             writer,
             metrics,
             scope,
+            worker_pools: None,
         }
+    }
+
+    /// Also runs the WorkerPool controller while leading, giving worker pods `config.broker_url`.
+    pub fn with_worker_pools(mut self, config: crate::workerpool::WorkerPoolConfig) -> Self {
+        self.worker_pools = Some(config);
+        self
     }
 
     /// The broker, to serve its router.
@@ -133,6 +141,17 @@ impl FlowRunRuntime {
         tasks.push(Box::pin(
             async move { broker.run_loss_detector(stop).await },
         ));
+        if let Some(config) = &self.worker_pools {
+            let pools = crate::workerpool::controller::WorkerPoolController::new(
+                self.client.clone(),
+                self.broker.clone(),
+                self.metrics.clone(),
+                self.scope.clone(),
+                config.clone(),
+            );
+            let stop = shutdown.clone();
+            tasks.push(Box::pin(async move { pools.run(stop).await }));
+        }
         join_all(tasks).await;
         self.broker.set_ready(false);
         Ok(())
