@@ -12,7 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::schema::{any_json, duration_string, optional_any_json, positive_duration_string};
+use super::schema::{
+    any_json, any_json_map, duration_string, optional_any_json, positive_duration_string,
+};
 
 /// A FlowRun declares a flow: a DAG of steps with inputs, outputs, retries, timeouts, signals, timers, fan-out
 /// and child flows. The Sluice operator runs it to completion and records each step's state in `status.steps`.
@@ -529,6 +531,7 @@ pub struct InstancesStatus {
 
     /// Outputs of Succeeded instances, keyed by index.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "any_json_map")]
     pub outputs: BTreeMap<String, Value>,
 
     /// Instances that started and have not Succeeded, keyed by index. Instances not listed here nor in
