@@ -7,7 +7,7 @@ CARGO ?= cargo
 # Unit and cluster tests: the cluster (local control plane + process kubelet) is started for the
 # run, reused if one is already running, and torn down again if this run started it.
 test: fmt-check clippy
-	tests/scripts/with-cluster.sh $(CARGO) test --workspace
+	tests/scripts/with-cluster.sh $(CARGO) test --workspace --no-fail-fast
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
