@@ -111,6 +111,32 @@ stop() {
   rm -f "$pidfile"
 }
 
+# launch PIDFILE OUT ERR COMMAND...: start COMMAND in the background in a session of its own (a
+# Ctrl-C in this terminal does not reach it; `stop` sweeps that session), with stdin from
+# /dev/null, stdout to OUT, stderr to ERR (or OUT when ERR is empty), and no other descriptor of
+# this script (not the lock, not a caller's pipe that would otherwise stay open while it runs).
+# The process writes its own pid to PIDFILE, so the pid is right even if setsid has to fork.
+launch() {
+  local pidfile="$1" out="$2" err="$3"
+  shift 3
+  rm -f "$pidfile"
+  (
+    for fd in /proc/"$BASHPID"/fd/*; do
+      fd="${fd##*/}"
+      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec </dev/null >"$out"
+    if [[ -n "$err" ]]; then exec 2>"$err"; else exec 2>&1; fi
+    # shellcheck disable=SC2016
+    exec setsid bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@"
+  ) &
+  local deadline=$((SECONDS + 10)) name="$1"
+  until [[ -s "$pidfile" ]]; do
+    ((SECONDS < deadline)) || die "$name did not start (no pid file $pidfile)"
+    sleep 0.05
+  done
+}
+
 do_down() {
   stop "process kubelet" "$KL_PID" 60
   stop "control plane" "$CP_PID" 60
@@ -168,6 +194,8 @@ do_up() {
   # A failed start leaves nothing running (the logs stay for a look).
   UP_DONE=0
   trap 'rc=$?; if ((rc != 0 && UP_DONE == 0)); then log "up failed; stopping what it started"; do_down; fi' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 
   local cp_bin
   cp_bin="$("$ROOT/tests/scripts/build-controlplane.sh" | tail -n 1)"
@@ -181,21 +209,15 @@ do_up() {
   : >"$CP_OUT"
   log "starting the control plane (log: $CP_LOG)"
   local start=$SECONDS
-  # setsid: own session, so a Ctrl-C in this terminal does not reach it; fd 9 (the lock) is
-  # not inherited.
-  setsid "$cp_bin" --data-dir "$STATE/controlplane" --kubeconfig "$KUBECONFIG_PATH" \
-    >"$CP_OUT" 2>"$CP_LOG" </dev/null 9>&- &
-  echo $! >"$CP_PID"
+  launch "$CP_PID" "$CP_OUT" "$CP_LOG" "$cp_bin" --data-dir "$STATE/controlplane" --kubeconfig "$KUBECONFIG_PATH"
   wait_ready_line "$(cat "$CP_PID")"
   log "control plane ready in $((SECONDS - start))s"
 
   if has_kubelet; then
     mkdir -p "$STATE/kubelet"
     log "starting the process kubelet (log: $KL_LOG)"
-    setsid "$(kubelet_bin)" --kubeconfig "$KUBECONFIG_PATH" --node-name "$NODE_NAME" \
-      --images "$ROOT/tests/kubelet/images.yaml" --state-dir "$STATE/kubelet" \
-      >"$KL_LOG" 2>&1 </dev/null 9>&- &
-    echo $! >"$KL_PID"
+    launch "$KL_PID" "$KL_LOG" "" "$(kubelet_bin)" --kubeconfig "$KUBECONFIG_PATH" --node-name "$NODE_NAME" \
+      --images "$ROOT/tests/kubelet/images.yaml" --state-dir "$STATE/kubelet"
     wait_node_ready
     log "node $NODE_NAME Ready"
   else
