@@ -34,6 +34,10 @@ pub enum HarnessError {
     },
     #[error("kubectl {args}: {reason}")]
     Kubectl { args: String, reason: String },
+    #[error("building the Sluice binaries: {0}")]
+    Build(String),
+    #[error("{0}")]
+    Process(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -7,17 +7,24 @@
 //! - [`kubectl`] runs the real kubectl against that cluster.
 //! - [`wait_for`], [`wait_for_list`] and [`wait_deleted`] are bounded waits on watches whose timeout errors say
 //!   what was awaited and what was last seen.
+//! - [`install_crds`], [`OperatorProcess`] (the real `sluice-operator run`) and [`worker_deployment`] /
+//!   [`worker_pod`] (example workers run by the process kubelet) put Sluice itself on the cluster.
 
 mod cluster;
 mod error;
 mod kubectl;
 mod namespace;
+mod operator;
 mod wait;
 
 pub use cluster::{cluster, kubeconfig_path, repo_root};
 pub use error::HarnessError;
 pub use kubectl::{Kubectl, kubectl, kubectl_path};
 pub use namespace::TestNamespace;
+pub use operator::{
+    EXAMPLE_WORKER_IMAGE, OperatorProcess, POOL_LABEL, TOKEN_MOUNT_PATH, build_binaries,
+    container_pid, install_crds, worker_deployment, worker_pod, worker_pod_spec,
+};
 pub use wait::{wait_deleted, wait_for, wait_for_list};
 
 /// Result type of the harness.

@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use sluice_e2e::{TestNamespace, cluster, wait_for};
+use sluice_e2e::{TestNamespace, cluster, install_crds, wait_for};
 use sluice_operator::api::{FlowPhase, FlowRun, StepPhase};
 use sluice_operator::broker::auth::TrustAll;
 use sluice_operator::flowrun::{FlowRunRuntime, Scope};
@@ -22,37 +21,6 @@ use sluice_worker::{Config, StepContext, StepError, Worker};
 use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// Installs (server-side apply) the CRDs generated from the types and waits until they are served.
-async fn ensure_crds(client: &Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in sluice_operator::crds::all() {
-        let name = crd.metadata.name.clone().context("CRD without a name")?;
-        api.patch(
-            &name,
-            &PatchParams::apply("sluice-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying CRD {name}"))?;
-        wait_for(
-            &api,
-            &name,
-            |crd: Option<&CustomResourceDefinition>| {
-                crd.and_then(|c| c.status.as_ref())
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            },
-            Duration::from_secs(60),
-            &format!("CRD {name} to be Established"),
-        )
-        .await?;
-    }
-    Ok(())
-}
 
 /// The operator's FlowRun runtime and its broker, running in this process for one namespace.
 struct Operator {
@@ -199,7 +167,7 @@ async fn setup(prefix: &str) -> Result<Setup> {
         .with_test_writer()
         .try_init();
     let client = cluster().await?;
-    ensure_crds(&client).await?;
+    install_crds(&client).await?;
     let ns = TestNamespace::new(prefix).await?;
     let operator = Operator::start(ns.client(), ns.name()).await?;
     let log = Arc::new(Log::default());

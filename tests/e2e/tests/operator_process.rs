@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
-use sluice_e2e::{TestNamespace, kubeconfig_path, repo_root, wait_for};
+use sluice_e2e::{TestNamespace, install_crds, kubeconfig_path, repo_root};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
@@ -51,37 +50,6 @@ async fn operator_binary() -> Result<PathBuf> {
     let bin = profile_dir.join("sluice-operator");
     ensure!(bin.exists(), "{} was not built", bin.display());
     Ok(bin)
-}
-
-/// Installs the CRDs generated from the types (server-side apply) and waits until they are served.
-async fn ensure_crds(client: &Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in sluice_operator::crds::all() {
-        let name = crd.metadata.name.clone().context("CRD without a name")?;
-        api.patch(
-            &name,
-            &PatchParams::apply("sluice-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying CRD {name}"))?;
-        wait_for(
-            &api,
-            &name,
-            |crd: Option<&CustomResourceDefinition>| {
-                crd.and_then(|c| c.status.as_ref())
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            },
-            Duration::from_secs(60),
-            &format!("CRD {name} to be Established"),
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 fn free_port() -> Result<u16> {
@@ -247,7 +215,7 @@ async fn holder(leases: &Api<Lease>) -> Result<Option<String>> {
 #[tokio::test]
 async fn one_of_two_replicas_leads_and_sigterm_hands_over() -> Result<()> {
     let ns = TestNamespace::new("op-ha").await?;
-    ensure_crds(&ns.client()).await?;
+    install_crds(&ns.client()).await?;
     let bin = operator_binary().await?;
     let leases: Api<Lease> = ns.api();
 
@@ -296,7 +264,7 @@ async fn one_of_two_replicas_leads_and_sigterm_hands_over() -> Result<()> {
 #[tokio::test]
 async fn a_leader_whose_lease_is_taken_exits_non_zero() -> Result<()> {
     let ns = TestNamespace::new("op-fence").await?;
-    ensure_crds(&ns.client()).await?;
+    install_crds(&ns.client()).await?;
     let bin = operator_binary().await?;
     let leases: Api<Lease> = ns.api();
 
