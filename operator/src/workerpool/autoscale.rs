@@ -1,8 +1,9 @@
 //! The autoscaler: how many worker pods a pool should have. Pure: time and demand are arguments.
 //!
 //! - **QueueDepth**: the recommendation is `clamp(ceil((queued + inFlight) / targetStepsPerWorker), min, max)`.
-//!   Scale-up follows it at once. Scale-down follows the *highest* recommendation of the last `scaleDownDelay`
-//!   (the HPA's stabilization window), so replicas drop only after demand has stayed lower for the whole delay,
+//!   Scale-up follows it at once. Scale-down follows the *highest* recommendation in force during the last
+//!   `scaleDownDelay` (the HPA's stabilization window; a recommendation holds until the next one), so replicas
+//!   drop only once demand has been observed lower for the whole delay,
 //!   and never below the number of workers that are running steps (busy workers survive a scale-down).
 //! - **External**: `spec.replicas` as an HPA, KEDA or `kubectl scale` wrote it through the scale subresource
 //!   (unset: keep what the Deployment has, 1 for a new pool).
@@ -175,10 +176,12 @@ fn queue_depth(
         memory.recommendations.push_back((now, current));
     }
     memory.recommendations.push_back((now, wanted));
+    // A recommendation holds until the next one: drop the oldest only once its successor is itself older than
+    // the window, so the front is the recommendation in force `scaleDownDelay` ago.
     while memory
         .recommendations
-        .front()
-        .is_some_and(|(at, _)| now.duration_since(*at) > window)
+        .get(1)
+        .is_some_and(|(at, _)| now.duration_since(*at) >= window)
     {
         memory.recommendations.pop_front();
     }
@@ -301,17 +304,23 @@ mod tests {
         assert_eq!(s.replicas, 0, "a new idle pool starts at min");
         let s = decide(&p, load(40, 0, 0), Some(0), &mut m, at(1));
         assert_eq!((s.replicas, s.reason), (10, "ScaledUpToMax"));
-        // Demand falls to 8 (2 replicas) at t=10; replicas stay 10 until the window of 30 s has passed.
-        for t in [10, 20, 31] {
+        // Demand falls to 8 (2 replicas) at t=10; replicas stay 10 until it has been lower for 30 s.
+        for t in [10, 20, 31, 39] {
             let s = decide(&p, load(0, 8, 0), Some(10), &mut m, at(t));
             assert_eq!((s.replicas, s.reason), (10, "ScaleDownDelayed"), "t={t}");
         }
-        let s = decide(&p, load(0, 8, 0), Some(10), &mut m, at(32));
+        let s = decide(&p, load(0, 8, 0), Some(10), &mut m, at(40));
         assert_eq!((s.replicas, s.reason), (2, "ScaledDown"));
-        // Idle: back to min (0) after another delay.
-        let s = decide(&p, load(0, 0, 0), Some(2), &mut m, at(40));
-        assert_eq!(s.replicas, 2);
-        let s = decide(&p, load(0, 0, 0), Some(2), &mut m, at(63));
+        // Idle from t=41: back to min (0) after another delay.
+        assert_eq!(
+            decide(&p, load(0, 0, 0), Some(2), &mut m, at(41)).replicas,
+            2
+        );
+        assert_eq!(
+            decide(&p, load(0, 0, 0), Some(2), &mut m, at(70)).replicas,
+            2
+        );
+        let s = decide(&p, load(0, 0, 0), Some(2), &mut m, at(71));
         assert_eq!(s.replicas, 0, "scaled to zero");
     }
 
@@ -323,25 +332,28 @@ mod tests {
         decide(&p, load(0, 0, 0), Some(5), &mut m, at(5));
         decide(&p, load(3, 0, 0), Some(5), &mut m, at(8));
         let s = decide(&p, load(0, 0, 0), Some(5), &mut m, at(12));
+        assert_eq!(s.replicas, 5, "5 was in force until t=5, inside the window");
+        let s = decide(&p, load(0, 0, 0), Some(5), &mut m, at(15));
         assert_eq!(
             s.replicas, 3,
             "the spike of 3 at t=8 is still inside the window"
         );
-        let s = decide(&p, load(0, 0, 0), Some(3), &mut m, at(19));
-        assert_eq!(s.replicas, 1);
+        assert_eq!(
+            decide(&p, load(0, 0, 0), Some(3), &mut m, at(21)).replicas,
+            3
+        );
+        assert_eq!(
+            decide(&p, load(0, 0, 0), Some(3), &mut m, at(22)).replicas,
+            1
+        );
     }
 
     #[test]
     fn busy_workers_are_never_scaled_away() {
         let p = policy(0, 10, 4, 0);
         let mut m = Memory::default();
-        // A fresh memory holds the current size for one round even without a delay.
-        assert_eq!(
-            decide(&p, load(0, 5, 5), Some(8), &mut m, at(0)).replicas,
-            8
-        );
         // 5 steps on 5 different workers: demand says 2, but 5 workers are busy.
-        let s = decide(&p, load(0, 5, 5), Some(8), &mut m, at(1));
+        let s = decide(&p, load(0, 5, 5), Some(8), &mut m, at(0));
         assert_eq!(s.replicas, 5);
         let s = decide(&p, load(0, 1, 1), Some(5), &mut m, at(2));
         assert_eq!(s.replicas, 1);

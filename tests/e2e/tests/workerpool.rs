@@ -1,0 +1,608 @@
+//! WorkerPools on the local control plane: the operator's FlowRun runtime (broker included) and WorkerPool
+//! controller run in this test process; the Deployments, ReplicaSets, HPAs and garbage collection are the real
+//! kube-controller-manager's, and the pods are processes of the process kubelet.
+//!
+//! Queue depth without real workers comes from FlowRuns whose handler no worker serves: their steps stay
+//! queued in the broker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use sluice_e2e::{TestNamespace, cluster, kubectl, wait_deleted, wait_for};
+use sluice_operator::api::{FlowRun, WorkerPool};
+use sluice_operator::broker::Broker;
+use sluice_operator::broker::auth::TrustAll;
+use sluice_operator::flowrun::{FlowRunRuntime, Scope};
+use sluice_operator::telemetry::Metrics;
+use sluice_operator::workerpool::controller::WorkerPoolController;
+use sluice_operator::workerpool::{WorkerPoolConfig, WriteCounts};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Installs (server-side apply) the CRDs generated from the types and waits until they are served.
+async fn ensure_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in sluice_operator::crds::all() {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply("sluice-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+        wait_for(
+            &api,
+            &name,
+            |crd: Option<&CustomResourceDefinition>| {
+                crd.and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
+            },
+            WAIT,
+            &format!("CRD {name} to be Established"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The FlowRun runtime, its broker on a loopback port and the WorkerPool controller, for one namespace.
+struct Operator {
+    broker: Broker,
+    writes: WriteCounts,
+    stop: watch::Sender<bool>,
+}
+
+impl Operator {
+    async fn start(client: Client, namespace: &str) -> Result<Self> {
+        let scope = Scope::Namespaces(vec![namespace.to_owned()]);
+        let metrics = Metrics::new();
+        let runtime = FlowRunRuntime::new(
+            client.clone(),
+            Arc::new(TrustAll),
+            metrics.clone(),
+            scope.clone(),
+        );
+        let broker = runtime.broker();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let pools = WorkerPoolController::new(
+            client,
+            broker.clone(),
+            metrics,
+            scope,
+            WorkerPoolConfig { broker_url: url },
+        );
+        let writes = pools.writes();
+        let (stop, rx) = watch::channel(false);
+        let until = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let router = broker.router();
+        let http_stop = until(rx.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(http_stop)
+                .await
+        });
+        let lead_stop = until(rx.clone());
+        tokio::spawn(async move { runtime.lead(lead_stop).await });
+        let pools_stop = until(rx);
+        tokio::spawn(async move { pools.run(pools_stop).await });
+        Ok(Self {
+            broker,
+            writes,
+            stop,
+        })
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn setup(prefix: &str) -> Result<(TestNamespace, Operator)> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sluice_operator=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let client = cluster().await?;
+    ensure_crds(&client).await?;
+    let ns = TestNamespace::new(prefix).await?;
+    let operator = Operator::start(ns.client(), ns.name()).await?;
+    Ok((ns, operator))
+}
+
+/// A pool whose pods run a shell that sleeps (not a worker: the broker never hears of it).
+fn sleeper_pool(name: &str, scaling: Value, replicas: Option<i32>) -> Result<WorkerPool> {
+    let mut spec = json!({
+        "concurrency": 2,
+        "scaling": scaling,
+        "template": {
+            "metadata": {"labels": {"app": "sleeper"},
+                          "annotations": {"sluice.dev/kubelet-backoff-base": "500ms"}},
+            "spec": {
+                "terminationGracePeriodSeconds": 2,
+                "containers": [{"name": "worker", "image": "sluice/test-shell:dev",
+                                "args": ["-c", "exec sleep 3600"]}]
+            }
+        }
+    });
+    if let Some(r) = replicas {
+        spec["replicas"] = json!(r);
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "WorkerPool",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?)
+}
+
+fn replicas_are(n: i32) -> impl Fn(Option<&Deployment>) -> bool {
+    move |d: Option<&Deployment>| {
+        d.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas) == Some(n)
+    }
+}
+
+fn env_of(d: &Deployment) -> Vec<(String, String)> {
+    let c = &d
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let v = e.value.clone().unwrap_or_else(|| {
+                e.value_from
+                    .as_ref()
+                    .and_then(|f| f.field_ref.as_ref())
+                    .map(|f| format!("fieldRef:{}", f.field_path))
+                    .unwrap_or_default()
+            });
+            (e.name.clone(), v)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pool_owns_its_deployment_rolls_it_on_template_edits_and_gc_removes_it() -> Result<()> {
+    let (ns, _op) = setup("wp-owns").await?;
+    let pools: Api<WorkerPool> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    let pool = pools
+        .create(
+            &PostParams::default(),
+            &sleeper_pool("alpha", json!({"mode": "Manual"}), Some(1))?,
+        )
+        .await?;
+
+    let d = wait_for(
+        &deployments,
+        "alpha",
+        replicas_are(1),
+        WAIT,
+        "Deployment alpha with 1 replica",
+    )
+    .await?;
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.selector
+            .match_labels
+            .as_ref()
+            .unwrap()
+            .get("sluice.dev/pool")
+            .map(String::as_str),
+        Some("alpha")
+    );
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        labels.get("sluice.dev/pool").map(String::as_str),
+        Some("alpha")
+    );
+    assert_eq!(
+        labels.get("app").map(String::as_str),
+        Some("sleeper"),
+        "user labels kept"
+    );
+    let env = env_of(&d);
+    for (k, v) in [
+        ("SLUICE_POOL", "alpha"),
+        ("SLUICE_CONCURRENCY", "2"),
+        ("POD_NAME", "fieldRef:metadata.name"),
+        ("POD_NAMESPACE", "fieldRef:metadata.namespace"),
+        ("SLUICE_TOKEN_PATH", "/var/run/secrets/sluice/token"),
+    ] {
+        assert!(env.contains(&(k.into(), v.into())), "{k}={v} in {env:?}");
+    }
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "SLUICE_BROKER_URL" && v.starts_with("http://127.0.0.1:"))
+    );
+    let owner = &d.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("WorkerPool", "alpha")
+    );
+    assert_eq!(Some(&owner.uid), pool.metadata.uid.as_ref());
+    assert_eq!(owner.controller, Some(true));
+
+    // Status: replicas, ready, selector (what the scale subresource serves).
+    let p = wait_for(
+        &pools,
+        "alpha",
+        |p: Option<&WorkerPool>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.replicas == 1 && s.ready_replicas == 1)
+        },
+        WAIT,
+        "pool alpha status to show 1 ready replica",
+    )
+    .await?;
+    let status = p.status.unwrap();
+    assert_eq!(status.selector.as_deref(), Some("sluice.dev/pool=alpha"));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True")
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == p.metadata.generation)
+    );
+
+    // A template edit rolls the Deployment: a second ReplicaSet, and the pod runs the new template.
+    pools
+        .patch(
+            "alpha",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"template": {"metadata": {"annotations": {"rev": "2"}}}}}),
+            ),
+        )
+        .await?;
+    wait_for(
+        &deployments,
+        "alpha",
+        |d: Option<&Deployment>| {
+            d.and_then(|d| d.spec.as_ref())
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .is_some_and(|a| a.get("rev").map(String::as_str) == Some("2"))
+        },
+        WAIT,
+        "the template edit to reach the Deployment",
+    )
+    .await?;
+    let replicasets: Api<ReplicaSet> = ns.api();
+    let started = Instant::now();
+    loop {
+        let rs = replicasets
+            .list(&ListParams::default().labels("sluice.dev/pool=alpha"))
+            .await?;
+        let pods: Api<Pod> = ns.api();
+        let new_pod_running = pods
+            .list(&ListParams::default().labels("sluice.dev/pool=alpha"))
+            .await?
+            .items
+            .iter()
+            .any(|p| {
+                p.annotations().get("rev").map(String::as_str) == Some("2")
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            });
+        if rs.items.len() >= 2 && new_pod_running {
+            break;
+        }
+        ensure!(
+            started.elapsed() < WAIT,
+            "the Deployment did not roll: {} ReplicaSets, new pod running: {new_pod_running}",
+            rs.items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Deleting the pool deletes the Deployment (garbage collection of owned objects).
+    pools.delete("alpha", &DeleteParams::default()).await?;
+    wait_deleted(
+        &deployments,
+        "alpha",
+        WAIT,
+        "Deployment alpha to be garbage-collected",
+    )
+    .await?;
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn external_mode_follows_kubectl_scale_and_an_hpa_resolves_the_pool() -> Result<()> {
+    let (ns, _op) = setup("wp-external").await?;
+    let pools: Api<WorkerPool> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    pools
+        .create(
+            &PostParams::default(),
+            &sleeper_pool("ext", json!({"mode": "External"}), None)?,
+        )
+        .await?;
+    wait_for(
+        &deployments,
+        "ext",
+        replicas_are(1),
+        WAIT,
+        "Deployment ext to start with 1 replica",
+    )
+    .await?;
+
+    kubectl(["scale", "workerpool/ext", "--replicas=3", "-n", ns.name()])
+        .ok()
+        .await?;
+    wait_for(
+        &deployments,
+        "ext",
+        replicas_are(3),
+        WAIT,
+        "kubectl scale to set the Deployment to 3",
+    )
+    .await?;
+    wait_for(
+        &pools,
+        "ext",
+        |p: Option<&WorkerPool>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.replicas == 3)
+        },
+        WAIT,
+        "pool ext status.replicas to be 3",
+    )
+    .await?;
+
+    // An HPA targeting the WorkerPool resolves it through the scale subresource (AbleToScale True).
+    let hpas: Api<HorizontalPodAutoscaler> = ns.api();
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "ext"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "sluice.dev/v1alpha1", "kind": "WorkerPool", "name": "ext"},
+            "minReplicas": 1, "maxReplicas": 5,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                         "target": {"type": "Utilization", "averageUtilization": 80}}}]
+        }
+    }))?;
+    hpas.create(&PostParams::default(), &hpa).await?;
+    let hpa = wait_for(
+        &hpas,
+        "ext",
+        |h: Option<&HorizontalPodAutoscaler>| {
+            h.and_then(|h| h.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "AbleToScale" && c.status == "True")
+                })
+        },
+        Duration::from_secs(90),
+        "the HPA to resolve the WorkerPool's scale subresource (AbleToScale True)",
+    )
+    .await?;
+    let status = hpa.status.unwrap();
+    assert_eq!(
+        status.current_replicas,
+        Some(3),
+        "the HPA reads status.replicas through /scale"
+    );
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn queue_depth_scales_to_max_within_seconds_and_back_to_zero_after_the_delay() -> Result<()> {
+    let (ns, op) = setup("wp-queue").await?;
+    let pools: Api<WorkerPool> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    pools
+        .create(
+            &PostParams::default(),
+            &sleeper_pool(
+                "busy",
+                json!({"mode": "QueueDepth", "minReplicas": 0, "maxReplicas": 10,
+                       "targetStepsPerWorker": 4, "scaleDownDelay": "5s"}),
+                None,
+            )?,
+        )
+        .await?;
+    wait_for(
+        &deployments,
+        "busy",
+        replicas_are(0),
+        WAIT,
+        "an idle pool to start at 0 replicas",
+    )
+    .await?;
+
+    // Idle: count the controller's writes over 10 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_from = op.writes.snapshot();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle_writes = op.writes.snapshot().total() - idle_from.total();
+
+    // 40 steps of a handler no worker serves.
+    let flows: Api<FlowRun> = ns.api();
+    let steps: Vec<Value> = (0..40)
+        .map(|i| json!({"name": format!("s{i}"), "handler": "nobody-serves-this"}))
+        .collect();
+    let fr: FlowRun = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": "load"},
+        "spec": {"pool": "busy", "steps": steps}
+    }))?;
+    let load_from = op.writes.snapshot();
+    flows.create(&PostParams::default(), &fr).await?;
+    let started = Instant::now();
+    while op.broker.demand(ns.name(), "busy").queued < 40 {
+        ensure!(
+            started.elapsed() < WAIT,
+            "the 40 steps never reached the broker queue"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let queue_full = Instant::now();
+    wait_for(
+        &deployments,
+        "busy",
+        replicas_are(10),
+        Duration::from_secs(10),
+        "replicas to reach 10",
+    )
+    .await?;
+    let reaction = queue_full.elapsed();
+    println!(
+        "FIGURE scale-up reaction: queue full -> Deployment replicas 10 in {reaction:?}; FlowRun created -> 10 in {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        reaction < Duration::from_millis(2500),
+        "scale-up took {reaction:?}"
+    );
+
+    let p = wait_for(
+        &pools,
+        "busy",
+        |p: Option<&WorkerPool>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.queue_depth == 40)
+        },
+        WAIT,
+        "status.queueDepth to show 40",
+    )
+    .await?;
+    let status = p.status.unwrap();
+    let missing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "HandlersMissing")
+        .unwrap();
+    assert!(
+        missing.message.contains("nobody-serves-this"),
+        "{missing:?}"
+    );
+    // Under load for 10 s.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let load_writes = op.writes.snapshot().total() - load_from.total();
+    let load_secs = started.elapsed().as_secs_f64();
+
+    // The work goes away: back to 0 only after the 5 s scale-down delay.
+    flows
+        .patch(
+            "load",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cancel": true}})),
+        )
+        .await?;
+    let drained = Instant::now();
+    while op.broker.demand(ns.name(), "busy").queued > 0 {
+        ensure!(
+            drained.elapsed() < WAIT,
+            "the queue never drained after deleting the FlowRun"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let empty = Instant::now();
+    wait_for(
+        &deployments,
+        "busy",
+        replicas_are(0),
+        WAIT,
+        "the pool to scale back to 0",
+    )
+    .await?;
+    let down = empty.elapsed();
+    println!("FIGURE scale-down after the queue emptied: {down:?} (scaleDownDelay 5s)");
+    ensure!(
+        down >= Duration::from_millis(4500),
+        "scaled down after {down:?}, before the 5 s delay"
+    );
+
+    println!(
+        "FIGURE writes: idle {idle_writes} in 10 s ({}/min); under load {load_writes} in {load_secs:.1} s ({:.0}/min); {:?}",
+        idle_writes * 6,
+        load_writes as f64 * 60.0 / load_secs,
+        op.writes.snapshot()
+    );
+    ensure!(
+        idle_writes == 0,
+        "an idle pool should cost no writes, saw {idle_writes}"
+    );
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn crash_looping_worker_pods_are_reaped_with_an_event() -> Result<()> {
+    let (ns, op) = setup("wp-reap").await?;
+    let pools: Api<WorkerPool> = ns.api();
+    let mut pool = sleeper_pool("crashy", json!({"mode": "Manual"}), Some(1))?;
+    pool.spec.template.spec.as_mut().unwrap().containers[0].args =
+        Some(vec!["-c".into(), "exit 3".into()]);
+    pools.create(&PostParams::default(), &pool).await?;
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let started = Instant::now();
+    loop {
+        let list = events.list(&ListParams::default()).await?;
+        if list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("WorkerCrashLooping"))
+        {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(90),
+            "no WorkerCrashLooping Event; events: {:?}",
+            list.items
+                .iter()
+                .map(|e| e.reason.clone())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(
+        op.writes.snapshot().pod_deletes >= 1,
+        "the crash-looping pod was not deleted"
+    );
+    ns.cleanup().await?;
+    Ok(())
+}
