@@ -35,8 +35,10 @@ controlplane:
 crds:
 	$(CARGO) run -q -p sluice-operator -- crd --out-dir crds
 
+# The order flow end to end: builds, starts the local cluster, the operator and two example workers, runs
+# examples/order-flow.yaml (approving it with a signal) and prints its status. `make cluster-down` stops it all.
 demo:
-	@echo "make demo is not yet available: it arrives with the end-to-end issue."
+	@examples/demo.sh
 
 # Flow throughput and dispatch latency on the local cluster, as ratios to the same API server's raw
 # status-PATCH rate measured in the same run (sizes: SLUICE_BENCH_FLOWS, SLUICE_BENCH_STEPS).

@@ -138,6 +138,8 @@ launch() {
 }
 
 do_down() {
+  # The operator `make demo` started in the background (examples/demo.sh), if any.
+  stop "operator" "$STATE/operator.pid" 30
   stop "process kubelet" "$KL_PID" 60
   stop "control plane" "$CP_PID" 60
   rm -rf "$STATE/controlplane" "$STATE/kubelet" "$KUBECONFIG_PATH" "$CP_OUT"
