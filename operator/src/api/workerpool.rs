@@ -56,8 +56,9 @@ pub struct WorkerPoolSpec {
     #[schemars(schema_with = "pod_template")]
     pub template: PodTemplateSpec,
 
-    /// Number of worker pods. With scaling mode QueueDepth the operator writes it; with External an HPA (or
-    /// `kubectl scale`) writes it through the scale subresource; with Manual it is used as written.
+    /// Number of worker pods. With scaling mode External an HPA, KEDA or `kubectl scale` writes it through the
+    /// scale subresource; with Manual it is used as written; with QueueDepth it is ignored (the operator sizes
+    /// the Deployment from queued and running steps and reports the size in `status.replicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,

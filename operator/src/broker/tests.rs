@@ -316,3 +316,56 @@ async fn silent_workers_are_released_once_as_lost() {
         .count();
     assert_eq!(lost, 1, "released exactly once");
 }
+
+#[tokio::test]
+async fn pool_metrics_endpoint_serves_queue_depth_for_keda() {
+    let (broker, _) = broker_with(TrustAll);
+    broker.offer([
+        queued("a", 1, "p"),
+        queued("b", 1, "p"),
+        queued("c", 1, "other"),
+    ]);
+    let (status, _) = post(
+        &broker,
+        "/v1/claim",
+        None,
+        json!({"pool": "ns/p", "worker": "w1", "handlers": ["h"], "capacity": 1, "waitSeconds": 0}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let get = |path: &str| {
+        let broker = broker.clone();
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        async move {
+            let response = broker.router().oneshot(req).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, body) = get("/v1/pools/ns/p/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["queueDepth"], 1);
+    assert_eq!(body["inFlight"], 1);
+    // The claim registered its worker, and the finished poll left it idle and not polling.
+    let workers = broker.workers("ns", "p");
+    assert_eq!(workers.len(), 1);
+    assert_eq!(
+        (
+            workers[0].name.as_str(),
+            workers[0].in_flight,
+            workers[0].polling
+        ),
+        ("w1", 1, false)
+    );
+    broker.set_ready(false);
+    let (status, _) = get("/v1/pools/ns/p/metrics").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "only the leader knows the queue"
+    );
+}

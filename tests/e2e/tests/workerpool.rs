@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use sluice_e2e::{TestNamespace, cluster, kubectl, wait_deleted, wait_for};
 use sluice_operator::api::{FlowRun, WorkerPool};
 use sluice_operator::broker::Broker;
-use sluice_operator::broker::auth::TrustAll;
+use sluice_operator::broker::auth::{Authenticator, TrustAll};
+use sluice_operator::broker::tokenreview::TokenReviewAuthenticator;
 use sluice_operator::flowrun::{FlowRunRuntime, Scope};
 use sluice_operator::telemetry::Metrics;
 use sluice_operator::workerpool::controller::WorkerPoolController;
@@ -67,15 +68,15 @@ struct Operator {
 }
 
 impl Operator {
-    async fn start(client: Client, namespace: &str) -> Result<Self> {
+    /// With `auth` authenticating workers (the real TokenReview for tests with worker pods).
+    async fn start_with(
+        client: Client,
+        namespace: &str,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Self> {
         let scope = Scope::Namespaces(vec![namespace.to_owned()]);
         let metrics = Metrics::new();
-        let runtime = FlowRunRuntime::new(
-            client.clone(),
-            Arc::new(TrustAll),
-            metrics.clone(),
-            scope.clone(),
-        );
+        let runtime = FlowRunRuntime::new(client.clone(), auth, metrics.clone(), scope.clone());
         let broker = runtime.broker();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -117,6 +118,10 @@ impl Drop for Operator {
 }
 
 async fn setup(prefix: &str) -> Result<(TestNamespace, Operator)> {
+    setup_with(prefix, false).await
+}
+
+async fn setup_with(prefix: &str, token_review: bool) -> Result<(TestNamespace, Operator)> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -127,7 +132,12 @@ async fn setup(prefix: &str) -> Result<(TestNamespace, Operator)> {
     let client = cluster().await?;
     ensure_crds(&client).await?;
     let ns = TestNamespace::new(prefix).await?;
-    let operator = Operator::start(ns.client(), ns.name()).await?;
+    let auth: Arc<dyn Authenticator> = if token_review {
+        Arc::new(TokenReviewAuthenticator::new(ns.client()))
+    } else {
+        Arc::new(TrustAll)
+    };
+    let operator = Operator::start_with(ns.client(), ns.name(), auth).await?;
     Ok((ns, operator))
 }
 
@@ -602,6 +612,124 @@ async fn crash_looping_worker_pods_are_reaped_with_an_event() -> Result<()> {
     ensure!(
         op.writes.snapshot().pod_deletes >= 1,
         "the crash-looping pod was not deleted"
+    );
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_frozen_worker_is_reaped_and_its_step_retried_on_a_new_pod() -> Result<()> {
+    let (ns, op) = setup_with("wp-sigstop", true).await?;
+    let pools: Api<WorkerPool> = ns.api();
+    let pool: WorkerPool = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "WorkerPool",
+        "metadata": {"name": "exec"},
+        "spec": {
+            "replicas": 1,
+            "heartbeatTimeout": "4s",
+            "scaling": {"mode": "Manual"},
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 2,
+                "containers": [{"name": "worker", "image": "sluice/worker:dev",
+                                "args": ["--handler", "slow=sleep 3"]}]
+            }}
+        }
+    }))?;
+    pools.create(&PostParams::default(), &pool).await?;
+    let flows: Api<FlowRun> = ns.api();
+    let fr: FlowRun = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": "frozen"},
+        "spec": {"pool": "exec",
+                 "defaults": {"heartbeatTimeout": "4s", "retry": {"maxAttempts": 3, "initialBackoff": "100ms"}},
+                 "steps": [{"name": "s", "handler": "slow"}]}
+    }))?;
+    flows.create(&PostParams::default(), &fr).await?;
+    let running = wait_for(
+        &flows,
+        "frozen",
+        |f: Option<&FlowRun>| {
+            f.and_then(|f| f.status.as_ref())
+                .and_then(|s| s.steps.get("s"))
+                .is_some_and(|s| s.worker.is_some() && s.attempts == 1)
+        },
+        Duration::from_secs(90),
+        "step s to run on a worker pod",
+    )
+    .await?;
+    let worker = running.status.unwrap().steps["s"].worker.clone().unwrap();
+    let pods: Api<Pod> = ns.api();
+    let pod = pods
+        .get(&worker)
+        .await
+        .context("the worker is a pod of the pool")?;
+    let pid = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs[0].container_id.as_deref())
+        .and_then(|id| id.strip_prefix("sluice://"))
+        .context("the process kubelet's container id names the pid")?
+        .to_owned();
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()?;
+    ensure!(stop.success(), "kill -STOP {pid}");
+    let frozen_at = Instant::now();
+    wait_deleted(
+        &pods,
+        &worker,
+        Duration::from_secs(30),
+        "the frozen worker's pod to be reaped",
+    )
+    .await?;
+    let reaped = frozen_at.elapsed();
+    let fr = wait_for(
+        &flows,
+        "frozen",
+        |f: Option<&FlowRun>| {
+            f.and_then(|f| f.status.as_ref())
+                .and_then(|s| s.steps.get("s"))
+                .is_some_and(|s| s.attempts >= 2)
+        },
+        Duration::from_secs(30),
+        "step s to be retried",
+    )
+    .await?;
+    let released = frozen_at.elapsed();
+    println!(
+        "FIGURE frozen worker (SIGSTOP, heartbeatTimeout 4s): pod reaped after {reaped:?}, step re-queued after {released:?}"
+    );
+    let _ = fr;
+    let done = wait_for(
+        &flows,
+        "frozen",
+        |f: Option<&FlowRun>| {
+            f.and_then(|f| f.status.as_ref())
+                .and_then(|s| s.steps.get("s"))
+                .is_some_and(|s| format!("{:?}", s.phase) == "Succeeded")
+        },
+        Duration::from_secs(90),
+        "step s to succeed on the new worker pod",
+    )
+    .await?;
+    let step = &done.status.unwrap().steps["s"];
+    ensure!(
+        step.worker.as_deref() != Some(worker.as_str()),
+        "retried on another pod"
+    );
+    ensure!(op.writes.snapshot().pod_deletes >= 1);
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    ensure!(
+        reasons.iter().any(|r| r == "WorkerSilent"),
+        "no WorkerSilent Event: {reasons:?}"
     );
     ns.cleanup().await?;
     Ok(())
