@@ -136,11 +136,24 @@ pub struct OperatorProcess {
     log: PathBuf,
     child: Option<Child>,
     starts: u32,
+    trust_workers: bool,
 }
 
 impl OperatorProcess {
     /// Builds the operator if needed, starts it for `ns` and waits until it leads and is ready.
     pub async fn start(ns: &TestNamespace) -> Result<Self> {
+        Self::launch(ns, false).await
+    }
+
+    /// Like [`OperatorProcess::start`], but the broker trusts every caller (`--insecure-skip-worker-auth`,
+    /// pools named `namespace/pool`), for workers that run in the test process without a pod token. Its
+    /// identity stays the same across restarts, like a pod restarted in place, so a restarted process takes its
+    /// Lease back at once.
+    pub async fn start_trusting_workers(ns: &TestNamespace) -> Result<Self> {
+        Self::launch(ns, true).await
+    }
+
+    async fn launch(ns: &TestNamespace, trust_workers: bool) -> Result<Self> {
         let bin = build_binaries().await?.join("sluice-operator");
         let mut this = Self {
             bin,
@@ -150,6 +163,7 @@ impl OperatorProcess {
             log: ns.scratch_dir().join("operator.log"),
             child: None,
             starts: 0,
+            trust_workers,
         };
         this.spawn().await?;
         this.wait_ready(READY_TIMEOUT).await?;
@@ -161,6 +175,11 @@ impl OperatorProcess {
             .await
             .map_err(|e| HarnessError::Build(e.to_string()))??;
         self.starts += 1;
+        let identity = if self.trust_workers {
+            "operator".to_owned()
+        } else {
+            format!("operator-{}", self.starts)
+        };
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -172,7 +191,8 @@ impl OperatorProcess {
         let child = Command::new(&self.bin)
             .args(["run", "--namespace", &self.namespace])
             .args(["--lease-namespace", &self.namespace])
-            .arg(format!("--identity=operator-{}", self.starts))
+            .arg(format!("--identity={identity}"))
+            .args(self.trust_workers.then_some("--insecure-skip-worker-auth"))
             .arg(format!("--broker-addr=127.0.0.1:{}", self.broker))
             .arg(format!("--health-addr=127.0.0.1:{}", self.health))
             .env("KUBECONFIG", kubeconfig)
@@ -260,6 +280,13 @@ impl OperatorProcess {
         self.kill().await?;
         self.spawn().await?;
         self.wait_ready(READY_TIMEOUT).await
+    }
+
+    /// SIGKILLs the operator and starts it again at once, without waiting for it to be ready: a crash at an
+    /// arbitrary moment, possibly while the previous start is still rebuilding.
+    pub async fn crash_and_restart(&mut self) -> Result<()> {
+        self.kill().await?;
+        self.spawn().await
     }
 
     /// SIGTERMs the operator (releasing its Lease) and waits for it to exit.
