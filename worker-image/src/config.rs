@@ -19,6 +19,8 @@ pub struct Config {
     pub broker_url: String,
     /// The WorkerPool served (`SLUICE_POOL`).
     pub pool: String,
+    /// Namespace of the pool (`POD_NAMESPACE`); the broker takes it from the token when it authenticates.
+    pub namespace: Option<String>,
     /// This worker's name (`SLUICE_WORKER_NAME`, else `POD_NAME`, else the host name).
     pub worker_name: String,
     /// File with the bearer token, re-read for every request (`SLUICE_TOKEN_PATH`); `None`: no auth header.
@@ -53,6 +55,7 @@ impl Config {
         Self {
             broker_url: broker_url.into(),
             pool: pool.into(),
+            namespace: None,
             worker_name: worker_name.into(),
             token_path: None,
             concurrency: 1,
@@ -78,6 +81,7 @@ impl Config {
         let worker_name = lookup(env::WORKER_NAME).unwrap_or_else(|| worker_name_from(&lookup));
         let mut config = Self::new(broker_url, pool, worker_name);
         config.token_path = lookup(env::TOKEN_PATH).map(PathBuf::from);
+        config.namespace = lookup(env::POD_NAMESPACE);
         if let Some(value) = lookup(env::CONCURRENCY) {
             config.concurrency = parse(env::CONCURRENCY, &value)?;
         }

@@ -212,6 +212,7 @@ impl ClaimLoop {
                 handlers: handlers.clone(),
                 capacity: u32::try_from(slots.len()).unwrap_or(u32::MAX),
                 wait_seconds: config.wait_seconds,
+                namespace: config.namespace.clone(),
             };
             match self.env.client.claim(&request).await {
                 Ok(response) => {

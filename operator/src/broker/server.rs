@@ -327,24 +327,40 @@ where
     }
 }
 
-/// The namespace and pool a claim is for: the caller's namespace, or (development only, when the
-/// authenticator names none) a `namespace/pool` pool string.
-fn claim_pool(caller: &WorkerIdentity, pool: &str) -> Result<(String, String), ApiError> {
+/// The namespace and pool a claim is for: the caller's namespace (from its token), or, when the authenticator
+/// names none (development only), the claim's `namespace` or a `namespace/pool` pool string.
+fn claim_pool(
+    caller: &WorkerIdentity,
+    pool: &str,
+    claimed_namespace: Option<&str>,
+) -> Result<(String, String), ApiError> {
     let (namespace, name) = match (&caller.namespace, pool.split_once('/')) {
-        (Some(ns), None) => (ns.clone(), pool.to_owned()),
-        (None, Some((ns, name))) => (ns.to_owned(), name.to_owned()),
         (Some(_), Some(_)) => {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "pool: name the WorkerPool without a namespace; the token says which namespace it is in",
             ));
         }
-        (None, None) => {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                "pool: without authentication the pool must be written `namespace/name`",
-            ));
+        (Some(ns), None) => {
+            if claimed_namespace.is_some_and(|claimed| claimed != ns) {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("namespace: this worker's token belongs to namespace {ns}"),
+                ));
+            }
+            (ns.clone(), pool.to_owned())
         }
+        (None, Some((ns, name))) => (ns.to_owned(), name.to_owned()),
+        (None, None) => match claimed_namespace {
+            Some(ns) if !ns.is_empty() => (ns.to_owned(), pool.to_owned()),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "namespace: without authentication a claim must name its namespace (POD_NAMESPACE) or write \
+                     the pool as `namespace/name`",
+                ));
+            }
+        },
     };
     if !caller.may_serve(&namespace, &name) {
         return Err(ApiError::new(
@@ -392,7 +408,7 @@ async fn claim(
 ) -> Result<Json<ClaimResponse>, ApiError> {
     req.validate()
         .map_err(|problems| ApiError::new(ErrorCode::BadRequest, problems))?;
-    let (namespace, pool) = claim_pool(&caller, &req.pool)?;
+    let (namespace, pool) = claim_pool(&caller, &req.pool, req.namespace.as_deref())?;
     let key = pool_key(&namespace, &pool);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(req.wait_seconds));
     // The worker registry sees the poll open now and close when this future ends, however it ends.

@@ -369,3 +369,25 @@ async fn pool_metrics_endpoint_serves_queue_depth_for_keda() {
         "only the leader knows the queue"
     );
 }
+
+#[tokio::test]
+async fn a_claim_names_its_namespace_when_no_token_does() {
+    let (broker, _) = broker_with(TrustAll);
+    broker.offer([queued("a", 1, "p")]);
+    let mut body = claim_body("p", 0);
+    body["namespace"] = json!("ns");
+    let (status, body) = post(&broker, "/v1/claim", None, body).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tasks"].as_array().unwrap().len(), 1);
+
+    // With a token, the token's namespace wins and another one is refused.
+    let (broker, _) = broker_with(PoolTokens);
+    let mut body = claim_body("p", 0);
+    body["namespace"] = json!("elsewhere");
+    let (status, body) = post(&broker, "/v1/claim", Some("pool-p"), body).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("namespace"),
+        "{body}"
+    );
+}

@@ -58,6 +58,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
     pub broker_addr: SocketAddr,
 
+    /// URL under which worker pods reach the broker, given to every WorkerPool's pods as `SLUICE_BROKER_URL`
+    /// (in a cluster: the broker Service, e.g. `http://sluice-broker.sluice-system.svc:8081`). Default:
+    /// `http://<broker-addr>` when the broker listens on one address, else the Service
+    /// `sluice-broker.<lease-namespace>.svc` on the broker's port.
+    #[arg(long, value_name = "URL", env = "SLUICE_OPERATOR_BROKER_URL")]
+    pub broker_url: Option<String>,
+
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub health_addr: SocketAddr,
@@ -109,6 +116,19 @@ impl RunArgs {
         }
     }
 
+    /// The URL worker pods use to reach the broker.
+    pub fn broker_url(&self) -> String {
+        match self.broker_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
+            _ if self.broker_addr.ip().is_unspecified() => format!(
+                "http://sluice-broker.{}.svc:{}",
+                self.lease_namespace,
+                self.broker_addr.port()
+            ),
+            _ => format!("http://{}", self.broker_addr),
+        }
+    }
+
     /// The Lease identity of this process.
     pub fn identity(&self) -> String {
         match self.identity.as_deref().map(str::trim) {
@@ -153,7 +173,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Arc::new(TokenReviewAuthenticator::new(client.clone()))
     };
-    let runtime = FlowRunRuntime::new(client, auth, metrics.clone(), scope);
+    let runtime = FlowRunRuntime::new(client, auth, metrics.clone(), scope).with_worker_pools(
+        sluice_operator::workerpool::WorkerPoolConfig {
+            broker_url: args.broker_url(),
+        },
+    );
     let broker = runtime.broker();
 
     let broker_listener = TcpListener::bind(args.broker_addr)
@@ -406,6 +430,7 @@ mod tests {
         let expected_ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".to_owned());
         assert_eq!(args.lease_namespace, expected_ns);
         assert!(!args.insecure_skip_worker_auth);
+        assert_eq!(args.broker_url(), "http://sluice-broker.default.svc:8081");
         assert_eq!(args.log_format, LogFormat::Text);
         assert!(!args.identity().is_empty());
     }
@@ -432,6 +457,11 @@ mod tests {
             "json",
         ]);
         assert_eq!(args.broker_addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(
+            args.broker_url(),
+            "http://127.0.0.1:9001",
+            "a loopback broker is reached where it listens"
+        );
         assert_eq!(args.health_addr, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(
             args.scope(),

@@ -104,6 +104,8 @@ pub mod env {
     pub const WORKER_NAME: &str = "SLUICE_WORKER_NAME";
     /// The pod's name (downward API), the default of [`WORKER_NAME`].
     pub const POD_NAME: &str = "POD_NAME";
+    /// The pod's namespace (downward API), sent with claims as the pool's namespace.
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
     /// How many tasks a worker process runs at once (≥ 1). Default 1.
     pub const CONCURRENCY: &str = "SLUICE_CONCURRENCY";
     /// Seconds a worker lets in-flight tasks finish after SIGTERM before failing them as retryable. Default 25
@@ -223,6 +225,11 @@ pub struct ClaimRequest {
     pub capacity: u32,
     /// How long the broker may hold the request when no task is available (0 ..= [`MAX_WAIT_SECONDS`]).
     pub wait_seconds: u32,
+    /// Namespace of the pool: the worker pod's namespace ([`env::POD_NAMESPACE`]). With token authentication
+    /// the token says which namespace the worker is in and a different value here is refused; without it
+    /// (local development) this names the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 impl ClaimRequest {

@@ -38,6 +38,7 @@ fn claim_request_shape() {
         handlers: vec!["charge_payment".into(), "refund".into()],
         capacity: 4,
         wait_seconds: 30,
+        namespace: None,
     };
     assert_eq!(
         serde_json::to_value(&request).unwrap(),
@@ -61,6 +62,7 @@ fn claim_request_validation_names_every_problem() {
         handlers: vec![],
         capacity: 0,
         wait_seconds: MAX_WAIT_SECONDS + 1,
+        namespace: None,
     };
     let problems = request.validate().unwrap_err();
     for needle in ["pool", "handlers", "capacity", "waitSeconds"] {
