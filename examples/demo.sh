@@ -9,7 +9,9 @@
 #   5. applies the order flow, approves it with a signal once it waits, waits for it and prints its status
 #
 # Environment: SLUICE_DEMO_NAMESPACE (default sluice-demo), SLUICE_DEMO_BROKER_PORT (18481),
-# SLUICE_DEMO_HEALTH_PORT (18480), SLUICE_CLUSTER_DIR (the cluster state dir), CARGO.
+# SLUICE_DEMO_HEALTH_PORT (18480), SLUICE_DEMO_WORKERS (`pool`: examples/workerpool.yaml, run by the operator's
+# WorkerPool controller; `deployment`: a plain Deployment of the same pods; default: `pool` when the operator
+# has a WorkerPool controller, i.e. `run --broker-url`), SLUICE_CLUSTER_DIR (the cluster state dir), CARGO.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -100,6 +102,17 @@ kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=120s
 kubectl create namespace "$NS"
 kubectl wait --for=create serviceaccount/default -n "$NS" --timeout=60s
 
+WORKERS="${SLUICE_DEMO_WORKERS:-}"
+if [[ -z "$WORKERS" ]]; then
+  if "$TARGET/sluice-operator" run --help | grep -q -- --broker-url; then WORKERS=pool; else WORKERS=deployment; fi
+fi
+POOL_ARGS=()
+case "$WORKERS" in
+  pool) POOL_ARGS=(--broker-url "http://127.0.0.1:$BROKER_PORT") ;;
+  deployment) ;;
+  *) die "SLUICE_DEMO_WORKERS must be pool or deployment, not $WORKERS" ;;
+esac
+
 step "Starting the operator (sluice-operator run, broker on 127.0.0.1:$BROKER_PORT)"
 mkdir -p "$STATE"
 # A session of its own (Ctrl-C here does not reach it; cluster.sh down stops it and its session); it writes
@@ -109,7 +122,7 @@ mkdir -p "$STATE"
   # shellcheck disable=SC2016
   exec setsid bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$OPERATOR_PID" \
     "$TARGET/sluice-operator" run --namespace "$NS" --lease-namespace "$NS" \
-    --broker-addr "127.0.0.1:$BROKER_PORT" --health-addr "127.0.0.1:$HEALTH_PORT"
+    --broker-addr "127.0.0.1:$BROKER_PORT" --health-addr "127.0.0.1:$HEALTH_PORT" "${POOL_ARGS[@]}"
 ) 9>&- &
 deadline=$((SECONDS + 60))
 until curl -sf "http://127.0.0.1:$HEALTH_PORT/readyz" >/dev/null 2>&1; do
@@ -119,7 +132,11 @@ until curl -sf "http://127.0.0.1:$HEALTH_PORT/readyz" >/dev/null 2>&1; do
 done
 echo "operator ready (pid $(cat "$OPERATOR_PID"), log $OPERATOR_LOG)"
 
-step "Starting the example workers (pool examples)"
+if [[ "$WORKERS" == pool ]]; then
+step "The example workers: WorkerPool examples (scaled from zero by queue depth)"
+show kubectl apply -n "$NS" -f examples/workerpool.yaml
+else
+step "Starting the example workers (pool examples, as a plain Deployment)"
 # What the WorkerPool controller creates for examples/workerpool.yaml: the broker URL, the pool, and a
 # projected token for the broker's audience; the pod label names the pool the token may serve.
 kubectl apply -n "$NS" -f - <<EOF
@@ -156,6 +173,7 @@ spec:
           - serviceAccountToken: {audience: sluice-broker, expirationSeconds: 3600, path: token}
 EOF
 kubectl rollout status deployment/examples-workers -n "$NS" --timeout=120s
+fi
 
 step "Running the order flow (examples/order-flow.yaml)"
 show kubectl apply -n "$NS" -f examples/order-flow.yaml
@@ -190,6 +208,11 @@ for name, st in status["steps"].items():
 print("output:")
 print(json.dumps(status.get("output"), indent=2))
 '
+
+if [[ "$WORKERS" == pool ]]; then
+  echo
+  kubectl get workerpool,deployments,pods -n "$NS"
+fi
 
 DONE=1
 cat <<EOF
