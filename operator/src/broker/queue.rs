@@ -158,6 +158,8 @@ pub struct TaskQueue {
     ready: BTreeMap<(String, String), VecDeque<TaskId>>,
     /// Workers heard of, per pool: the registry behind live-worker counts, `HandlersMissing` and the reaper.
     workers: BTreeMap<String, BTreeMap<String, Seen>>,
+    /// How long each attempt claimed since the last [`TaskQueue::take_dispatch_waits`] had waited in the queue.
+    dispatch_waits: Vec<Duration>,
 }
 
 impl TaskQueue {
@@ -239,7 +241,9 @@ impl TaskQueue {
                     best = Some((since, handler));
                 }
             }
-            let Some((_, handler)) = best else { break };
+            let Some((since, handler)) = best else { break };
+            self.dispatch_waits
+                .push(now.duration_since(since).unsigned_abs());
             let key = (pool.to_owned(), handler.clone());
             let id = self
                 .ready
@@ -411,6 +415,11 @@ impl TaskQueue {
         }
         lost.sort_by(|a, b| a.id.cmp(&b.id));
         lost
+    }
+
+    /// The queue waits of the attempts claimed since the last call (for the dispatch-latency histogram).
+    pub fn take_dispatch_waits(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.dispatch_waits)
     }
 
     /// Puts back a lost attempt whose release could not be persisted, so the next loss check reports it again.

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use jiff::Timestamp;
+use prometheus_client::metrics::histogram::Histogram;
 use sluice_wire::{
     Ack, CLAIM_PATH, COMPLETE_PATH, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody,
     ErrorCode, FAIL_PATH, FailRequest, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse,
@@ -60,6 +61,8 @@ struct Shared {
     auth: Arc<dyn Authenticator>,
     /// False until this replica leads and has rebuilt its queue from statuses.
     ready: AtomicBool,
+    /// Where claims report how long their attempts waited in the queue.
+    dispatch_latency: Option<Histogram>,
 }
 
 /// The qualified name of a pool: namespace and name.
@@ -78,8 +81,23 @@ impl Broker {
                 sink,
                 auth,
                 ready: AtomicBool::new(false),
+                dispatch_latency: None,
             }),
         }
+    }
+
+    /// A broker like [`Broker::new`] that observes each claimed attempt's time in the queue (from being queued,
+    /// that is recorded as Ready in status, to a worker's claim) in `dispatch_latency` (seconds).
+    pub fn with_dispatch_histogram(
+        sink: Arc<dyn ResultSink>,
+        auth: Arc<dyn Authenticator>,
+        dispatch_latency: Histogram,
+    ) -> Self {
+        let mut broker = Self::new(sink, auth);
+        if let Some(shared) = Arc::get_mut(&mut broker.shared) {
+            shared.dispatch_latency = Some(dispatch_latency);
+        }
+        broker
     }
 
     /// The worker-facing HTTP routes.
@@ -431,13 +449,22 @@ async fn claim(
                 "this operator replica stopped serving workers",
             ));
         }
-        let tasks = broker.queue().claim(
-            &key,
-            &req.handlers,
-            req.capacity,
-            &req.worker,
-            Timestamp::now(),
-        );
+        let (tasks, waits) = {
+            let mut queue = broker.queue();
+            let tasks = queue.claim(
+                &key,
+                &req.handlers,
+                req.capacity,
+                &req.worker,
+                Timestamp::now(),
+            );
+            (tasks, queue.take_dispatch_waits())
+        };
+        if let Some(histogram) = &broker.shared.dispatch_latency {
+            for wait in waits {
+                histogram.observe(wait.as_secs_f64());
+            }
+        }
         if !tasks.is_empty() {
             let claims = tasks
                 .iter()

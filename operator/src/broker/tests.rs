@@ -391,3 +391,23 @@ async fn a_claim_names_its_namespace_when_no_token_does() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn claims_observe_how_long_attempts_waited() {
+    let sink = Arc::new(ScriptedSink::default());
+    let histogram = prometheus_client::metrics::histogram::Histogram::new([0.001, 1.0, 10.0]);
+    let broker =
+        Broker::with_dispatch_histogram(Arc::new(sink), Arc::new(TrustAll), histogram.clone());
+    broker.set_ready(true);
+    broker.offer([queued("a", 1, "p"), queued("b", 1, "p")]);
+    let (status, body) = post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
+    assert_eq!(
+        (status, body["tasks"].as_array().unwrap().len()),
+        (StatusCode::OK, 2)
+    );
+    let mut text = String::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("dispatch", "test", histogram);
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("dispatch_count 2"), "{text}");
+}

@@ -81,7 +81,11 @@ impl FlowRunRuntime {
             Effects::new(client.clone(), instance),
             metrics.clone(),
         );
-        let broker = Broker::new(Arc::new(writer.clone()), auth);
+        let broker = Broker::with_dispatch_histogram(
+            Arc::new(writer.clone()),
+            auth,
+            metrics.dispatch_latency.clone(),
+        );
         writer.attach(broker.clone());
         Self {
             client,
