@@ -14,54 +14,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use futures::future::join_all;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use serde_json::{Value, json};
-use sluice_e2e::{TestNamespace, cluster, wait_for, wait_for_list};
+use sluice_e2e::{InProcessOperator, TestNamespace, cluster, install_crds, wait_for_list};
 use sluice_operator::api::{FlowPhase, FlowRun};
-use sluice_operator::broker::auth::TrustAll;
-use sluice_operator::flowrun::{FlowRunRuntime, Scope};
-use sluice_operator::telemetry::Metrics;
 use sluice_worker::{Config, StepContext, Worker};
-use tokio::sync::watch;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-async fn install_crds(client: &Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in sluice_operator::crds::all() {
-        let name = crd.metadata.name.clone().context("CRD without a name")?;
-        api.patch(
-            &name,
-            &PatchParams::apply("sluice-bench").force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        wait_for(
-            &api,
-            &name,
-            |c: Option<&CustomResourceDefinition>| {
-                c.and_then(|c| c.status.as_ref())
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            },
-            Duration::from_secs(60),
-            &format!("CRD {name} to be Established"),
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// Status PATCHes per second on one FlowRun object, from `writers` concurrent writers for `window`.
@@ -123,32 +89,8 @@ async fn main() -> Result<()> {
     let conc_rate = patch_rate(&api, 8, window).await?;
 
     // The operator's FlowRun runtime and its broker, in this process, watching only this namespace.
-    let runtime = FlowRunRuntime::new(
-        ns.client(),
-        Arc::new(TrustAll),
-        Metrics::new(),
-        Scope::Namespaces(vec![ns.name().to_owned()]),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stop_rx) = watch::channel(false);
-    let router = runtime.broker().router();
-    let mut http_stop = stop_rx.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
-    let mut lead_stop = stop_rx.clone();
-    tokio::spawn(async move {
-        runtime
-            .lead(async move {
-                let _ = lead_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
+    let url = operator.broker_url().to_owned();
 
     let timings = Arc::new(Timings::default());
     let mut shutdowns = Vec::new();
@@ -262,7 +204,7 @@ async fn main() -> Result<()> {
         elapsed.as_secs_f64()
     );
 
-    let _ = stop.send(true);
+    drop(operator);
     for s in shutdowns {
         s.shutdown();
     }

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod error;
+mod in_process;
 mod kubectl;
 mod namespace;
 mod operator;
@@ -19,6 +20,7 @@ mod wait;
 
 pub use cluster::{cluster, kubeconfig_path, repo_root};
 pub use error::HarnessError;
+pub use in_process::InProcessOperator;
 pub use kubectl::{Kubectl, kubectl, kubectl_path};
 pub use namespace::TestNamespace;
 pub use operator::{

@@ -10,61 +10,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
 use serde_json::{Value, json};
-use sluice_e2e::{TestNamespace, cluster, install_crds, wait_for};
+use sluice_e2e::{InProcessOperator, TestNamespace, cluster, install_crds, wait_for};
 use sluice_operator::api::{FlowPhase, FlowRun, StepPhase};
-use sluice_operator::broker::auth::TrustAll;
-use sluice_operator::flowrun::{FlowRunRuntime, Scope};
-use sluice_operator::telemetry::Metrics;
 use sluice_worker::{Config, StepContext, StepError, Worker};
-use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// The operator's FlowRun runtime and its broker, running in this process for one namespace.
-struct Operator {
-    url: String,
-    stop: watch::Sender<bool>,
-}
-
-impl Operator {
-    async fn start(client: Client, namespace: &str) -> Result<Self> {
-        let runtime = FlowRunRuntime::new(
-            client,
-            Arc::new(TrustAll),
-            Metrics::new(),
-            Scope::Namespaces(vec![namespace.to_owned()]),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (stop, rx) = watch::channel(false);
-        let router = runtime.broker().router();
-        let mut http_stop = rx.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
-        let mut lead_stop = rx;
-        tokio::spawn(async move {
-            runtime
-                .lead(async move {
-                    let _ = lead_stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
-        Ok(Self { url, stop })
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
 
 /// What the handlers saw, to assert on side effects.
 #[derive(Default)]
@@ -74,12 +26,12 @@ struct Log {
 }
 
 fn start_worker(
-    operator: &Operator,
+    operator: &InProcessOperator,
     namespace: &str,
     name: &str,
     log: Arc<Log>,
 ) -> sluice_worker::ShutdownHandle {
-    let config = Config::new(&operator.url, format!("{namespace}/pool"), name);
+    let config = Config::new(operator.broker_url(), format!("{namespace}/pool"), name);
     let (l1, l2, l3) = (log.clone(), log.clone(), log);
     let worker = Worker::new(config)
         .concurrency(4)
@@ -153,7 +105,7 @@ struct Setup {
     ns: TestNamespace,
     api: Api<FlowRun>,
     log: Arc<Log>,
-    _operator: Operator,
+    _operator: InProcessOperator,
     worker: sluice_worker::ShutdownHandle,
 }
 
@@ -169,7 +121,7 @@ async fn setup(prefix: &str) -> Result<Setup> {
     let client = cluster().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::new(prefix).await?;
-    let operator = Operator::start(ns.client(), ns.name()).await?;
+    let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
     let log = Arc::new(Log::default());
     let worker = start_worker(&operator, ns.name(), "worker-1", log.clone());
     let api: Api<FlowRun> = ns.api();
