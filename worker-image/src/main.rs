@@ -34,6 +34,10 @@ struct Args {
     /// File with the projected service-account token (re-read for every request).
     #[arg(long, env = env::TOKEN_PATH)]
     token_path: Option<PathBuf>,
+    /// Namespace of the pool, sent with claims [default: $POD_NAMESPACE]. Brokers that authenticate workers
+    /// take it from the token instead.
+    #[arg(long, env = env::POD_NAMESPACE)]
+    namespace: Option<String>,
     /// This worker's name [default: $POD_NAME, else the host name].
     #[arg(long, env = env::WORKER_NAME)]
     worker_name: Option<String>,
@@ -65,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(Config::default_worker_name);
     let mut config = Config::new(&args.broker_url, &args.pool, worker_name);
     config.token_path = args.token_path.clone();
+    config.namespace = args.namespace.clone();
     config.concurrency = args.concurrency;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace_seconds);
     config.validate().context("invalid configuration")?;

@@ -63,7 +63,7 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Builds the operator and the example worker (once per test process; a no-op when they are fresh) and returns
+/// Builds the operator, the example worker and the exec worker (once per test process; a no-op when they are fresh) and returns
 /// the directory holding the binaries: `$CARGO_TARGET_DIR/debug`, which the kubelet's image map expects at
 /// `target/debug` of the repository.
 pub async fn build_binaries() -> Result<PathBuf> {
@@ -90,6 +90,10 @@ fn build_blocking() -> Result<PathBuf> {
             "sluice-operator",
             "-p",
             "sluice-example-worker",
+            "-p",
+            "sluice-worker",
+            "--bin",
+            "sluice-worker",
         ])
         .current_dir(repo_root())
         .stdin(Stdio::null())
@@ -97,7 +101,7 @@ fn build_blocking() -> Result<PathBuf> {
         .map_err(HarnessError::io("running cargo build"))?;
     if !output.status.success() {
         return Err(HarnessError::Build(format!(
-            "cargo build -p sluice-operator -p sluice-example-worker: {}\n{}",
+            "cargo build -p sluice-operator -p sluice-example-worker -p sluice-worker: {}\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         )));
@@ -106,7 +110,7 @@ fn build_blocking() -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"))
         .join("debug");
-    for bin in ["sluice-operator", "sluice-example-worker"] {
+    for bin in ["sluice-operator", "sluice-example-worker", "sluice-worker"] {
         if !dir.join(bin).is_file() {
             return Err(HarnessError::Build(format!(
                 "{} was not built",

@@ -12,12 +12,14 @@ use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use sluice_e2e::{TestNamespace, cluster, kubectl, wait_deleted, wait_for};
-use sluice_operator::api::{FlowRun, WorkerPool};
+use sluice_e2e::{
+    TestNamespace, build_binaries, cluster, install_crds, kubectl, wait_deleted, wait_for,
+    wait_for_list,
+};
+use sluice_operator::api::{FlowPhase, FlowRun, WorkerPool};
 use sluice_operator::broker::Broker;
 use sluice_operator::broker::auth::{Authenticator, TrustAll};
 use sluice_operator::broker::tokenreview::TokenReviewAuthenticator;
@@ -28,37 +30,6 @@ use sluice_operator::workerpool::{WorkerPoolConfig, WriteCounts};
 use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Installs (server-side apply) the CRDs generated from the types and waits until they are served.
-async fn ensure_crds(client: &Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in sluice_operator::crds::all() {
-        let name = crd.metadata.name.clone().context("CRD without a name")?;
-        api.patch(
-            &name,
-            &PatchParams::apply("sluice-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying CRD {name}"))?;
-        wait_for(
-            &api,
-            &name,
-            |crd: Option<&CustomResourceDefinition>| {
-                crd.and_then(|c| c.status.as_ref())
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            },
-            WAIT,
-            &format!("CRD {name} to be Established"),
-        )
-        .await?;
-    }
-    Ok(())
-}
 
 /// The FlowRun runtime, its broker on a loopback port and the WorkerPool controller, for one namespace.
 struct Operator {
@@ -130,7 +101,9 @@ async fn setup_with(prefix: &str, token_review: bool) -> Result<(TestNamespace, 
         .with_test_writer()
         .try_init();
     let client = cluster().await?;
-    ensure_crds(&client).await?;
+    install_crds(&client).await?;
+    // The worker images of these tests map to binaries of this workspace (tests/kubelet/images.yaml).
+    build_binaries().await?;
     let ns = TestNamespace::new(prefix).await?;
     let auth: Arc<dyn Authenticator> = if token_review {
         Arc::new(TokenReviewAuthenticator::new(ns.client()))
@@ -731,6 +704,118 @@ async fn a_frozen_worker_is_reaped_and_its_step_retried_on_a_new_pod() -> Result
         reasons.iter().any(|r| r == "WorkerSilent"),
         "no WorkerSilent Event: {reasons:?}"
     );
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Real exec workers run 40 steps of one second and four of eight seconds, one at a time per worker. The pool
+/// scales up to its maximum, then, while the long steps still run, scales down: the busy workers survive
+/// (pod-deletion-cost and the busy floor), so no step is lost or retried because of the scale-down.
+#[tokio::test]
+async fn scaling_down_under_load_loses_and_retries_no_running_step() -> Result<()> {
+    let (ns, _op) = setup("wp-scaledown").await?;
+    let pools: Api<WorkerPool> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    let pool: WorkerPool = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "WorkerPool",
+        "metadata": {"name": "busy"},
+        "spec": {
+            "concurrency": 1,
+            "heartbeatTimeout": "10s",
+            "scaling": {"mode": "QueueDepth", "minReplicas": 0, "maxReplicas": 10,
+                        "targetStepsPerWorker": 4, "scaleDownDelay": "3s"},
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 15,
+                "containers": [{"name": "worker", "image": "sluice/worker:dev",
+                                "args": ["--handler", "quick=sleep 1", "--handler", "long=sleep 8"]}]
+            }}
+        }
+    }))?;
+    pools.create(&PostParams::default(), &pool).await?;
+    let flows: Api<FlowRun> = ns.api();
+    let started = Instant::now();
+    for i in 0..44 {
+        let handler = if i < 4 { "long" } else { "quick" };
+        let fr: FlowRun = serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": format!("job-{i}"), "labels": {"sluice.dev/test": "scaledown"}},
+            "spec": {"pool": "busy",
+                     "defaults": {"retry": {"maxAttempts": 3, "initialBackoff": "100ms"}},
+                     "steps": [{"name": "s", "handler": handler}]}
+        }))?;
+        flows.create(&PostParams::default(), &fr).await?;
+    }
+    wait_for(
+        &deployments,
+        "busy",
+        replicas_are(10),
+        WAIT,
+        "the pool to scale to its maximum of 10",
+    )
+    .await?;
+    println!(
+        "FIGURE real workers: 10 replicas {:?} after the first of 44 FlowRuns",
+        started.elapsed()
+    );
+
+    // While the four long steps still run (the quick ones are done), demand falls and the pool scales down.
+    wait_for(
+        &deployments,
+        "busy",
+        |d: Option<&Deployment>| {
+            d.and_then(|d| d.spec.as_ref())
+                .and_then(|s| s.replicas)
+                .is_some_and(|r| r < 10)
+        },
+        WAIT,
+        "the pool to scale down while the long steps run",
+    )
+    .await?;
+    let scaled_down_at = started.elapsed();
+    let done = wait_for_list(
+        &flows,
+        kube::runtime::watcher::Config::default().labels("sluice.dev/test=scaledown"),
+        |frs: &[FlowRun]| {
+            frs.len() == 44
+                && frs.iter().all(|f| {
+                    f.status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .is_some_and(|p| p.is_terminal())
+                })
+        },
+        Duration::from_secs(120),
+        "all 44 FlowRuns to finish",
+    )
+    .await?;
+    let finished_at = started.elapsed();
+    for fr in &done {
+        let status = fr.status.as_ref().context("status")?;
+        let step = &status.steps["s"];
+        ensure!(
+            status.phase == Some(FlowPhase::Succeeded) && step.attempts == 1,
+            "{} ended {:?} after {} attempts ({:?}): a step was lost or retried",
+            fr.name_any(),
+            status.phase,
+            step.attempts,
+            step.error
+        );
+    }
+    ensure!(
+        scaled_down_at < finished_at,
+        "the scale-down ({scaled_down_at:?}) should happen while steps still run (all done at {finished_at:?})"
+    );
+    println!(
+        "FIGURE real workers: scaled below 10 at {scaled_down_at:?}, all 44 steps done at {finished_at:?}, none retried"
+    );
+    wait_for(
+        &deployments,
+        "busy",
+        replicas_are(0),
+        WAIT,
+        "the idle pool to return to 0",
+    )
+    .await?;
     ns.cleanup().await?;
     Ok(())
 }
