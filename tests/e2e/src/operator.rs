@@ -86,14 +86,12 @@ fn build_blocking() -> Result<PathBuf> {
             "-q",
             "-p",
             "sluice-operator",
-            "--bin",
-            "sluice-operator",
             "-p",
             "sluice-example-worker",
             "-p",
             "sluice-worker",
-            "--bin",
-            "sluice-worker",
+            // `--bin NAME` would apply to every package named; each of these has exactly the binary we want.
+            "--bins",
         ])
         .current_dir(repo_root())
         .stdin(Stdio::null())

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sluice_e2e::{InProcessOperator, TestNamespace, cluster, install_crds, wait_for};
 use sluice_operator::api::{FlowPhase, FlowRun, StepPhase};
