@@ -13,6 +13,7 @@
 mod cluster;
 mod error;
 mod in_process;
+mod jwt;
 mod kubectl;
 mod namespace;
 mod operator;
@@ -21,6 +22,7 @@ mod wait;
 pub use cluster::{cluster, kubeconfig_path, repo_root};
 pub use error::HarnessError;
 pub use in_process::InProcessOperator;
+pub use jwt::jwt_claims;
 pub use kubectl::{Kubectl, kubectl, kubectl_path};
 pub use namespace::TestNamespace;
 pub use operator::{

@@ -40,34 +40,6 @@ fn status_code(err: &kube::Error) -> Option<u16> {
     }
 }
 
-/// Decodes base64url without padding (a JWT segment).
-fn base64url_decode(input: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in input.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => bail!("invalid base64url byte {c:#x}"),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    Ok(out)
-}
-
-fn jwt_claims(token: &str) -> Result<Value> {
-    let payload = token.split('.').nth(1).context("the token is not a JWT")?;
-    Ok(serde_json::from_slice(&base64url_decode(payload)?)?)
-}
-
 /// A token for a ServiceAccount from the TokenRequest API; `spec` is a TokenRequestSpec as JSON.
 async fn request_token(sas: &Api<ServiceAccount>, name: &str, spec: Value) -> Result<String> {
     let request: TokenRequest = serde_json::from_value(json!({ "spec": spec }))?;
@@ -235,7 +207,7 @@ async fn a_pod_bound_token_is_reviewed_and_names_its_pod() -> Result<()> {
     });
     let token = request_token(&sas, "worker", spec).await?;
 
-    let claims = jwt_claims(&token)?;
+    let claims = sluice_e2e::jwt_claims(&token)?;
     assert_eq!(claims["aud"], json!([audience]), "{claims}");
     assert_eq!(
         claims["iss"], "https://kubernetes.default.svc.cluster.local",

@@ -391,34 +391,6 @@ async fn a_never_restarted_pod_that_exits_1_fails_with_exit_code_1() -> Result<(
     Ok(())
 }
 
-/// Decodes base64url without padding (a JWT segment).
-fn base64url_decode(input: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in input.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => bail!("invalid base64url byte {c:#x}"),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    Ok(out)
-}
-
-fn jwt_claims(token: &str) -> Result<Value> {
-    let payload = token.split('.').nth(1).context("the token is not a JWT")?;
-    Ok(serde_json::from_slice(&base64url_decode(payload)?)?)
-}
-
 async fn review(client: Client, token: &str, audience: &str) -> Result<TokenReview> {
     let review: TokenReview = serde_json::from_value(json!({
         "spec": { "token": token, "audiences": [audience] }
@@ -525,7 +497,7 @@ printf '%s\n' "$POD_NAME" "$POD_NAMESPACE" "$POD_UID" "$POD_IP" "$NODE" "$SA" "$
             "{copy} differs from the token at TOKEN_PATH"
         );
     }
-    let claims = jwt_claims(token.trim())?;
+    let claims = sluice_e2e::jwt_claims(token.trim())?;
     ensure!(
         claims["kubernetes.io"]["pod"]["name"] == "token-reader",
         "no pod-name claim in {claims}"
@@ -553,7 +525,8 @@ printf '%s\n' "$POD_NAME" "$POD_NAMESPACE" "$POD_UID" "$POD_IP" "$NODE" "$SA" "$
         user.username
     );
     // The automounted service-account token is there too.
-    let default_claims = jwt_claims(std::fs::read_to_string(out.join("default-token"))?.trim())?;
+    let default_claims =
+        sluice_e2e::jwt_claims(std::fs::read_to_string(out.join("default-token"))?.trim())?;
     ensure!(
         default_claims["kubernetes.io"]["pod"]["name"] == "token-reader",
         "default token claims {default_claims}"
