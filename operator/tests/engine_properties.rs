@@ -20,6 +20,9 @@
 //! 6. `decide` is a fixpoint: deciding again at the same time changes nothing and repeats no note.
 //! 7. Progress: a run that is not terminal always has a way forward (a task, a running attempt, a timer, a
 //!    signal or child to wait for, or suspension), and the run ends once the world answers everything.
+//! 8. Retry (`spec.retryRequest`) of a run that Failed: Succeeded steps keep their outputs and attempts,
+//!    re-run steps get attempt numbers above their previous ones, late reports of the old attempts are
+//!    refused, and the run then Succeeds once the world answers everything.
 
 use std::collections::BTreeMap;
 
@@ -413,10 +416,10 @@ impl Sim {
                     name(i)
                 );
             }
-            // 3. Attempts never exceed maxAttempts.
+            // 3. Attempts never exceed maxAttempts (counted from the last retry of the run).
             if matches!(g.kind, Kind::Handler { .. }) {
                 assert!(
-                    st.attempts <= g.max_attempts,
+                    st.attempts - st.retry_base <= g.max_attempts,
                     "{}: {} attempts",
                     name(i),
                     st.attempts
@@ -424,7 +427,7 @@ impl Sim {
                 if let Some(inst) = &st.instances {
                     for (k, one) in &inst.active {
                         assert!(
-                            one.attempts <= g.max_attempts,
+                            one.attempts - one.retry_base <= g.max_attempts,
                             "{}[{k}]: {} attempts",
                             name(i),
                             one.attempts
@@ -699,6 +702,79 @@ proptest! {
         }
         if phase == FlowPhase::Succeeded {
             prop_assert_eq!(sim.status.output.clone(), Some(json!({"n": 1})));
+        }
+    }
+
+    /// 8. A random run that Failed, retried through `spec.retryRequest`, keeps what Succeeded and then Succeeds.
+    #[test]
+    fn a_failed_run_retried_keeps_succeeded_steps_and_succeeds(
+        (gens, small_outputs) in flow(),
+        actions in proptest::collection::vec(action(), 0..100),
+    ) {
+        let mut sim = Sim::new(gens, small_outputs);
+        sim.decide();
+        for a in actions.iter().filter(|a| !matches!(a, Action::Cancel)) {
+            sim.act(a);
+            sim.decide();
+        }
+        sim.drive_to_end();
+        prop_assume!(sim.status.phase == Some(FlowPhase::Failed));
+        let before = sim.status.clone();
+        // The re-run steps leave their terminal phase: that is the point of a retry.
+        let gens = sim.gens.clone();
+        sim.terminal.retain(|step, st| {
+            let i: usize = step.trim_start_matches("step-").parse().unwrap();
+            matches!(st.phase, StepPhase::Succeeded | StepPhase::Skipped)
+                || (st.phase == StepPhase::Failed && gens[i].continue_on_failure)
+        });
+        sim.terminal_run = None;
+        sim.spec.retry_request = Some("retry-1".into());
+        sim.decide();
+        let phase = sim.status.phase.unwrap();
+        prop_assert!(matches!(phase, FlowPhase::Running | FlowPhase::Succeeded), "{:?}", phase);
+        let retry = sim.status.retry.clone().unwrap();
+        prop_assert_eq!(retry.request.as_str(), "retry-1");
+        prop_assert_eq!(retry.count, 1);
+
+        // Late reports of the attempts before the retry change nothing.
+        for (step, old) in &before.steps {
+            if old.attempts == 0 || old.child.is_some() || old.instances.is_some() {
+                continue;
+            }
+            let snapshot = sim.status.clone();
+            let out = apply_event(&sim.input(), &Event::Completed {
+                attempt: AttemptRef::step(step, old.attempts),
+                output: json!({"late": true}),
+            }, sim.now);
+            prop_assert!(!matches!(out, Ok(EventOutcome::Applied { .. })), "late report of {} applied", step);
+            prop_assert_eq!(&sim.status, &snapshot);
+        }
+
+        sim.drive_to_end();
+        prop_assert_eq!(sim.status.phase, Some(FlowPhase::Succeeded));
+        for (step, old) in &before.steps {
+            let new = &sim.status.steps[step];
+            match old.phase {
+                StepPhase::Succeeded | StepPhase::Skipped => {
+                    prop_assert_eq!(old, new, "{} changed after the retry", step);
+                }
+                StepPhase::Failed | StepPhase::Cancelled if old != new => {
+                    if old.attempts > 0 && old.child.is_none() && old.instances.is_none() {
+                        prop_assert!(new.attempts > old.attempts,
+                            "{} re-ran with attempt {} after {}", step, new.attempts, old.attempts);
+                        prop_assert_eq!(new.retry_base, old.attempts);
+                    }
+                    if let (Some(oi), Some(ni)) = (&old.instances, &new.instances) {
+                        prop_assert_eq!(oi.total, ni.total);
+                        for (k, out) in &oi.outputs {
+                            prop_assert_eq!(Some(out), ni.outputs.get(k).or_else(|| {
+                                new.output.as_ref()?.as_array()?.get(k.parse::<usize>().ok()?)
+                            }), "instance {}[{}] output changed", step, k);
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
     }
 

@@ -93,6 +93,15 @@ pub struct FlowRunSpec {
     /// true cancels the run: no new step starts, running workers are asked to stop, and the run ends Cancelled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,
+
+    /// Asks for a retry of a Failed run: an opaque token (for example the current time, which is what
+    /// `kubectl sluice retry` writes). When it differs from `status.retry.request` and the run has Failed, the
+    /// operator re-runs the steps that Failed or were Cancelled because of the failure, keeps the Succeeded
+    /// ones, and the run goes back to Running. A new token on a run that has not Failed is recorded in
+    /// `status.retry` and otherwise ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub retry_request: Option<String>,
 }
 
 /// Settings every step inherits unless it sets its own.
@@ -417,6 +426,43 @@ pub struct FlowRunStatus {
     /// Conditions of the run: `Ready`, `Succeeded`, `Invalid`, `Suspended`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+
+    /// The last `spec.retryRequest` the operator acted on, and what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryStatus>,
+}
+
+/// What the operator did with the last `spec.retryRequest`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryStatus {
+    /// The `spec.retryRequest` token acted on; a different token in the spec is a new request.
+    pub request: String,
+
+    /// Retried (the run went back to Running) or Ignored (the run had not Failed).
+    pub outcome: RetryOutcome,
+
+    /// What was re-run, or why the request was ignored.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+
+    /// When the operator acted on the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+
+    /// How many retries of this run were carried out so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub count: u32,
+}
+
+/// What the operator did with a retry request.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RetryOutcome {
+    /// The run had Failed: its failed and cancelled steps went back to Pending and the run to Running.
+    #[default]
+    Retried,
+    /// The run had not Failed, so there was nothing to retry.
+    Ignored,
 }
 
 /// A signal delivered to a FlowRun.
@@ -485,6 +531,12 @@ pub struct StepStatus {
     /// Why the step is in its phase, when that is not obvious (for example why it was Skipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// Attempts made before the run was last retried through `spec.retryRequest`: the retry policy's
+    /// `maxAttempts` counts from here, while attempt numbers keep increasing so that late reports of older
+    /// attempts are still refused. For a `flow` step, the number of its child runs before the current one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retry_base: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -566,4 +618,9 @@ pub struct InstanceStatus {
     /// When the current attempt times out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Time>,
+
+    /// Attempts made before the run was last retried through `spec.retryRequest` (see the step's
+    /// `retryBase`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retry_base: u32,
 }

@@ -16,6 +16,8 @@ pub(crate) struct Slot<'a> {
     pub worker: &'a mut Option<String>,
     pub wake_at: &'a mut Option<Time>,
     pub deadline: &'a mut Option<Time>,
+    /// Attempts made before the run's last retry request: the retry policy counts from here.
+    pub retry_base: u32,
 }
 
 impl<'a> Slot<'a> {
@@ -27,6 +29,7 @@ impl<'a> Slot<'a> {
             worker: &mut s.worker,
             wake_at: &mut s.wake_at,
             deadline: &mut s.deadline,
+            retry_base: s.retry_base,
         }
     }
 
@@ -38,6 +41,7 @@ impl<'a> Slot<'a> {
             worker: &mut s.worker,
             wake_at: &mut s.wake_at,
             deadline: &mut s.deadline,
+            retry_base: s.retry_base,
         }
     }
 
@@ -63,6 +67,8 @@ pub(crate) fn fail_attempt(
 ) -> Note {
     let policy = ctx.policy(step);
     let attempt = *slot.attempts;
+    // After a retry of the run the policy starts afresh: it sees attempts counted from the retry.
+    let counted = attempt.saturating_sub(slot.retry_base).max(1);
     let kind = FailureKind {
         error_type: &error.type_,
         exit_code: error.exit_code,
@@ -72,13 +78,21 @@ pub(crate) fn fail_attempt(
         uid: &ctx.meta.uid,
         step: &step.name,
         instance,
-        attempt,
+        attempt: counted,
     };
     let what = match instance {
         Some(i) => format!("step {:?} instance {i}", step.name),
         None => format!("step {:?}", step.name),
     };
     let v = verdict(&policy, &kind, key, ctx.now);
+    let numbered = if slot.retry_base > 0 {
+        format!(
+            "attempt {attempt} ({counted} of {} since the run was retried)",
+            policy.max_attempts
+        )
+    } else {
+        format!("attempt {attempt} of {}", policy.max_attempts)
+    };
     let described = if error.message.is_empty() {
         error.type_.clone()
     } else {
@@ -95,8 +109,7 @@ pub(crate) fn fail_attempt(
                 "RetryScheduled",
                 Some(&step.name),
                 format!(
-                    "{what} attempt {attempt} of {} failed ({described}); retrying in {:.1}s",
-                    policy.max_attempts,
+                    "{what} {numbered} failed ({described}); retrying in {:.1}s",
                     backoff.as_secs_f64()
                 ),
             )

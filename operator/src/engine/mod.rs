@@ -33,6 +33,10 @@
 //! * **forEach** is supported on handler steps; `input` defaults to the item. **Child flows** get the
 //!   parent's `pool` and `defaults` when they set none; only their `input` is resolved with the parent's
 //!   values.
+//! * **Retry of a Failed run** is requested with a new `spec.retryRequest` token and carried out by
+//!   [`decide`] (see [`rerun`]): failed and cancelled steps go back to Pending with their attempt numbers
+//!   kept (the retry policy counts afresh from `retryBase`), Succeeded steps stay, and the run is Running
+//!   again; `status.retry` records the last token acted on.
 //! * **Timestamps** written by the engine are whole seconds (how Kubernetes stores them); future ones are
 //!   rounded up so that no timer fires early.
 
@@ -45,6 +49,7 @@ pub mod expr;
 pub mod foreach;
 pub mod output;
 pub mod patch;
+pub mod rerun;
 pub mod retry;
 mod schedule;
 pub mod timers;
@@ -102,6 +107,7 @@ static EMPTY_STATUS: FlowRunStatus = FlowRunStatus {
     output: None,
     status_bytes: None,
     conditions: Vec::new(),
+    retry: None,
 };
 
 impl FlowMeta {

@@ -13,13 +13,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
 use super::attempt::{Slot, fail_attempt};
-use super::child::{child_name, child_spec};
+use super::child::child_spec;
 use super::decision::{AttemptRef, ChildFlowRequest, Decision, Note, RunningAttempt, Task};
 use super::expr::{self, Vars};
 use super::foreach;
 use super::output::{
     INVALID_INPUT, OUTPUT_TOO_LARGE, TIMEOUT, check_output, status_bytes, step_error, stored,
 };
+use super::rerun::{RetryAction, apply_retry_request, child_name_for};
 use super::timers::{after, ceil_second, earliest, is_due, parse_duration, parse_time, past};
 use super::validate::{StepKind, step_kind, validate};
 use super::{Ctx, FlowRunInput};
@@ -103,6 +104,7 @@ pub fn decide(flow: &FlowRunInput<'_>, now: Timestamp) -> Decision {
         fx: Effects::default(),
         inputs: HashMap::new(),
         ending: None,
+        retried: false,
     };
     s.run();
     s.finish()
@@ -116,6 +118,8 @@ struct Scheduler<'a> {
     /// Inputs resolved while starting steps, reused for their tasks.
     inputs: HashMap<String, Value>,
     ending: Option<Ending>,
+    /// A retry request reset this Failed run in this decision.
+    retried: bool,
 }
 
 impl Scheduler<'_> {
@@ -147,6 +151,13 @@ impl Scheduler<'_> {
         if let Some(g) = self.ctx.meta.generation {
             self.status.observed_generation = Some(g);
         }
+        let action = apply_retry_request(
+            self.ctx.spec,
+            &mut self.status,
+            self.ctx.now,
+            &mut self.fx.notes,
+        );
+        self.retried = action == RetryAction::Retried;
         if self.phase().is_terminal() {
             return;
         }
@@ -332,11 +343,11 @@ impl Scheduler<'_> {
                     let vars = self.vars_for(Some(i));
                     match child_spec(flow, spec, &vars) {
                         Ok(child) => {
-                            let name = self
-                                .st(i)
-                                .child
-                                .clone()
-                                .unwrap_or_else(|| child_name(&self.ctx.meta.name, &step.name));
+                            let st = self.st(i);
+                            let runs = st.retry_base;
+                            let name = st.child.clone().unwrap_or_else(|| {
+                                child_name_for(&self.ctx.meta.name, &step.name, runs)
+                            });
                             self.fx.create_children.push(ChildFlowRequest {
                                 step: step.name.clone(),
                                 name,
@@ -473,7 +484,8 @@ impl Scheduler<'_> {
             }
             StepKind::Flow(flow) => match child_spec(flow, spec, &vars) {
                 Ok(_) => {
-                    let name = child_name(&self.ctx.meta.name, &step.name);
+                    let runs = self.st(i).retry_base;
+                    let name = child_name_for(&self.ctx.meta.name, &step.name, runs);
                     self.fx.notes.push(Note::normal(
                         "ChildStarted",
                         Some(&step.name),
@@ -587,7 +599,8 @@ impl Scheduler<'_> {
         let now = self.ctx.now;
         let spec = self.ctx.spec;
         let phase = self.phase();
-        let was_terminal = self.old.phase.is_some_and(FlowPhase::is_terminal);
+        // A retried run is deciding afresh: its progress and conditions are recomputed.
+        let was_terminal = self.old.phase.is_some_and(FlowPhase::is_terminal) && !self.retried;
         let done = spec
             .steps
             .iter()

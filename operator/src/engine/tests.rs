@@ -1049,3 +1049,227 @@ fn patches_from_decisions_never_touch_signals() {
     assert!(patch["status"].get("signals").is_none());
     assert!(patch["status"]["steps"]["charge"].is_object());
 }
+
+#[test]
+fn retry_request_reruns_failed_and_cancelled_steps_and_keeps_succeeded_ones() {
+    let mut h = H::new(json!({
+        "pool": "p",
+        "steps": [
+            {"name": "a", "handler": "h"},
+            {"name": "b", "handler": "h", "dependsOn": ["a"], "retry": {"maxAttempts": 2, "initialBackoff": "1s"}},
+            {"name": "c", "handler": "h", "dependsOn": ["a"]},
+            {"name": "d", "handler": "h", "dependsOn": ["b"]},
+            {"name": "e", "waitForSignal": {"name": "go"}},
+        ],
+    }));
+    h.decide();
+    h.claim("a", 1);
+    h.complete("a", 1, json!({"a": 1}));
+    h.decide();
+    h.claim("b", 1);
+    h.claim("c", 1);
+    h.fail("b", 1, "flaky", true);
+    h.advance(2);
+    h.decide();
+    h.fail("b", 2, "flaky", true);
+    let d = h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+    assert_eq!(h.phase("c"), StepPhase::Cancelled);
+    assert_eq!(h.phase("d"), StepPhase::Cancelled);
+    assert_eq!(h.phase("e"), StepPhase::Cancelled);
+    assert!(d.cancel_workers.contains(&AttemptRef::step("c", 1)));
+    let a_before = h.status.steps["a"].clone();
+
+    h.advance(60);
+    h.spec.retry_request = Some("r1".into());
+    let d = h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Running);
+    assert_eq!(h.status.finished_at, None);
+    // Succeeded steps are untouched.
+    assert_eq!(h.status.steps["a"], a_before);
+    // Failed and cancelled handler steps get their next attempt at once; the others wait or start.
+    assert_eq!(h.phase("b"), StepPhase::Ready);
+    assert_eq!(h.status.steps["b"].attempts, 3);
+    assert_eq!(h.status.steps["b"].retry_base, 2);
+    assert_eq!(h.phase("c"), StepPhase::Ready);
+    assert_eq!(h.status.steps["c"].attempts, 2);
+    assert_eq!(h.phase("d"), StepPhase::Pending);
+    assert_eq!(h.status.steps["d"].attempts, 0);
+    assert_eq!(h.phase("e"), StepPhase::Waiting);
+    assert_eq!(names(&d.tasks), ["b attempt 3", "c attempt 2"]);
+    assert!(d.tasks.iter().all(|t| t.fresh));
+    let retry = h.status.retry.clone().unwrap();
+    assert_eq!(retry.request, "r1");
+    assert_eq!(retry.outcome, crate::api::RetryOutcome::Retried);
+    assert_eq!(retry.count, 1);
+    assert!(retry.message.contains("b, c, d, e"), "{}", retry.message);
+    assert!(d.notes.iter().any(|n| n.reason == "RetryRequested"));
+    // The failure condition is cleared.
+    let (status, reason, _) = h.condition("Succeeded");
+    assert_eq!((status.as_str(), reason.as_str()), ("Unknown", "Running"));
+    let (status, reason, _) = h.condition("Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Running"));
+    assert_eq!(h.status.progress.as_deref(), Some("1/5"));
+    // Deciding again changes nothing: the token was acted on.
+    let again = h.decide();
+    assert!(again.notes.is_empty(), "{:?}", again.notes);
+    assert!(again.tasks.iter().all(|t| !t.fresh));
+
+    // Late reports of the old attempts are refused.
+    let r = h.event(Event::Completed {
+        attempt: AttemptRef::step("c", 1),
+        output: json!(1),
+    });
+    assert!(matches!(r, Err(Refusal::Stale { .. })), "{r:?}");
+    let r = h.event(failed(AttemptRef::step("b", 1), "other", true));
+    assert!(matches!(r, Err(Refusal::Stale { .. })), "{r:?}");
+
+    // The retry policy counts afresh: b gets two attempts again.
+    h.claim("b", 3);
+    h.fail("b", 3, "flaky", true);
+    assert_eq!(h.phase("b"), StepPhase::Retrying);
+    h.advance(2);
+    h.decide();
+    assert_eq!(h.status.steps["b"].attempts, 4);
+    h.complete("b", 4, json!({"b": 4}));
+    h.complete("c", 2, json!({"c": 2}));
+    h.decide();
+    h.complete("d", 1, json!({"d": 1}));
+    h.status.signals.insert("go".into(), Signal::default());
+    h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Succeeded);
+    assert_eq!(h.status.steps["a"], a_before);
+    let (status, _, _) = h.condition("Succeeded");
+    assert_eq!(status, "True");
+}
+
+#[test]
+fn retry_request_on_a_run_that_has_not_failed_is_recorded_and_ignored() {
+    let mut h = H::new(linear());
+    h.spec.retry_request = Some("early".into());
+    let d = h.decide();
+    let retry = h.status.retry.clone().unwrap();
+    assert_eq!(retry.outcome, crate::api::RetryOutcome::Ignored);
+    assert_eq!(retry.request, "early");
+    assert_eq!(retry.count, 0);
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.reason == "RetryIgnored" && n.kind == NoteKind::Warning)
+    );
+    assert_eq!(h.phase("charge"), StepPhase::Ready);
+    assert!(h.decide().notes.is_empty());
+
+    // Finish the run; a retry of a Succeeded run changes nothing but the record.
+    h.claim("charge", 1);
+    h.complete("charge", 1, json!({"id": "c"}));
+    h.decide();
+    h.complete("ship", 1, json!({"tracking": "t"}));
+    h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Succeeded);
+    let before = h.status.clone();
+    h.spec.retry_request = Some("late".into());
+    let d = h.decide();
+    assert!(d.tasks.is_empty());
+    assert_eq!(h.flow_phase(), FlowPhase::Succeeded);
+    assert_eq!(h.status.steps, before.steps);
+    assert_eq!(h.status.conditions, before.conditions);
+    assert_eq!(
+        h.status.retry.as_ref().map(|r| r.outcome),
+        Some(crate::api::RetryOutcome::Ignored)
+    );
+    assert!(d.notes.iter().any(|n| n.reason == "RetryIgnored"));
+}
+
+#[test]
+fn retry_of_a_foreach_keeps_succeeded_instances() {
+    let mut h = H::new(json!({"pool": "p", "steps": [
+        {"name": "fan", "handler": "h", "forEach": [1, 2, 3, 4], "maxParallel": 2,
+         "retry": {"maxAttempts": 1}},
+    ]}));
+    h.decide();
+    h.ok(Event::Completed {
+        attempt: AttemptRef::instance("fan", 0, 1),
+        output: json!("zero"),
+    });
+    h.decide();
+    // Instance 1 runs, instance 2 is queued; instance 1 fails for good, which cancels 2.
+    h.ok(failed(AttemptRef::instance("fan", 1, 1), "boom", true));
+    h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+    let inst = h.status.steps["fan"].instances.clone().unwrap();
+    assert_eq!(inst.active["2"].phase, StepPhase::Cancelled);
+    assert!(!inst.active.contains_key("3"));
+
+    h.spec.retry_request = Some("again".into());
+    let d = h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Running);
+    let st = &h.status.steps["fan"];
+    assert_eq!(st.phase, StepPhase::Running);
+    let inst = st.instances.as_ref().unwrap();
+    assert_eq!(inst.outputs["0"], json!("zero"));
+    assert_eq!(inst.failed, 0);
+    assert_eq!(inst.active["1"].attempts, 2);
+    assert_eq!(inst.active["1"].retry_base, 1);
+    assert_eq!(inst.active["2"].attempts, 2);
+    assert_eq!(
+        names(&d.tasks),
+        ["fan[1] attempt 2", "fan[2] attempt 2"],
+        "maxParallel still holds"
+    );
+    let r = h.event(Event::Completed {
+        attempt: AttemptRef::instance("fan", 1, 1),
+        output: json!(1),
+    });
+    assert!(matches!(r, Err(Refusal::Stale { .. })), "{r:?}");
+    for i in [1, 2] {
+        h.ok(Event::Completed {
+            attempt: AttemptRef::instance("fan", i, 2),
+            output: json!(i),
+        });
+    }
+    let d = h.decide();
+    assert_eq!(names(&d.tasks), ["fan[3] attempt 1"]);
+    h.ok(Event::Completed {
+        attempt: AttemptRef::instance("fan", 3, 1),
+        output: json!(3),
+    });
+    h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Succeeded);
+    assert_eq!(h.status.steps["fan"].output, Some(json!(["zero", 1, 2, 3])));
+}
+
+#[test]
+fn retry_of_a_failed_child_flow_runs_a_new_child() {
+    let mut h = H::new(json!({"pool": "p", "steps": [
+        {"name": "invoice", "flow": {"spec": {"steps": [{"name": "bill", "handler": "bill"}]}}},
+    ]}));
+    h.decide();
+    h.ok(Event::ChildFinished {
+        step: "invoice".into(),
+        child: "order-1-invoice".into(),
+        outcome: ChildOutcome::Failed("step bill failed".into()),
+    });
+    h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+    h.spec.retry_request = Some("1".into());
+    let d = h.decide();
+    assert_eq!(h.phase("invoice"), StepPhase::Running);
+    assert_eq!(d.create_children.len(), 1);
+    assert_eq!(d.create_children[0].name, "order-1-invoice-retry1");
+    assert!(d.cancel_children.is_empty());
+    // The old child's outcome no longer concerns the step.
+    let r = h.event(Event::ChildFinished {
+        step: "invoice".into(),
+        child: "order-1-invoice".into(),
+        outcome: ChildOutcome::Failed("again".into()),
+    });
+    assert!(matches!(r, Err(Refusal::UnknownChild { .. })), "{r:?}");
+    h.ok(Event::ChildFinished {
+        step: "invoice".into(),
+        child: "order-1-invoice-retry1".into(),
+        outcome: ChildOutcome::Succeeded(None),
+    });
+    h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Succeeded);
+}
