@@ -13,7 +13,7 @@ use crate::{HarnessError, Result};
 /// Where `tests/scripts/install-tools.sh` puts kubectl, installing it on first use.
 pub fn kubectl_path() -> Result<PathBuf> {
     static PATH: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    PATH.get_or_init(|| install_kubectl().map_err(|e| e.to_string()))
+    PATH.get_or_init(|| tool_path("kubectl").map_err(|e| e.to_string()))
         .clone()
         .map_err(|reason| HarnessError::Kubectl {
             args: String::new(),
@@ -30,9 +30,20 @@ fn tools_dir() -> PathBuf {
     cache.join("sluice/tools")
 }
 
-fn install_kubectl() -> Result<PathBuf> {
-    let path = tools_dir().join("kubectl");
-    if path.is_file() {
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let cached = tools_dir().join(name);
+    if cached.is_file() {
+        return Some(cached);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A tool the tests use (kubectl, helm, hadolint, umoci): from the tools cache dir or PATH, running
+/// `tests/scripts/install-tools.sh` first when it is in neither.
+pub fn tool_path(name: &str) -> Result<PathBuf> {
+    if let Some(path) = find_tool(name) {
         return Ok(path);
     }
     let script = repo_root().join("tests/scripts/install-tools.sh");
@@ -44,17 +55,12 @@ fn install_kubectl() -> Result<PathBuf> {
         .stderr(Stdio::inherit())
         .status()
         .map_err(HarnessError::io(format!("running {}", script.display())))?;
-    if !status.success() || !path.is_file() {
-        return Err(HarnessError::Kubectl {
-            args: String::new(),
-            reason: format!(
-                "{} ({status}) did not install {}",
-                script.display(),
-                path.display()
-            ),
-        });
-    }
-    Ok(path)
+    find_tool(name).ok_or_else(|| {
+        HarnessError::Process(format!(
+            "{} ({status}) did not install {name}; run `make tools` and check its output",
+            script.display()
+        ))
+    })
 }
 
 /// A kubectl invocation: `kubectl(["get", "nodes"]).ok().await?` returns its stdout.

@@ -23,7 +23,7 @@ pub use cluster::{cluster, kubeconfig_path, repo_root};
 pub use error::HarnessError;
 pub use in_process::InProcessOperator;
 pub use jwt::jwt_claims;
-pub use kubectl::{Kubectl, kubectl, kubectl_path};
+pub use kubectl::{Kubectl, kubectl, kubectl_path, tool_path};
 pub use namespace::TestNamespace;
 pub use operator::{
     EXAMPLE_WORKER_IMAGE, OperatorProcess, POOL_LABEL, TOKEN_MOUNT_PATH, build_binaries,
