@@ -21,7 +21,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The cluster's state dir, as `tests/scripts/cluster.sh` computes it.
-fn cluster_dir() -> PathBuf {
+pub fn cluster_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SLUICE_CLUSTER_DIR") {
         return PathBuf::from(dir);
     }

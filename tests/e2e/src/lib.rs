@@ -19,7 +19,7 @@ mod namespace;
 mod operator;
 mod wait;
 
-pub use cluster::{cluster, kubeconfig_path, repo_root};
+pub use cluster::{cluster, cluster_dir, kubeconfig_path, repo_root};
 pub use error::HarnessError;
 pub use in_process::InProcessOperator;
 pub use jwt::jwt_claims;

@@ -139,6 +139,7 @@ pub struct OperatorProcess {
     child: Option<Child>,
     starts: u32,
     trust_workers: bool,
+    worker_pools: bool,
 }
 
 impl OperatorProcess {
@@ -155,7 +156,21 @@ impl OperatorProcess {
         Self::launch(ns, true).await
     }
 
+    /// Like [`OperatorProcess::start`], with the WorkerPool controller on (`--broker-url` names this
+    /// process's broker, which the pool's pods reach on loopback).
+    pub async fn start_with_worker_pools(ns: &TestNamespace) -> Result<Self> {
+        Self::launch_with(ns, false, true).await
+    }
+
     async fn launch(ns: &TestNamespace, trust_workers: bool) -> Result<Self> {
+        Self::launch_with(ns, trust_workers, false).await
+    }
+
+    async fn launch_with(
+        ns: &TestNamespace,
+        trust_workers: bool,
+        worker_pools: bool,
+    ) -> Result<Self> {
         let bin = build_binaries().await?.join("sluice-operator");
         let mut this = Self {
             bin,
@@ -166,6 +181,7 @@ impl OperatorProcess {
             child: None,
             starts: 0,
             trust_workers,
+            worker_pools,
         };
         this.spawn().await?;
         this.wait_ready(READY_TIMEOUT).await?;
@@ -195,6 +211,10 @@ impl OperatorProcess {
             .args(["--lease-namespace", &self.namespace])
             .arg(format!("--identity={identity}"))
             .args(self.trust_workers.then_some("--insecure-skip-worker-auth"))
+            .args(
+                self.worker_pools
+                    .then(|| format!("--broker-url=http://127.0.0.1:{}", self.broker)),
+            )
             .arg(format!("--broker-addr=127.0.0.1:{}", self.broker))
             .arg(format!("--health-addr=127.0.0.1:{}", self.health))
             .env("KUBECONFIG", kubeconfig)
@@ -220,6 +240,26 @@ impl OperatorProcess {
     /// The broker's port.
     pub fn broker_port(&self) -> u16 {
         self.broker
+    }
+
+    /// The Prometheus text of the operator's `/metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        match http_get(self.health, "/metrics")
+            .await
+            .map_err(HarnessError::io("GET /metrics"))?
+        {
+            (200, body) => Ok(body),
+            (code, body) => Err(HarnessError::Process(format!(
+                "GET /metrics answered {code}: {body}"
+            ))),
+        }
+    }
+
+    /// `GET path` on the broker's port: status code and body.
+    pub async fn broker_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.broker, path)
+            .await
+            .map_err(HarnessError::io(format!("GET {path} on the broker")))
     }
 
     /// Everything the operator processes logged so far.
