@@ -83,7 +83,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 step "Building the operator and the example worker"
-"$CARGO" build -q -p sluice-operator --bin sluice-operator -p sluice-example-worker
+# The same packages as the cluster tests build, so both share one feature resolution (no second build).
+"$CARGO" build -q -p sluice-operator -p sluice-example-worker -p sluice-worker --bins
 
 step "Starting the local cluster (control plane + process kubelet)"
 KUBECONFIG="$(tests/scripts/cluster.sh up | tail -n 1)"
