@@ -391,3 +391,85 @@ async fn an_invalid_flow_ends_failed_with_a_condition_naming_every_problem() -> 
     );
     s.finish().await
 }
+
+#[tokio::test]
+async fn a_child_flow_runs_as_an_owned_flowrun_and_its_output_or_failure_ends_the_step()
+-> Result<()> {
+    let s = setup("fr-child").await?;
+    let child_spec = |handler: &str| {
+        json!({
+            "input": {"n": "${{ steps.first.output.n }}"},
+            "steps": [{"name": "inner", "handler": handler, "input": {"n": "${{ input.n }}"}}],
+            "output": {"n": "${{ steps.inner.output.n }}"}
+        })
+    };
+    let parent = |name: &str, handler: &str| {
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": name},
+            "spec": {
+                "pool": "pool",
+                "input": {"n": 5},
+                "steps": [
+                    {"name": "first", "handler": "double", "input": {"n": "${{ input.n }}"}},
+                    {"name": "sub", "dependsOn": ["first"], "flow": {"spec": child_spec(handler)}},
+                    {"name": "last", "dependsOn": ["sub"], "handler": "double",
+                     "input": {"n": "${{ steps.sub.output.n }}"}}
+                ],
+                "output": {"n": "${{ steps.last.output.n }}"}
+            }
+        })
+    };
+
+    // Succeeding child: 5 → 10 (parent) → 20 (child, its pool inherited) → 40 (parent).
+    let name = create(&s.api, parent("outer", "double")).await?;
+    let fr = wait_phase(&s.api, &name, FlowPhase::Succeeded).await?;
+    let status = fr.status.clone().context("status")?;
+    assert_eq!(status.output, Some(json!({"n": 40})));
+    assert_eq!(status.steps["sub"].phase, StepPhase::Succeeded);
+    assert_eq!(status.steps["sub"].output, Some(json!({"n": 20})));
+    let child = s.api.get("outer-sub").await?;
+    let owner = child
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|o| o.controller == Some(true))
+        .context("the child has no controller owner")?;
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("FlowRun", "outer")
+    );
+    assert_eq!(owner.uid, fr.metadata.uid.clone().unwrap_or_default());
+    let child_status = child.status.context("child status")?;
+    assert_eq!(child_status.phase, Some(FlowPhase::Succeeded));
+    assert_eq!(child_status.output, Some(json!({"n": 20})));
+    assert_eq!(
+        child.spec.pool.as_deref(),
+        Some("pool"),
+        "the child inherits the parent's pool"
+    );
+
+    // Failing child: its failure fails the parent's step, and the step after it never runs.
+    let name = create(&s.api, parent("outer-bad", "decline")).await?;
+    let fr = wait_phase(&s.api, &name, FlowPhase::Failed).await?;
+    let status = fr.status.context("status")?;
+    assert_eq!(status.steps["sub"].phase, StepPhase::Failed);
+    assert_ne!(status.steps["last"].phase, StepPhase::Succeeded);
+    let child = s.api.get("outer-bad-sub").await?;
+    assert_eq!(child.status.and_then(|s| s.phase), Some(FlowPhase::Failed));
+    let last_calls = s
+        .log
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(step, _)| step == "last")
+        .count();
+    assert_eq!(
+        last_calls, 1,
+        "only the succeeding parent ran its last step"
+    );
+    s.finish().await
+}
