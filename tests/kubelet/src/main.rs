@@ -75,13 +75,27 @@ async fn main() -> anyhow::Result<()> {
     // Several rustls providers may be compiled in (kube: ring, reqwest: aws-lc-rs); use kube's.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let config = match &args.kubeconfig {
+    let (config, api_server) = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
+            let config = kube::Config::from_custom_kubeconfig(
+                kubeconfig.clone(),
+                &KubeConfigOptions::default(),
+            )
+            .await?;
+            let api_server =
+                pods::incluster::from_kubeconfig(&kubeconfig, path, config.cluster_url.to_string());
+            (config, api_server)
         }
-        None => kube::Config::infer().await?,
+        None => {
+            let config = kube::Config::infer().await?;
+            let api_server = pods::incluster::ApiServer {
+                server: config.cluster_url.to_string(),
+                ca: None,
+            };
+            (config, api_server)
+        }
     };
     let mut base_env = vec![(
         "PATH".to_string(),
@@ -117,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
             max: args.backoff_max.max(args.backoff_base),
         },
         base_env,
+        api_server,
         shutdown_grace: args.shutdown_grace,
     });
 

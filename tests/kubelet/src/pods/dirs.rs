@@ -6,6 +6,7 @@
 //!   work/                  working directory of the pod's processes
 //!   volumes/<volume>/      the files of each volume
 //!   roots/<container>/     the container's volume root: <mountPath> links to its volume
+//!   roots/<container>.kubeconfig   the container's in-cluster kubeconfig (with a service-account volume)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,13 @@ impl PodDir {
 
     pub fn container_root(&self, container: &str) -> PathBuf {
         self.root.join("roots").join(container)
+    }
+
+    /// The kubeconfig a container with a service-account volume is given (see `incluster`).
+    pub fn kubeconfig(&self, container: &str) -> PathBuf {
+        self.root
+            .join("roots")
+            .join(format!("{container}.kubeconfig"))
     }
 
     /// Creates the directory for the pod `uid`; what a previous pod of the same name left (except its logs) is

@@ -4,6 +4,7 @@ pub mod backoff;
 pub mod bind;
 pub mod dirs;
 pub mod env;
+pub mod incluster;
 pub mod probe;
 pub mod run;
 pub mod state;
@@ -38,6 +39,8 @@ pub struct Ctx {
     pub backoff: Backoff,
     /// Environment every process gets before its container's own (PATH, the API server's address).
     pub base_env: Vec<(String, String)>,
+    /// The API server containers with a service-account volume are given a kubeconfig for (see [`incluster`]).
+    pub api_server: incluster::ApiServer,
     /// The most a pod's processes get to stop when the kubelet itself stops.
     pub shutdown_grace: Duration,
 }

@@ -17,6 +17,7 @@ use super::Ctx;
 use super::backoff::{Backoff, parse_duration};
 use super::dirs::PodDir;
 use super::env::{self, EnvSources};
+use super::incluster;
 use super::probe::{self, ProbeTarget};
 use super::run;
 use super::state::{ContainerView, RunState, Termination};
@@ -536,6 +537,18 @@ impl Worker {
                 volumes::mount_env_name(&m.mount_path),
                 m.host_path.display().to_string(),
             ));
+        }
+        // In-cluster API access: the pod's own credentials, through a kubeconfig (a container's env may still
+        // set KUBECONFIG itself).
+        if let Some(sa) = mounts
+            .iter()
+            .find(|m| m.mount_path.trim_end_matches('/') == incluster::SERVICE_ACCOUNT_MOUNT)
+        {
+            let path = self.dir.kubeconfig(&spec.name);
+            let config = incluster::kubeconfig(&self.ctx.api_server, self.ns(), &sa.host_path);
+            volumes::write_file(&path, config.to_string().as_bytes())
+                .map_err(|e| config_err(e.to_string()))?;
+            base.push(("KUBECONFIG".into(), path.display().to_string()));
         }
         let sources = self.env_sources(spec).await.map_err(config_err)?;
         let mut vars = env::resolve(&self.pod, spec, &base, &sources)
