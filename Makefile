@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy cargo-test crds demo cluster-up cluster-down tools controlplane bench
+.PHONY: test fmt-check clippy cargo-test crds manifests demo cluster-up cluster-down tools controlplane bench
 
 # Unit and cluster tests: the cluster (local control plane + process kubelet) is started for the
 # run, reused if one is already running, and torn down again if this run started it.
@@ -32,8 +32,16 @@ tools:
 controlplane:
 	@tests/scripts/build-controlplane.sh
 
+# Everything generated from the API types: crds/, the chart's copy in charts/sluice/crds, and deploy/.
+# Drift tests fail until this is re-run after a type change.
 crds:
 	$(CARGO) run -q -p sluice-operator -- crd --out-dir crds
+	$(CARGO) run -q -p sluice-operator -- crd --out-dir charts/sluice/crds
+	@$(MAKE) --no-print-directory manifests
+
+# deploy/sluice.yaml (plain manifests for `kubectl apply`), rendered from charts/sluice with default values.
+manifests:
+	@tests/scripts/render-manifests.sh
 
 # The order flow end to end: builds, starts the local cluster, the operator and two example workers, runs
 # examples/order-flow.yaml (approving it with a signal) and prints its status. `make cluster-down` stops it all.

@@ -1,4 +1,4 @@
-//! The generated CRDs: `crds/` is up to date, every field is documented for `kubectl explain`, the CRD
+//! The generated CRDs: `crds/` and the Helm chart's copy (`charts/sluice/crds/`) are up to date, every field is documented for `kubectl explain`, the CRD
 //! niceties (printer columns, short names, category, subresources) are there, and the schema carries the
 //! bounds the API server's CEL cost estimator needs.
 
@@ -12,6 +12,11 @@ use sluice_operator::crds;
 
 fn crds_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds")
+}
+
+/// The chart's copy: Helm installs the CRDs from here (and never deletes them).
+fn chart_crds_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/sluice/crds")
 }
 
 fn version(crd: &CustomResourceDefinition) -> &CustomResourceDefinitionVersion {
@@ -65,17 +70,25 @@ fn node<'a>(schema: &'a Value, path: &str) -> &'a Value {
 
 #[test]
 fn crds_dir_matches_the_types() {
-    let dir = crds_dir();
+    assert_dir_matches_the_types(&crds_dir(), "crds/");
+}
+
+#[test]
+fn the_charts_crds_match_the_types() {
+    assert_dir_matches_the_types(&chart_crds_dir(), "charts/sluice/crds/");
+}
+
+fn assert_dir_matches_the_types(dir: &std::path::Path, shown: &str) {
     let expected = crds::files().expect("CRDs serialize to YAML");
     for (file, yaml) in &expected {
         let on_disk = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
         assert!(
             on_disk == *yaml,
-            "crds/ is stale: run `make crds` ({file} differs from what the types in operator/src/api generate)"
+            "{shown} is stale: run `make crds` ({file} differs from what the types in operator/src/api generate)"
         );
     }
-    let mut present: Vec<String> = std::fs::read_dir(&dir)
-        .expect("crds/ exists")
+    let mut present: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{shown} exists: {e}"))
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".yaml"))
         .collect();
@@ -84,7 +97,7 @@ fn crds_dir_matches_the_types() {
     wanted.sort();
     assert_eq!(
         present, wanted,
-        "crds/ is stale: run `make crds` (and remove files no type generates)"
+        "{shown} is stale: run `make crds` (and remove files no type generates)"
     );
 }
 

@@ -28,6 +28,16 @@ pub fn cluster_dir() -> PathBuf {
     std::env::temp_dir().join("sluice-cluster")
 }
 
+/// What the process kubelet logged for `container` of pod `namespace/pod` so far (every run, appended), or an
+/// empty string when there is no such log. For diagnostics in failure messages.
+pub fn pod_log(namespace: &str, pod: &str, container: &str) -> String {
+    let path = cluster_dir()
+        .join("kubelet/pods")
+        .join(format!("{namespace}_{pod}"))
+        .join(format!("{container}.log"));
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 /// The kubeconfig of this run's cluster, starting the cluster on first use.
 ///
 /// `SLUICE_KUBECONFIG` wins when set. Otherwise `tests/scripts/cluster.sh up` runs once per process (a

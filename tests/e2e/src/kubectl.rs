@@ -1,4 +1,4 @@
-//! The real kubectl binary, pointed at this run's cluster.
+//! The real kubectl and helm binaries, pointed at this run's cluster.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -14,6 +14,17 @@ use crate::{HarnessError, Result};
 pub fn kubectl_path() -> Result<PathBuf> {
     static PATH: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     PATH.get_or_init(|| tool_path("kubectl").map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|reason| HarnessError::Kubectl {
+            args: String::new(),
+            reason,
+        })
+}
+
+/// Where `tests/scripts/install-tools.sh` puts helm, installing it on first use.
+pub fn helm_path() -> Result<PathBuf> {
+    static PATH: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    PATH.get_or_init(|| tool_path("helm").map_err(|e| e.to_string()))
         .clone()
         .map_err(|reason| HarnessError::Kubectl {
             args: String::new(),
@@ -70,14 +81,36 @@ where
     S: Into<OsString>,
 {
     Kubectl {
+        tool: Tool::Kubectl,
         args: args.into_iter().map(Into::into).collect(),
         stdin: None,
     }
 }
 
-/// A kubectl command line, run with `KUBECONFIG` set to this run's cluster.
+/// A helm invocation against this run's cluster, run like [`kubectl`]: `helm(["lint", "charts/sluice"])`.
+/// Relative paths are relative to the repository root.
+pub fn helm<I, S>(args: I) -> Kubectl
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    Kubectl {
+        tool: Tool::Helm,
+        args: args.into_iter().map(Into::into).collect(),
+        stdin: None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    Kubectl,
+    Helm,
+}
+
+/// A kubectl (or helm) command line, run with `KUBECONFIG` set to this run's cluster.
 #[derive(Debug, Clone)]
 pub struct Kubectl {
+    tool: Tool,
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
 }
@@ -90,27 +123,39 @@ impl Kubectl {
     }
 
     fn display_args(&self) -> String {
-        self.args
+        let name = match self.tool {
+            Tool::Kubectl => "",
+            Tool::Helm => "(helm) ",
+        };
+        let args = self
+            .args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" ");
+        format!("{name}{args}")
     }
 
     /// Runs kubectl and returns its output whatever the exit status.
     pub async fn output(self) -> Result<Output> {
         let args = self.display_args();
-        let (kubectl, kubeconfig) = tokio::task::spawn_blocking(|| {
-            Ok::<_, HarnessError>((kubectl_path()?, kubeconfig_path()?))
+        let tool = self.tool;
+        let (program, kubeconfig) = tokio::task::spawn_blocking(move || {
+            let program = match tool {
+                Tool::Kubectl => kubectl_path()?,
+                Tool::Helm => helm_path()?,
+            };
+            Ok::<_, HarnessError>((program, kubeconfig_path()?))
         })
         .await
         .map_err(|e| HarnessError::Kubectl {
             args: args.clone(),
             reason: e.to_string(),
         })??;
-        let mut child = tokio::process::Command::new(kubectl)
+        let mut child = tokio::process::Command::new(program)
             .args(&self.args)
             .env("KUBECONFIG", kubeconfig)
+            .current_dir(repo_root())
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
             } else {

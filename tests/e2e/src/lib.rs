@@ -4,7 +4,7 @@
 //!   else `tests/scripts/cluster.sh up`, started once per process and shared by parallel test binaries through a
 //!   file lock.
 //! - [`TestNamespace`] gives each test its own namespace, deleted when the test ends.
-//! - [`kubectl`] runs the real kubectl against that cluster.
+//! - [`kubectl`] and [`helm`] run the real kubectl and helm against that cluster.
 //! - [`wait_for`], [`wait_for_list`] and [`wait_deleted`] are bounded waits on watches whose timeout errors say
 //!   what was awaited and what was last seen.
 //! - [`install_crds`], [`OperatorProcess`] (the real `sluice-operator run`) and [`worker_deployment`] /
@@ -19,11 +19,11 @@ mod namespace;
 mod operator;
 mod wait;
 
-pub use cluster::{cluster, cluster_dir, kubeconfig_path, repo_root};
+pub use cluster::{cluster, cluster_dir, kubeconfig_path, pod_log, repo_root};
 pub use error::HarnessError;
 pub use in_process::InProcessOperator;
 pub use jwt::jwt_claims;
-pub use kubectl::{Kubectl, kubectl, kubectl_path, tool_path};
+pub use kubectl::{Kubectl, helm, helm_path, kubectl, kubectl_path, tool_path};
 pub use namespace::TestNamespace;
 pub use operator::{
     EXAMPLE_WORKER_IMAGE, OperatorProcess, POOL_LABEL, TOKEN_MOUNT_PATH, build_binaries,

@@ -1,6 +1,6 @@
 //! Worker authentication against the real API server: the operator's TokenReview authenticator turns a pod's
 //! projected token (Sluice audience) into namespace, pod and WorkerPool; anything else is refused with the right
-//! error; the broker answers 401/403 from it; and the RBAC in `deploy/rbac.yaml` is enough for it.
+//! error; the broker answers 401/403 from it; and the ClusterRoles of `deploy/sluice.yaml` (rendered from the chart) are enough for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -279,9 +279,9 @@ async fn the_broker_answers_401_and_403_from_the_real_token_review() -> Result<(
     Ok(())
 }
 
-/// The objects of `deploy/rbac.yaml`, as kubectl parses them.
+/// The objects of `deploy/sluice.yaml`, as kubectl parses them.
 async fn deploy_rbac() -> Result<Vec<Value>> {
-    let file = repo_root().join("deploy/rbac.yaml");
+    let file = repo_root().join("deploy/sluice.yaml");
     let file = file
         .to_str()
         .context("non-UTF-8 repository path")?
@@ -313,7 +313,7 @@ async fn deploy_rbac_is_enough_to_authenticate_workers() -> Result<()> {
         .collect::<Result<_, _>>()?;
     ensure!(
         !cluster_roles.is_empty(),
-        "deploy/rbac.yaml has no ClusterRole"
+        "deploy/sluice.yaml has no ClusterRole"
     );
 
     // The operator's ClusterRoles, under names of this test, bound to a ServiceAccount of this namespace.
