@@ -402,12 +402,15 @@ impl TaskQueue {
         lost
     }
 
-    /// Releases every attempt held by a worker whose pod is gone (the reaper), once.
-    pub fn take_worker(&mut self, worker: &str) -> Vec<LostAttempt> {
+    /// Releases every attempt of (qualified) `pool` held by a worker whose pod is gone (the reaper), once. A
+    /// worker is named by its pool and its name: pod names repeat across namespaces, so a same-named worker of
+    /// another pool keeps its attempts.
+    pub fn take_worker(&mut self, pool: &str, worker: &str) -> Vec<LostAttempt> {
         let mut lost = Vec::new();
         for (id, entry) in &mut self.entries {
             if let State::Claimed { worker: owner, .. } = &entry.state
                 && owner == worker
+                && entry.queued.pool == pool
             {
                 lost.push(lost_attempt(id, entry, owner));
                 entry.state = State::Releasing;
@@ -715,11 +718,40 @@ mod tests {
         );
         q.offer(task("b", "h", 1), at(0));
         q.claim("p", &handlers(&["h"]), 1, "w2", at(0));
-        let lost = q.take_worker("w1");
+        let lost = q.take_worker("p", "w1");
         assert_eq!(lost.len(), 1);
         assert_eq!((lost[0].attempt, lost[0].worker.as_str()), (3, "w1"));
-        assert!(q.take_worker("w1").is_empty(), "released once");
-        assert_eq!(q.take_worker("w2").len(), 1);
+        assert!(q.take_worker("p", "w1").is_empty(), "released once");
+        assert_eq!(q.take_worker("p", "w2").len(), 1);
+    }
+
+    #[test]
+    fn releasing_a_worker_leaves_same_named_workers_of_other_namespaces_alone() {
+        // Pod names repeat across namespaces: worker `w-1` of pool `a/p` and worker `w-1` of pool `b/p`.
+        let in_ns = |ns: &str| {
+            let mut t = task("s", "h", 1);
+            t.task.id = TaskId::from_parts(ns, "fr", "s", None);
+            t.task.flow_run.namespace = ns.into();
+            t.pool = format!("{ns}/p");
+            t
+        };
+        let mut q = TaskQueue::new();
+        q.offer(in_ns("a"), t0());
+        q.offer(in_ns("b"), t0());
+        assert_eq!(q.claim("a/p", &handlers(&["h"]), 1, "w-1", t0()).len(), 1);
+        assert_eq!(q.claim("b/p", &handlers(&["h"]), 1, "w-1", t0()).len(), 1);
+
+        let lost = q.take_worker("a/p", "w-1");
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].namespace, "a");
+        let b = TaskId::from_parts("b", "fr", "s", None);
+        assert_eq!(
+            q.check(&b, 1, "w-1"),
+            Ok(()),
+            "the other namespace's worker keeps its attempt"
+        );
+        assert_eq!(q.demand("b/p", at(1)).in_flight, 1);
+        assert_eq!(q.take_worker("b/p", "w-1").len(), 1);
     }
 
     #[test]

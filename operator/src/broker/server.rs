@@ -188,10 +188,15 @@ impl Broker {
             .forget_worker(&pool_key(namespace, pool), worker);
     }
 
-    /// Releases, as retryable failures, the attempts held by a worker whose pod is gone, and returns them
-    /// (each is released once: a second call returns nothing).
-    pub async fn release_worker(&self, worker: &str) -> Vec<LostAttempt> {
-        let lost = self.queue().take_worker(worker);
+    /// Releases, as retryable failures, the attempts held by worker `worker` of pool `namespace/pool` whose pod
+    /// is gone, and returns them (each is released once: a second call returns nothing).
+    pub async fn release_worker(
+        &self,
+        namespace: &str,
+        pool: &str,
+        worker: &str,
+    ) -> Vec<LostAttempt> {
+        let lost = self.queue().take_worker(&pool_key(namespace, pool), worker);
         self.release(lost.clone()).await;
         lost
     }

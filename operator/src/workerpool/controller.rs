@@ -503,7 +503,10 @@ async fn reap_pod(ctx: &Context, pool: &WorkerPool, pod: &Pod, reap: &Reap) {
             return;
         }
     }
-    let released = ctx.broker.release_worker(&name).await;
+    let released = ctx
+        .broker
+        .release_worker(&namespace, &pool.name_any(), &name)
+        .await;
     ctx.broker
         .forget_worker(&namespace, &pool.name_any(), &name);
     warn!(pod = %name, reason = reap.reason(), released = released.len(), "reaped a worker pod");
