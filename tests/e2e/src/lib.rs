@@ -7,11 +7,14 @@
 //! - [`kubectl`] and [`helm`] run the real kubectl and helm against that cluster.
 //! - [`wait_for`], [`wait_for_list`] and [`wait_deleted`] are bounded waits on watches whose timeout errors say
 //!   what was awaited and what was last seen.
+//! - [`InProcessOperator`] runs the operator (FlowRun runtime, optionally the WorkerPool controller) in the test
+//!   process; [`http_request`] talks raw HTTP/1.1 to its endpoints.
 //! - [`install_crds`], [`OperatorProcess`] (the real `sluice-operator run`) and [`worker_deployment`] /
 //!   [`worker_pod`] (example workers run by the process kubelet) put Sluice itself on the cluster.
 
 mod cluster;
 mod error;
+mod http;
 mod in_process;
 mod jwt;
 mod kubectl;
@@ -21,7 +24,8 @@ mod wait;
 
 pub use cluster::{cluster, cluster_dir, kubeconfig_path, pod_log, repo_root};
 pub use error::HarnessError;
-pub use in_process::InProcessOperator;
+pub use http::{HttpResponse, http_request};
+pub use in_process::{InProcessOperator, InProcessOptions};
 pub use jwt::jwt_claims;
 pub use kubectl::{Kubectl, helm, helm_path, kubectl, kubectl_path, tool_path};
 pub use namespace::TestNamespace;

@@ -18,12 +18,11 @@ use kube::api::PostParams;
 use kube::runtime::conditions;
 use serde_json::{Value, json};
 use sluice_e2e::{
-    OperatorProcess, TestNamespace, cluster, container_pid, install_crds, kubectl, repo_root,
-    wait_for, worker_deployment, worker_pod,
+    OperatorProcess, TestNamespace, cluster, container_pid, http_request, install_crds, kubectl,
+    repo_root, wait_for, worker_deployment, worker_pod,
 };
 use sluice_operator::api::{FlowPhase, FlowRun, StepPhase, StepStatus};
 use sluice_worker::wire::{TOKEN_AUDIENCE, TaskId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POOL: &str = "examples";
 /// The side-effect log of the example workers (`SLUICE_EXAMPLE_SIDE_EFFECTS`).
@@ -385,31 +384,6 @@ async fn job_pool_retries_transient_failures_and_poisons_the_bad_job() -> Result
     s.finish().await
 }
 
-/// A minimal HTTP/1.1 POST of JSON with a bearer token: status and body.
-async fn post(port: u16, path: &str, token: &str, body: &str) -> Result<(u16, String)> {
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .context("no answer in 30 s")??;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP response: {response}"))?;
-    Ok((code, body.to_owned()))
-}
-
 /// A broker token of the namespace's default ServiceAccount bound to `pod` (as the pod's projected token is).
 async fn pod_token(ns: &TestNamespace, pod: &str) -> Result<String> {
     let pods: Api<Pod> = ns.api();
@@ -520,13 +494,15 @@ async fn a_worker_killed_mid_step_is_replaced_and_its_late_completion_refused() 
         "worker": victim,
         "output": {"late": true},
     });
-    let (code, body) = post(
+    let answer = http_request(
         s.operator.broker_port(),
+        "POST",
         sluice_worker::wire::COMPLETE_PATH,
-        &token,
+        Some(&token),
         &late.to_string(),
     )
     .await?;
+    let (code, body) = (answer.status, answer.body);
     assert_eq!(code, 409, "late completion answered {code} {body}");
     assert!(body.contains("stale") || body.contains("Stale"), "{body}");
     let after = s.api.get(&name).await?;

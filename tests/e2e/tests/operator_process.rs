@@ -14,8 +14,7 @@ use kube::api::{Patch, PatchParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
-use sluice_e2e::{TestNamespace, install_crds, kubeconfig_path, repo_root};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sluice_e2e::{TestNamespace, http_request, install_crds, kubeconfig_path, repo_root};
 use tokio::process::{Child, Command};
 
 const LEASE: &str = "sluice-operator";
@@ -107,7 +106,8 @@ impl Replica {
     }
 
     async fn get(&self, path: &str) -> Result<(u16, String, String)> {
-        http(self.health, "GET", path, None, "").await
+        let r = http_request(self.health, "GET", path, None, "").await?;
+        Ok((r.status, r.content_type, r.body))
     }
 
     /// Waits until `/readyz` answers `code`.
@@ -154,54 +154,14 @@ impl Replica {
     }
 }
 
-/// A minimal HTTP/1.1 exchange: status, content type and body.
-async fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> Result<(u16, String, String)> {
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .context("no answer in 30 s")??;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP response: {response}"))?;
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        })
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default();
-    Ok((status, content_type, body.to_owned()))
-}
-
 async fn claim(broker: u16) -> Result<u16> {
     let body = json!({
         "pool": "a", "worker": "w", "handlers": ["h"], "capacity": 1, "waitSeconds": 0
     })
     .to_string();
-    Ok(http(broker, "POST", "/v1/claim", None, &body).await?.0)
+    Ok(http_request(broker, "POST", "/v1/claim", None, &body)
+        .await?
+        .status)
 }
 
 async fn holder(leases: &Api<Lease>) -> Result<Option<String>> {
