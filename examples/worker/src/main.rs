@@ -3,8 +3,10 @@
 //! Configured from the environment like any SDK worker (`SLUICE_BROKER_URL`, `SLUICE_POOL`, `SLUICE_TOKEN_PATH`,
 //! `SLUICE_CONCURRENCY`, `POD_NAME`, …). With `SLUICE_EXAMPLE_SIDE_EFFECTS=<file>` every handler invocation is
 //! appended to that file as a JSON line (namespace, flowrun, step, instance, attempt, handler, worker, pid).
+//! `SLUICE_EXAMPLE_CRASH_FILE=<file>` turns on test-only fault injection (see [`crash`]).
 #![forbid(unsafe_code)]
 
+mod crash;
 mod handlers;
 mod side_effects;
 
@@ -58,7 +60,15 @@ fn worker(worker: Worker, log: &SideEffectLog) -> Worker {
 async fn main() -> anyhow::Result<()> {
     init_tracing();
     let log = SideEffectLog::from_env();
-    let worker = worker(Worker::from_env().context("configuring the worker")?, &log);
+    let mut worker = worker(Worker::from_env().context("configuring the worker")?, &log);
+    if let Some(file) = crash::crash_file() {
+        crash::exit_if_crashed_before(&file);
+        let file = std::sync::Arc::new(file);
+        worker = register(worker, &log, crash::CRASH_HANDLER, move |ctx, input| {
+            let file = file.clone();
+            async move { crash::crash_on_first_attempt(&file, ctx, input).await }
+        });
+    }
     tracing::info!(
         pool = %worker.config().pool,
         worker = %worker.config().worker_name,

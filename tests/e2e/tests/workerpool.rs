@@ -13,86 +13,33 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use sluice_e2e::{
-    TestNamespace, build_binaries, cluster, install_crds, kubectl, wait_deleted, wait_for,
-    wait_for_list,
+    EXAMPLE_WORKER_IMAGE, InProcessOperator, InProcessOptions, TestNamespace, build_binaries,
+    cluster, http_request, install_crds, kubectl, wait_deleted, wait_for, wait_for_list,
 };
 use sluice_operator::api::{FlowPhase, FlowRun, WorkerPool};
-use sluice_operator::broker::Broker;
-use sluice_operator::broker::auth::{Authenticator, TrustAll};
 use sluice_operator::broker::tokenreview::TokenReviewAuthenticator;
-use sluice_operator::flowrun::{FlowRunRuntime, Scope};
-use sluice_operator::telemetry::Metrics;
-use sluice_operator::workerpool::controller::WorkerPoolController;
-use sluice_operator::workerpool::{WorkerPoolConfig, WriteCounts};
-use tokio::sync::watch;
+use sluice_operator::workerpool::{Writes, reaper};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The FlowRun runtime, its broker on a loopback port and the WorkerPool controller, for one namespace.
-struct Operator {
-    broker: Broker,
-    writes: WriteCounts,
-    stop: watch::Sender<bool>,
+/// The WorkerPool controller's API writes so far.
+fn writes(op: &InProcessOperator) -> Writes {
+    op.pool_writes()
+        .expect("the operator runs the WorkerPool controller")
+        .snapshot()
 }
 
-impl Operator {
-    /// With `auth` authenticating workers (the real TokenReview for tests with worker pods).
-    async fn start_with(
-        client: Client,
-        namespace: &str,
-        auth: Arc<dyn Authenticator>,
-    ) -> Result<Self> {
-        let scope = Scope::Namespaces(vec![namespace.to_owned()]);
-        let metrics = Metrics::new();
-        let runtime = FlowRunRuntime::new(client.clone(), auth, metrics.clone(), scope.clone());
-        let broker = runtime.broker();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let pools = WorkerPoolController::new(
-            client,
-            broker.clone(),
-            metrics,
-            scope,
-            WorkerPoolConfig { broker_url: url },
-        );
-        let writes = pools.writes();
-        let (stop, rx) = watch::channel(false);
-        let until = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let router = broker.router();
-        let http_stop = until(rx.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(http_stop)
-                .await
-        });
-        let lead_stop = until(rx.clone());
-        tokio::spawn(async move { runtime.lead(lead_stop).await });
-        let pools_stop = until(rx);
-        tokio::spawn(async move { pools.run(pools_stop).await });
-        Ok(Self {
-            broker,
-            writes,
-            stop,
-        })
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-async fn setup(prefix: &str) -> Result<(TestNamespace, Operator)> {
+async fn setup(prefix: &str) -> Result<(TestNamespace, InProcessOperator)> {
     setup_with(prefix, false).await
 }
 
-async fn setup_with(prefix: &str, token_review: bool) -> Result<(TestNamespace, Operator)> {
+async fn setup_with(
+    prefix: &str,
+    token_review: bool,
+) -> Result<(TestNamespace, InProcessOperator)> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -105,12 +52,11 @@ async fn setup_with(prefix: &str, token_review: bool) -> Result<(TestNamespace, 
     // The worker images of these tests map to binaries of this workspace (tests/kubelet/images.yaml).
     build_binaries().await?;
     let ns = TestNamespace::new(prefix).await?;
-    let auth: Arc<dyn Authenticator> = if token_review {
-        Arc::new(TokenReviewAuthenticator::new(ns.client()))
-    } else {
-        Arc::new(TrustAll)
-    };
-    let operator = Operator::start_with(ns.client(), ns.name(), auth).await?;
+    let mut options = InProcessOptions::default().worker_pools();
+    if token_review {
+        options = options.authenticator(Arc::new(TokenReviewAuthenticator::new(ns.client())));
+    }
+    let operator = InProcessOperator::start_with(ns.client(), ns.name(), options).await?;
     Ok((ns, operator))
 }
 
@@ -438,9 +384,9 @@ async fn queue_depth_scales_to_max_within_seconds_and_back_to_zero_after_the_del
 
     // Idle: count the controller's writes over 10 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_from = op.writes.snapshot();
+    let idle_from = writes(&op);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let idle_writes = op.writes.snapshot().total() - idle_from.total();
+    let idle_writes = writes(&op).total() - idle_from.total();
 
     // 40 steps of a handler no worker serves.
     let flows: Api<FlowRun> = ns.api();
@@ -452,10 +398,10 @@ async fn queue_depth_scales_to_max_within_seconds_and_back_to_zero_after_the_del
         "metadata": {"name": "load"},
         "spec": {"pool": "busy", "steps": steps}
     }))?;
-    let load_from = op.writes.snapshot();
+    let load_from = writes(&op);
     flows.create(&PostParams::default(), &fr).await?;
     let started = Instant::now();
-    while op.broker.demand(ns.name(), "busy").queued < 40 {
+    while op.broker().demand(ns.name(), "busy").queued < 40 {
         ensure!(
             started.elapsed() < WAIT,
             "the 40 steps never reached the broker queue"
@@ -504,7 +450,7 @@ async fn queue_depth_scales_to_max_within_seconds_and_back_to_zero_after_the_del
     );
     // Under load for 10 s.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let load_writes = op.writes.snapshot().total() - load_from.total();
+    let load_writes = writes(&op).total() - load_from.total();
     let load_secs = started.elapsed().as_secs_f64();
 
     // The work goes away: back to 0 only after the 5 s scale-down delay.
@@ -516,7 +462,7 @@ async fn queue_depth_scales_to_max_within_seconds_and_back_to_zero_after_the_del
         )
         .await?;
     let drained = Instant::now();
-    while op.broker.demand(ns.name(), "busy").queued > 0 {
+    while op.broker().demand(ns.name(), "busy").queued > 0 {
         ensure!(
             drained.elapsed() < WAIT,
             "the queue never drained after deleting the FlowRun"
@@ -543,7 +489,7 @@ async fn queue_depth_scales_to_max_within_seconds_and_back_to_zero_after_the_del
         "FIGURE writes: idle {idle_writes} in 10 s ({}/min); under load {load_writes} in {load_secs:.1} s ({:.0}/min); {:?}",
         idle_writes * 6,
         load_writes as f64 * 60.0 / load_secs,
-        op.writes.snapshot()
+        writes(&op)
     );
     ensure!(
         idle_writes == 0,
@@ -583,8 +529,280 @@ async fn crash_looping_worker_pods_are_reaped_with_an_event() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     ensure!(
-        op.writes.snapshot().pod_deletes >= 1,
+        writes(&op).pod_deletes >= 1,
         "the crash-looping pod was not deleted"
+    );
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Whether a container of `pod` waits in `CrashLoopBackOff` after at least `restarts` restarts (what the reaper
+/// acts on).
+fn crash_looping(pod: &Pod, restarts: i32) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.restart_count >= restarts
+                    && c.state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .and_then(|w| w.reason.as_deref())
+                        == Some("CrashLoopBackOff")
+            })
+        })
+}
+
+/// The Events of the namespace as (reason, regarding kind, regarding name, note).
+async fn events_of(ns: &TestNamespace) -> Result<Vec<(String, String, String, String)>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|e| {
+            let regarding = e.regarding.unwrap_or_default();
+            (
+                e.reason.unwrap_or_default(),
+                regarding.kind.unwrap_or_default(),
+                regarding.name.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// Two example workers serve a pool. The one that claims the step crashes in the middle of it (its process
+/// exits); its container is restarted and crashes at once again until the process kubelet shows
+/// `CrashLoopBackOff` past the reaper's threshold. The reaper deletes the pod, publishes Events on the pool and
+/// the FlowRun and releases the attempt at once (long before the heartbeat timeout) as a retryable failure;
+/// attempt 2 then succeeds on the other, healthy worker, and a late report of attempt 1 is refused.
+#[tokio::test]
+async fn a_worker_crashing_mid_step_is_reaped_and_its_step_succeeds_on_a_healthy_worker()
+-> Result<()> {
+    let (ns, op) = setup("wp-crashstep").await?;
+    let pools: Api<WorkerPool> = ns.api();
+    // A heartbeat timeout far beyond the test's waits: only the reaper can release the attempt in time.
+    let heartbeat_timeout = Duration::from_secs(300);
+    let pool: WorkerPool = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "WorkerPool",
+        "metadata": {"name": "crashy"},
+        "spec": {
+            "replicas": 2,
+            "concurrency": 1,
+            "heartbeatTimeout": "300s",
+            "scaling": {"mode": "Manual"},
+            "template": {
+                "metadata": {"annotations": {"sluice.dev/kubelet-backoff-base": "500ms"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "worker", "image": EXAMPLE_WORKER_IMAGE,
+                        // Test-only fault injection of the example worker; the emptyDir makes it per pod.
+                        "env": [{"name": "SLUICE_EXAMPLE_CRASH_FILE", "value": "/scratch/crashed"}],
+                        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]
+                    }],
+                    "volumes": [{"name": "scratch", "emptyDir": {}}]
+                }
+            }
+        }
+    }))?;
+    pools.create(&PostParams::default(), &pool).await?;
+
+    // Both workers long-poll the broker before the step exists, so either may claim it.
+    let started = Instant::now();
+    loop {
+        let polling = op
+            .broker()
+            .workers(ns.name(), "crashy")
+            .iter()
+            .filter(|w| w.polling)
+            .count();
+        if polling == 2 {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(90),
+            "the two workers of pool crashy never polled the broker ({polling} polling)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pods: Api<Pod> = ns.api();
+    let original: Vec<String> = pods
+        .list(&ListParams::default().labels("sluice.dev/pool=crashy"))
+        .await?
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    ensure!(original.len() == 2, "two pods: {original:?}");
+
+    // Watch from now on for the state the reaper acts on, as the process kubelet reports it.
+    let watched = pods.clone();
+    let crash_loop = tokio::spawn(async move {
+        wait_for_list(
+            &watched,
+            kube::runtime::watcher::Config::default().labels("sluice.dev/pool=crashy"),
+            |pods: &[Pod]| {
+                pods.iter()
+                    .any(|p| crash_looping(p, reaper::CRASH_LOOP_RESTARTS))
+            },
+            Duration::from_secs(90),
+            "a worker pod in CrashLoopBackOff past the reaper's restart threshold",
+        )
+        .await
+    });
+
+    let flows: Api<FlowRun> = ns.api();
+    let fr: FlowRun = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": "crash"},
+        "spec": {"pool": "crashy",
+                 "defaults": {"heartbeatTimeout": "300s",
+                              "retry": {"maxAttempts": 3, "initialBackoff": "100ms"}},
+                 "steps": [{"name": "s", "handler": "crash_on_first_attempt"}]}
+    }))?;
+    let created = Instant::now();
+    flows.create(&PostParams::default(), &fr).await?;
+
+    let seen = crash_loop.await??;
+    let looping = seen
+        .iter()
+        .find(|p| crash_looping(p, reaper::CRASH_LOOP_RESTARTS))
+        .context("the crash-looping pod")?;
+    let crashed = looping.name_any();
+    let crash_looping_after = created.elapsed();
+    ensure!(
+        original.contains(&crashed),
+        "{crashed} is one of {original:?}"
+    );
+    let healthy = original
+        .iter()
+        .find(|p| **p != crashed)
+        .context("the other pod")?
+        .clone();
+    let container = &looping
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
+    let last_exit = container
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| t.exit_code);
+    ensure!(
+        last_exit == Some(3),
+        "the worker process itself exited with the crash code; last state: {:?}",
+        container.last_state
+    );
+    wait_deleted(
+        &pods,
+        &crashed,
+        Duration::from_secs(30),
+        "the crash-looping pod to be reaped",
+    )
+    .await?;
+    let reaped_after = created.elapsed();
+
+    let done = wait_for(
+        &flows,
+        "crash",
+        |f: Option<&FlowRun>| {
+            f.and_then(|f| f.status.as_ref())
+                .is_some_and(|s| s.phase.is_some_and(|p| p.is_terminal()))
+        },
+        Duration::from_secs(60),
+        "FlowRun crash to finish",
+    )
+    .await?;
+    let succeeded_after = created.elapsed();
+    let status = done.status.as_ref().context("status")?;
+    let step = &status.steps["s"];
+    ensure!(
+        status.phase == Some(FlowPhase::Succeeded),
+        "FlowRun ended {:?}: {step:?}",
+        status.phase
+    );
+    assert_eq!(step.attempts, 2, "attempt 1 crashed, attempt 2 succeeded");
+    assert_eq!(
+        step.worker.as_deref(),
+        Some(healthy.as_str()),
+        "attempt 2 ran on the healthy worker"
+    );
+    assert_eq!(
+        step.output,
+        Some(json!({"attempt": 2, "worker": healthy})),
+        "the output is attempt 2's, from the healthy worker"
+    );
+    let error = step.error.as_ref().context("attempt 1's failure is kept")?;
+    assert_eq!(
+        (error.type_.as_str(), error.attempt),
+        ("HeartbeatLost", 1),
+        "the crashed attempt counted as a retryable lost-worker failure: {error:?}"
+    );
+    ensure!(
+        succeeded_after < heartbeat_timeout / 4,
+        "released at once by the reaper, not by the {heartbeat_timeout:?} heartbeat timeout: took {succeeded_after:?}"
+    );
+
+    // Events: on the pool (why the pod went) and on the FlowRun (which attempt was released).
+    let events = events_of(&ns).await?;
+    let on_pool = events
+        .iter()
+        .find(|(reason, kind, name, _)| {
+            reason == "WorkerCrashLooping" && kind == "WorkerPool" && name == "crashy"
+        })
+        .with_context(|| format!("no WorkerCrashLooping Event on the pool: {events:?}"))?;
+    ensure!(
+        on_pool.3.contains(&crashed) && on_pool.3.contains("1 steps released"),
+        "{on_pool:?}"
+    );
+    let on_flow = events
+        .iter()
+        .find(|(reason, kind, name, _)| {
+            reason == "WorkerLost" && kind == "FlowRun" && name == "crash"
+        })
+        .with_context(|| format!("no WorkerLost Event on the FlowRun: {events:?}"))?;
+    ensure!(
+        on_flow.3.contains(&crashed) && on_flow.3.contains("attempt 1"),
+        "{on_flow:?}"
+    );
+    ensure!(writes(&op).pod_deletes == 1, "{:?}", writes(&op));
+
+    // Fenced: attempt 1's late completion (as the crashed worker would send it) is refused; nothing changes.
+    let port: u16 = op
+        .broker_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("broker port")?;
+    let late = json!({
+        "id": sluice_wire::TaskId::from_parts(ns.name(), "crash", "s", None),
+        "attempt": 1, "worker": crashed, "output": {"late": true},
+    });
+    let answer = http_request(
+        port,
+        "POST",
+        sluice_wire::COMPLETE_PATH,
+        None,
+        &late.to_string(),
+    )
+    .await?;
+    assert_eq!(answer.status, 409, "late report of attempt 1: {answer:?}");
+    let after = flows.get("crash").await?;
+    assert_eq!(
+        after.status.as_ref().unwrap().steps["s"].output,
+        step.output
+    );
+
+    println!(
+        "FIGURE crashing worker: CrashLoopBackOff (restarts >= {}) {crash_looping_after:?} after the FlowRun, pod reaped at {reaped_after:?}, attempt 2 succeeded on {healthy} at {succeeded_after:?} (heartbeatTimeout {heartbeat_timeout:?})",
+        reaper::CRASH_LOOP_RESTARTS
     );
     ns.cleanup().await?;
     Ok(())
@@ -691,7 +909,7 @@ async fn a_frozen_worker_is_reaped_and_its_step_retried_on_a_new_pod() -> Result
         step.worker.as_deref() != Some(worker.as_str()),
         "retried on another pod"
     );
-    ensure!(op.writes.snapshot().pod_deletes >= 1);
+    ensure!(writes(&op).pod_deletes >= 1);
     let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
     let reasons: Vec<String> = events
         .list(&ListParams::default())
