@@ -5,6 +5,7 @@
 //! Queue depth without real workers comes from FlowRuns whose handler no worker serves: their steps stay
 //! queued in the broker.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use sluice_e2e::{
 };
 use sluice_operator::api::{FlowPhase, FlowRun, WorkerPool};
 use sluice_operator::broker::tokenreview::TokenReviewAuthenticator;
+use sluice_operator::workerpool::controller::POD_DELETION_COST;
 use sluice_operator::workerpool::{Writes, reaper};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -926,14 +928,34 @@ async fn a_frozen_worker_is_reaped_and_its_step_retried_on_a_new_pod() -> Result
     Ok(())
 }
 
-/// Real exec workers run 40 steps of one second and four of eight seconds, one at a time per worker. The pool
-/// scales up to its maximum, then, while the long steps still run, scales down: the busy workers survive
-/// (pod-deletion-cost and the busy floor), so no step is lost or retried because of the scale-down.
+/// The `controller.kubernetes.io/pod-deletion-cost` of a pod, 0 when it has none (as the ReplicaSet controller
+/// reads it).
+fn deletion_cost(pod: &Pod) -> i64 {
+    pod.annotations()
+        .get(POD_DELETION_COST)
+        .map_or(0, |c| c.parse().unwrap_or(i64::MIN))
+}
+
+/// The pods (by name) running the `long` steps of the scale-down test, from the FlowRuns' statuses.
+fn long_step_workers(flows: &[FlowRun]) -> BTreeSet<String> {
+    flows
+        .iter()
+        .filter(|f| f.labels().get("handler").map(String::as_str) == Some("long"))
+        .filter_map(|f| f.status.as_ref()?.steps.get("s")?.worker.clone())
+        .collect()
+}
+
+/// Real exec workers run 40 steps of half a second and four of thirty seconds, one at a time per worker. The
+/// pool scales up to its maximum; once the quick steps are done and demand has stayed low for the scale-down
+/// delay, it scales down while the long steps still run. Before the replica count drops, the four busy pods
+/// carry a higher pod-deletion-cost than the idle ones; the pods that survive are exactly the busy ones; no
+/// step is lost or retried because of the scale-down.
 #[tokio::test]
 async fn scaling_down_under_load_loses_and_retries_no_running_step() -> Result<()> {
     let (ns, _op) = setup("wp-scaledown").await?;
     let pools: Api<WorkerPool> = ns.api();
     let deployments: Api<Deployment> = ns.api();
+    let pods: Api<Pod> = ns.api();
     let pool: WorkerPool = serde_json::from_value(json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "WorkerPool",
         "metadata": {"name": "busy"},
@@ -941,11 +963,11 @@ async fn scaling_down_under_load_loses_and_retries_no_running_step() -> Result<(
             "concurrency": 1,
             "heartbeatTimeout": "10s",
             "scaling": {"mode": "QueueDepth", "minReplicas": 0, "maxReplicas": 10,
-                        "targetStepsPerWorker": 4, "scaleDownDelay": "3s"},
+                        "targetStepsPerWorker": 4, "scaleDownDelay": "10s"},
             "template": {"spec": {
                 "terminationGracePeriodSeconds": 15,
                 "containers": [{"name": "worker", "image": "sluice/worker:dev",
-                                "args": ["--handler", "quick=sleep 1", "--handler", "long=sleep 8"]}]
+                                "args": ["--handler", "quick=sleep 0.5", "--handler", "long=sleep 30"]}]
             }}
         }
     }))?;
@@ -956,13 +978,15 @@ async fn scaling_down_under_load_loses_and_retries_no_running_step() -> Result<(
         let handler = if i < 4 { "long" } else { "quick" };
         let fr: FlowRun = serde_json::from_value(json!({
             "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
-            "metadata": {"name": format!("job-{i}"), "labels": {"sluice.dev/test": "scaledown"}},
+            "metadata": {"name": format!("job-{i}"),
+                         "labels": {"sluice.dev/test": "scaledown", "handler": handler}},
             "spec": {"pool": "busy",
                      "defaults": {"retry": {"maxAttempts": 3, "initialBackoff": "100ms"}},
                      "steps": [{"name": "s", "handler": handler}]}
         }))?;
         flows.create(&PostParams::default(), &fr).await?;
     }
+    let ours = || kube::runtime::watcher::Config::default().labels("sluice.dev/test=scaledown");
     wait_for(
         &deployments,
         "busy",
@@ -976,8 +1000,9 @@ async fn scaling_down_under_load_loses_and_retries_no_running_step() -> Result<(
         started.elapsed()
     );
 
-    // While the four long steps still run (the quick ones are done), demand falls and the pool scales down.
-    wait_for(
+    // The first scale-down: the controller wrote the costs (and saw them in its cache) before this replica
+    // count, so the pods listed now carry them.
+    let dropped = wait_for(
         &deployments,
         "busy",
         |d: Option<&Deployment>| {
@@ -985,14 +1010,105 @@ async fn scaling_down_under_load_loses_and_retries_no_running_step() -> Result<(
                 .and_then(|s| s.replicas)
                 .is_some_and(|r| r < 10)
         },
-        WAIT,
+        Duration::from_secs(90),
         "the pool to scale down while the long steps run",
     )
     .await?;
     let scaled_down_at = started.elapsed();
+    let at_drop = pods
+        .list(&ListParams::default().labels("sluice.dev/pool=busy"))
+        .await?
+        .items;
+    let flows_at_drop = flows
+        .list(&ListParams::default().labels("sluice.dev/test=scaledown"))
+        .await?
+        .items;
+    let quick_running = flows_at_drop
+        .iter()
+        .filter(|f| f.labels().get("handler").map(String::as_str) == Some("quick"))
+        .filter(|f| {
+            !f.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p.is_terminal())
+        })
+        .count();
+    ensure!(
+        quick_running == 0,
+        "precondition: the quick steps should be done before the scale-down delay ends ({quick_running} still running)"
+    );
+    let busy = long_step_workers(&flows_at_drop);
+    ensure!(busy.len() == 4, "four pods run the long steps: {busy:?}");
+    let costs: BTreeMap<String, i64> = at_drop
+        .iter()
+        .map(|p| (p.name_any(), deletion_cost(p)))
+        .collect();
+    ensure!(
+        busy.iter().all(|b| costs.contains_key(b)),
+        "the busy pods {busy:?} are pods of the pool: {costs:?}"
+    );
+    let idle: Vec<(&String, &i64)> = costs.iter().filter(|(p, _)| !busy.contains(*p)).collect();
+    ensure!(!idle.is_empty(), "there are idle pods to remove: {costs:?}");
+    let cheapest_busy = busy.iter().map(|b| costs[b]).min().unwrap_or(0);
+    let dearest_idle = idle.iter().map(|(_, c)| **c).max().unwrap_or(0);
+    ensure!(
+        cheapest_busy > dearest_idle,
+        "before replicas dropped to {:?}, busy pods {busy:?} should cost more to delete than idle ones: {costs:?}",
+        dropped.spec.as_ref().and_then(|s| s.replicas)
+    );
+
+    // The scale-down goes on to the busy floor (4): the survivors are exactly the busy pods.
+    wait_for(
+        &deployments,
+        "busy",
+        replicas_are(4),
+        Duration::from_secs(60),
+        "the pool to scale down to its four busy workers",
+    )
+    .await?;
+    let survivors = wait_for_list(
+        &pods,
+        kube::runtime::watcher::Config::default().labels("sluice.dev/pool=busy"),
+        |pods: &[Pod]| {
+            pods.iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .count()
+                == 4
+        },
+        Duration::from_secs(60),
+        "the ReplicaSet to delete the idle pods",
+    )
+    .await?;
+    let survivors: BTreeSet<String> = survivors
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(ResourceExt::name_any)
+        .collect();
+    let settled_at = started.elapsed();
+    ensure!(
+        survivors == busy,
+        "the pods that survive the scale-down ({survivors:?}) should be the busy ones ({busy:?})"
+    );
+    let long_still_running = flows
+        .list(&ListParams::default().labels("handler=long,sluice.dev/test=scaledown"))
+        .await?
+        .items
+        .iter()
+        .filter(|f| {
+            !f.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p.is_terminal())
+        })
+        .count();
+    ensure!(
+        long_still_running == 4,
+        "the scale-down should finish while the long steps run ({long_still_running} still running at {settled_at:?})"
+    );
+
     let done = wait_for_list(
         &flows,
-        kube::runtime::watcher::Config::default().labels("sluice.dev/test=scaledown"),
+        ours(),
         |frs: &[FlowRun]| {
             frs.len() == 44
                 && frs.iter().all(|f| {
@@ -1020,11 +1136,11 @@ async fn scaling_down_under_load_loses_and_retries_no_running_step() -> Result<(
         );
     }
     ensure!(
-        scaled_down_at < finished_at,
-        "the scale-down ({scaled_down_at:?}) should happen while steps still run (all done at {finished_at:?})"
+        long_step_workers(&done) == busy,
+        "the long steps finished on the pods that started them"
     );
     println!(
-        "FIGURE real workers: scaled below 10 at {scaled_down_at:?}, all 44 steps done at {finished_at:?}, none retried"
+        "FIGURE real workers: first scale-down at {scaled_down_at:?} (busy pods cost {cheapest_busy}, idle ones at most {dearest_idle}), down to the 4 busy pods at {settled_at:?}, all 44 steps done at {finished_at:?}, none retried"
     );
     wait_for(
         &deployments,
