@@ -12,7 +12,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -244,10 +243,7 @@ impl OperatorProcess {
 
     /// The Prometheus text of the operator's `/metrics`.
     pub async fn metrics(&self) -> Result<String> {
-        match http_get(self.health, "/metrics")
-            .await
-            .map_err(HarnessError::io("GET /metrics"))?
-        {
+        match http_get(self.health, "/metrics").await? {
             (200, body) => Ok(body),
             (code, body) => Err(HarnessError::Process(format!(
                 "GET /metrics answered {code}: {body}"
@@ -257,9 +253,7 @@ impl OperatorProcess {
 
     /// `GET path` on the broker's port: status code and body.
     pub async fn broker_get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(self.broker, path)
-            .await
-            .map_err(HarnessError::io(format!("GET {path} on the broker")))
+        http_get(self.broker, path).await
     }
 
     /// Everything the operator processes logged so far.
@@ -352,26 +346,10 @@ impl OperatorProcess {
     }
 }
 
-/// A minimal HTTP/1.1 GET on loopback: status and body.
-async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response}")))?;
-    Ok((code, body.to_owned()))
+/// `GET path` on a loopback port: status and body.
+async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let r = crate::http_request(port, "GET", path, None, "").await?;
+    Ok((r.status, r.body))
 }
 
 /// The pod spec of an example worker serving `pool` through the broker at `broker_url`: the environment and the

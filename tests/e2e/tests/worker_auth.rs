@@ -14,12 +14,11 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use sluice_e2e::{TestNamespace, kubeconfig_path, kubectl, repo_root};
+use sluice_e2e::{TestNamespace, http_request, kubeconfig_path, kubectl, repo_root};
 use sluice_operator::broker::Broker;
 use sluice_operator::broker::auth::{AuthError, Authenticator, WorkerIdentity};
 use sluice_operator::broker::sink::{Claimed, Recorded, Report, ResultSink, SinkError};
 use sluice_operator::broker::tokenreview::{POOL_LABEL, TokenReviewAuthenticator};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The audience workers' projected tokens carry (`sluice_wire::TOKEN_AUDIENCE`).
 const AUDIENCE: &str = "sluice-broker";
@@ -216,28 +215,10 @@ async fn claim(addr: std::net::SocketAddr, token: Option<&str>, pool: &str) -> R
         "pool": pool, "worker": "worker-a", "handlers": ["h"], "capacity": 1, "waitSeconds": 0
     })
     .to_string();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "POST /v1/claim HTTP/1.1\r\nHost: broker\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .context("the broker did not answer in 30 s")??;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP response: {response}"))?;
+    ensure!(addr.ip().is_loopback(), "the broker listens on loopback");
+    let status = http_request(addr.port(), "POST", "/v1/claim", token, &body)
+        .await?
+        .status;
     Ok(status)
 }
 
