@@ -580,6 +580,58 @@ async fn helm_install_runs_a_flow_and_helm_uninstall_keeps_the_crds_and_flowruns
     let pools: Api<WorkerPool> = ns.api();
     ensure!(pools.get_opt("examples").await?.is_some());
 
+    // An upgrade that changes the pod template: the old pod stops first (releasing the Lease), the new one
+    // leads and turns Ready (a rolling update would wait forever for a standby to become Ready).
+    helm([
+        "upgrade",
+        &release,
+        CHART,
+        "--namespace",
+        ns.name(),
+        "--reuse-values",
+        "--set",
+        "podAnnotations.sluice\\.dev/upgraded=yes",
+    ])
+    .ok()
+    .await?;
+    let old_pod = operator_pod.clone();
+    let upgraded = wait_for_list(
+        &pods,
+        watcher::Config::default().labels(&selector),
+        move |pods: &[Pod]| {
+            pods.iter()
+                .any(|p| is_ready(p) && p.metadata.name.as_deref() != Some(old_pod.as_str()))
+        },
+        Duration::from_secs(120),
+        "a new operator pod to be Ready after helm upgrade",
+    )
+    .await
+    .with_context(|| format!("old operator log:\n{}", log()))?;
+    let new_pod = upgraded
+        .into_iter()
+        .find(|p| is_ready(p) && p.metadata.name.as_deref() != Some(operator_pod.as_str()))
+        .and_then(|p| p.metadata.name)
+        .context("ready pod without a name")?;
+    let want = new_pod.clone();
+    let holder = wait_for(
+        &leases,
+        &release,
+        move |l: Option<&Lease>| {
+            l.and_then(|l| l.spec.as_ref())
+                .and_then(|s| s.holder_identity.as_deref())
+                .is_some_and(|h| h == want)
+        },
+        Duration::from_secs(30),
+        "the upgraded pod to hold the Lease",
+    )
+    .await;
+    if let Err(e) = holder {
+        bail!(
+            "after the upgrade: {e}\nnew operator log:\n{}",
+            pod_log(ns.name(), &new_pod, "operator")
+        );
+    }
+
     // Uninstall: the release's objects go, the CRDs and the FlowRun stay.
     helm([
         "uninstall",
