@@ -54,7 +54,10 @@ pub async fn run(
 #[instrument(skip_all, fields(namespace = fr.namespace().unwrap_or_default(), flowrun = %fr.name_any()))]
 async fn reconcile(fr: Arc<FlowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = fr.namespace().unwrap_or_default();
-    let wake = ctx.writer.reconcile(&namespace, &fr.name_any()).await?;
+    let wake = ctx
+        .writer
+        .reconcile(&namespace, &fr.name_any(), fr.resource_version().as_deref())
+        .await?;
     Ok(match wake {
         Some(at) => {
             let wait =

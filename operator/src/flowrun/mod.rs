@@ -178,7 +178,7 @@ impl FlowRunRuntime {
                 }
                 let namespace = kube::ResourceExt::namespace(&fr).unwrap_or_default();
                 self.writer
-                    .reconcile(&namespace, &kube::ResourceExt::name_any(&fr))
+                    .reconcile(&namespace, &kube::ResourceExt::name_any(&fr), None)
                     .await?;
                 n += 1;
             }

@@ -43,6 +43,8 @@ enum Job {
         reply: Option<oneshot::Sender<Result<Recorded, SinkError>>>,
     },
     Reconcile {
+        /// The resourceVersion the caller saw (its watch event), if any.
+        seen: Option<String>,
         reply: oneshot::Sender<Result<Option<Timestamp>, Error>>,
     },
 }
@@ -79,15 +81,23 @@ impl StatusWriter {
 
     /// Brings a FlowRun's status up to date with its spec, signals, children and the clock; returns when the
     /// engine wants to look again.
+    ///
+    /// `seen` is the resourceVersion the caller observed. When it is the version this writer's own last patch
+    /// produced (the watch echoing our write, or a timer requeue), nobody has written since, so the object the
+    /// patch returned is current and no read is needed.
     pub async fn reconcile(
         self: &Arc<Self>,
         namespace: &str,
         name: &str,
+        seen: Option<&str>,
     ) -> Result<Option<Timestamp>, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(
             (namespace.to_owned(), name.to_owned()),
-            Job::Reconcile { reply: tx },
+            Job::Reconcile {
+                seen: seen.map(str::to_owned),
+                reply: tx,
+            },
         );
         rx.await.map_err(|_| Error::WriterGone)?
     }
@@ -144,17 +154,31 @@ impl StatusWriter {
         let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
         let mut events = Vec::new();
         let mut reconciles = Vec::new();
+        // Whether every reconcile in the batch saw exactly the version our last patch returned.
+        let mut all_seen_ours = true;
+        let ours = cache
+            .as_ref()
+            .and_then(|fr| fr.metadata.resource_version.clone());
         for job in jobs {
             match job {
                 Job::Event { event, reply } => events.push((event, reply)),
-                Job::Reconcile { reply } => reconciles.push(reply),
+                Job::Reconcile { seen, reply } => {
+                    all_seen_ours &= seen.is_some() && seen == ours;
+                    reconciles.push(reply);
+                }
             }
         }
 
-        // A reconcile reads afresh: it must see the latest spec and the signals users wrote. Batches of worker
-        // events may start from the object our own last patch returned, because only this actor writes steps.
+        // A reconcile must see the latest spec and the signals users wrote, so it reads afresh — unless what
+        // it saw is our own last write, which the cache holds. Batches of worker events may start from the
+        // cache too, because only this actor writes steps.
         let base = match cache.take() {
-            Some(fr) if reconciles.is_empty() => Ok(Some(fr)),
+            Some(fr) if reconciles.is_empty() || all_seen_ours => {
+                if !reconciles.is_empty() {
+                    self.metrics.own_write_reconciles.inc();
+                }
+                Ok(Some(fr))
+            }
             _ => api.get_opt(&key.1).await,
         };
         let fr = match base {

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     /// Status patches written (`sluice_status_patches_total`).
     pub status_patches: Counter,
+    /// FlowRun reconciles that started from the writer's own last patch instead of a read, because the
+    /// version they saw was that patch's (`sluice_flowrun_reads_saved_total`).
+    pub own_write_reconciles: Counter,
     registry: Arc<Registry>,
 }
 
@@ -94,6 +97,12 @@ impl Metrics {
             "FlowRun status patches written",
             status_patches.clone(),
         );
+        let own_write_reconciles = Counter::default();
+        registry.register(
+            "flowrun_reads_saved",
+            "FlowRun reconciles that reused the status writer's own last patch instead of reading the object",
+            own_write_reconciles.clone(),
+        );
         Self {
             queue_depth,
             in_flight,
@@ -101,6 +110,7 @@ impl Metrics {
             step_outcomes,
             reconcile_errors,
             status_patches,
+            own_write_reconciles,
             registry: Arc::new(registry),
         }
     }
