@@ -84,6 +84,7 @@ where
         tool: Tool::Kubectl,
         args: args.into_iter().map(Into::into).collect(),
         stdin: None,
+        env: Vec::new(),
     }
 }
 
@@ -98,6 +99,7 @@ where
         tool: Tool::Helm,
         args: args.into_iter().map(Into::into).collect(),
         stdin: None,
+        env: Vec::new(),
     }
 }
 
@@ -113,12 +115,19 @@ pub struct Kubectl {
     tool: Tool,
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl Kubectl {
     /// Feeds `input` to kubectl's stdin (e.g. a manifest for `apply -f -`).
     pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(input.into());
+        self
+    }
+
+    /// Sets an environment variable of kubectl (and of the plugins it runs), e.g. `PATH` for plugin discovery.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -156,6 +165,7 @@ impl Kubectl {
             .args(&self.args)
             .env("KUBECONFIG", kubeconfig)
             .current_dir(repo_root())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
             } else {
