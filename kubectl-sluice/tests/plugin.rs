@@ -683,6 +683,42 @@ async fn cancel_ends_the_run_and_watch_exits_4() -> Result<()> {
         out.contains("spec.cancel is already true (unchanged)"),
         "{out}"
     );
+    // The kubeconfig flags are honoured: --kubeconfig and --context win over KUBECONFIG and the current context.
+    let missing_config = s.ns.scratch_dir().join("no-such-kubeconfig");
+    let r = s
+        .sluice(&[
+            "status",
+            &name,
+            "--kubeconfig",
+            missing_config.to_str().context("path")?,
+        ])
+        .await?;
+    ensure!(
+        r.code == Some(1) && r.stderr.contains("no-such-kubeconfig"),
+        "{:?} {}",
+        r.code,
+        r.stderr
+    );
+    let r = s
+        .sluice(&["status", &name, "--context", "no-such-context"])
+        .await?;
+    ensure!(
+        r.code == Some(1) && r.stderr.contains("no-such-context"),
+        "{:?} {}",
+        r.code,
+        r.stderr
+    );
+    let config = sluice_e2e::kubeconfig_path()?;
+    let r = s
+        .sluice(&[
+            "status",
+            &name,
+            "--kubeconfig",
+            config.to_str().context("path")?,
+        ])
+        .await?
+        .ok("status --kubeconfig")?;
+    ensure!(r.contains(": Cancelled"), "{r}");
     // Unknown runs are named in the error.
     let missing = s.sluice(&["status", "no-such-run"]).await?;
     ensure!(
