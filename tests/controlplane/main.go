@@ -355,6 +355,19 @@ func (cp *controlPlane) startAPIServer(ctx context.Context, listener net.Listene
 		// The API server listens on loopback only, which an Endpoints object may not carry.
 		"--endpoint-reconciler-type=none",
 		"--allow-privileged=true",
+		// The aggregation layer (APIServices such as v1beta1.external.metrics.k8s.io served by the operator):
+		// the aggregator authenticates to extension servers with the front-proxy client certificate and
+		// names the user in request headers; extension servers read this configuration from the
+		// kube-system/extension-apiserver-authentication ConfigMap. With aggregator routing the aggregator
+		// dials a Service's endpoint addresses, as there is no kube-proxy for ClusterIPs.
+		"--requestheader-client-ca-file=" + p.frontProxyCA,
+		"--requestheader-allowed-names=" + frontProxyClient,
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+		"--proxy-client-cert-file=" + p.frontProxyCert,
+		"--proxy-client-key-file=" + p.frontProxyKey,
+		"--enable-aggregator-routing=true",
 		"--profiling=false",
 		"--enable-priority-and-fairness=false",
 	}

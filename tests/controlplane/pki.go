@@ -24,15 +24,21 @@ import (
 type pki struct {
 	caCert, caKey        string
 	servingCert, servKey string
-	saKey, saPub         string
-	tokenFile            string
-	adminToken, kcmToken string
-	caPEM                []byte
+	// The front proxy: the CA extension API servers trust for the aggregator's requests
+	// (--requestheader-client-ca-file) and the client certificate the aggregator presents.
+	frontProxyCA, frontProxyCAKey string
+	frontProxyCert, frontProxyKey string
+	saKey, saPub                  string
+	tokenFile                     string
+	adminToken, kcmToken          string
+	caPEM                         []byte
 }
 
 const (
 	adminUser = "sluice-admin"
 	kcmUser   = "system:kube-controller-manager"
+	// The common name of the aggregator's client certificate (--requestheader-allowed-names).
+	frontProxyClient = "front-proxy-client"
 )
 
 func exists(path string) bool {
@@ -70,11 +76,21 @@ func ensurePKI(dir string, serviceIP net.IP) (*pki, error) {
 		saKey:       filepath.Join(dir, "sa.key"),
 		saPub:       filepath.Join(dir, "sa.pub"),
 		tokenFile:   filepath.Join(dir, "tokens.csv"),
+
+		frontProxyCA:    filepath.Join(dir, "front-proxy-ca.crt"),
+		frontProxyCAKey: filepath.Join(dir, "front-proxy-ca.key"),
+		frontProxyCert:  filepath.Join(dir, "front-proxy-client.crt"),
+		frontProxyKey:   filepath.Join(dir, "front-proxy-client.key"),
 	}
 
 	if !exists(p.caCert) || !exists(p.caKey) || !exists(p.servingCert) || !exists(p.servKey) {
 		if err := p.generateCerts(serviceIP); err != nil {
 			return nil, fmt.Errorf("generating certificates: %w", err)
+		}
+	}
+	if !exists(p.frontProxyCA) || !exists(p.frontProxyCAKey) || !exists(p.frontProxyCert) || !exists(p.frontProxyKey) {
+		if err := p.generateFrontProxy(); err != nil {
+			return nil, fmt.Errorf("generating front-proxy certificates: %w", err)
 		}
 	}
 	if !exists(p.saKey) || !exists(p.saPub) {
@@ -168,6 +184,66 @@ func (p *pki) generateCerts(serviceIP net.IP) error {
 		return err
 	}
 	return writePEM(p.servingCert, "CERTIFICATE", servDER, 0o644)
+}
+
+// generateFrontProxy creates a CA of its own for the aggregator's client certificate (as kubeadm does:
+// extension API servers trust it for requestheader authentication only) and that certificate.
+func (p *pki) generateFrontProxy() error {
+	now := time.Now().Add(-time.Hour)
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	sn, err := serial()
+	if err != nil {
+		return err
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          sn,
+		Subject:               pkix.Name{CommonName: "sluice-front-proxy-ca"},
+		NotBefore:             now,
+		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return err
+	}
+	clientKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	if sn, err = serial(); err != nil {
+		return err
+	}
+	clientTmpl := &x509.Certificate{
+		SerialNumber: sn,
+		Subject:      pkix.Name{CommonName: frontProxyClient},
+		NotBefore:    now,
+		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	clientDER, err := x509.CreateCertificate(rand.Reader, clientTmpl, caCert, &clientKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	if err := writeKey(p.frontProxyCAKey, caKey); err != nil {
+		return err
+	}
+	if err := writePEM(p.frontProxyCA, "CERTIFICATE", caDER, 0o644); err != nil {
+		return err
+	}
+	if err := writeKey(p.frontProxyKey, clientKey); err != nil {
+		return err
+	}
+	return writePEM(p.frontProxyCert, "CERTIFICATE", clientDER, 0o644)
 }
 
 func writeKey(path string, key crypto.Signer) error {
