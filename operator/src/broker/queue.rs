@@ -476,6 +476,15 @@ impl TaskQueue {
         demand
     }
 
+    /// Every (qualified) pool with a known task or worker.
+    pub fn pools(&self) -> BTreeSet<String> {
+        self.entries
+            .values()
+            .map(|e| e.queued.pool.clone())
+            .chain(self.workers.keys().cloned())
+            .collect()
+    }
+
     /// A worker of `pool` opened a long poll for `handlers`.
     pub fn poll_started(&mut self, pool: &str, worker: &str, handlers: &[String], now: Timestamp) {
         let seen = self

@@ -177,6 +177,16 @@ impl Broker {
             .demand(&pool_key(namespace, pool), Timestamp::now())
     }
 
+    /// The pools of `namespace` with a known task or worker, by name.
+    pub fn pools(&self, namespace: &str) -> std::collections::BTreeSet<String> {
+        let prefix = format!("{namespace}/");
+        self.queue()
+            .pools()
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(&prefix).map(str::to_owned))
+            .collect()
+    }
+
     /// The workers of a pool heard of (qualified by `namespace`), with the attempts each holds.
     pub fn workers(&self, namespace: &str, pool: &str) -> Vec<WorkerInfo> {
         self.queue().workers(&pool_key(namespace, pool))

@@ -2,11 +2,14 @@
 //! port) and, when asked, the WorkerPool controller, for tests and benchmarks that want to read the broker's
 //! memory or the controller's write counts directly.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use kube::Client;
+use serde_json::json;
 use sluice_operator::broker::Broker;
 use sluice_operator::broker::auth::{Authenticator, TrustAll};
+use sluice_operator::external_metrics::{self, tls};
 use sluice_operator::flowrun::{FlowRunRuntime, Scope};
 use sluice_operator::telemetry::Metrics;
 use sluice_operator::workerpool::controller::WorkerPoolController;
@@ -20,6 +23,7 @@ use crate::{HarnessError, Result};
 pub struct InProcessOptions {
     auth: Arc<dyn Authenticator>,
     worker_pools: bool,
+    external_metrics: bool,
 }
 
 impl Default for InProcessOptions {
@@ -28,6 +32,7 @@ impl Default for InProcessOptions {
         Self {
             auth: Arc::new(TrustAll),
             worker_pools: false,
+            external_metrics: false,
         }
     }
 }
@@ -44,13 +49,29 @@ impl InProcessOptions {
         self.worker_pools = true;
         self
     }
+
+    /// Also serves the external metrics API and registers it with the API server's aggregator, as the
+    /// operator does in a cluster: HTTPS on a non-loopback address of this machine (the aggregator dials
+    /// endpoint addresses, which may not be loopback ones), behind the Service [`METRICS_SERVICE`] of the
+    /// namespace with a hand-made EndpointSlice (and Endpoints) naming that address, and the cluster-wide
+    /// `APIService` `v1beta1.external.metrics.k8s.io`. Call [`InProcessOperator::unregister_external_metrics`]
+    /// before the test ends: an APIService whose backend is gone leaves the API server's discovery
+    /// incomplete (dropping the operator removes it too, best effort).
+    pub fn external_metrics(mut self) -> Self {
+        self.external_metrics = true;
+        self
+    }
 }
+
+/// The Service behind which an [`InProcessOperator`] serves the external metrics API.
+pub const METRICS_SERVICE: &str = "sluice-metrics";
 
 /// The operator leading for one namespace. Stopped when dropped.
 pub struct InProcessOperator {
     url: String,
     broker: Broker,
     pool_writes: Option<WriteCounts>,
+    external_metrics: Option<Client>,
     stop: watch::Sender<bool>,
 }
 
@@ -93,7 +114,7 @@ impl InProcessOperator {
         });
         let pool_writes = options.worker_pools.then(|| {
             let pools = WorkerPoolController::new(
-                client,
+                client.clone(),
                 broker.clone(),
                 metrics,
                 scope,
@@ -106,12 +127,19 @@ impl InProcessOperator {
             tokio::spawn(async move { pools.run(pools_stop).await });
             writes
         });
+        let external_metrics = if options.external_metrics {
+            serve_external_metrics(&client, namespace, &broker, until(rx.clone())).await?;
+            Some(client.clone())
+        } else {
+            None
+        };
         let lead_stop = until(rx);
         tokio::spawn(async move { runtime.lead(lead_stop).await });
         Ok(Self {
             url,
             broker,
             pool_writes,
+            external_metrics,
             stop,
         })
     }
@@ -131,10 +159,144 @@ impl InProcessOperator {
     pub fn pool_writes(&self) -> Option<&WriteCounts> {
         self.pool_writes.as_ref()
     }
+
+    /// Deletes the external metrics `APIService` (see [`InProcessOptions::external_metrics`]).
+    pub async fn unregister_external_metrics(&mut self) -> Result<()> {
+        if let Some(client) = self.external_metrics.take() {
+            tls::unregister(client)
+                .await
+                .map_err(|e| HarnessError::Process(format!("deleting the APIService: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for InProcessOperator {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        if self.external_metrics.is_some() {
+            // Drop cannot wait for the client: kubectl, synchronously.
+            if let Ok(kubectl) = crate::kubectl_path() {
+                let _ = std::process::Command::new(kubectl)
+                    .args([
+                        "delete",
+                        "apiservice",
+                        &tls::api_service_name(),
+                        "--ignore-not-found",
+                    ])
+                    .env("KUBECONFIG", crate::kubeconfig_path().unwrap_or_default())
+                    .output();
+            }
+        }
     }
+}
+
+/// An IPv4 address of this machine that is not a loopback one.
+fn host_address() -> Result<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .map_err(|e| HarnessError::Process(format!("listing network interfaces: {e}")))?
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified())
+        .ok_or_else(|| {
+            HarnessError::Process(
+                "this machine has no non-loopback IPv4 address for the aggregator to dial".into(),
+            )
+        })
+}
+
+/// Serves the external metrics API and registers it (see [`InProcessOptions::external_metrics`]).
+async fn serve_external_metrics(
+    client: &Client,
+    namespace: &str,
+    broker: &Broker,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let fail = |what: &str| {
+        let what = what.to_owned();
+        move |e: external_metrics::Error| HarnessError::Process(format!("{what}: {e}"))
+    };
+    let address = host_address()?;
+    let listener = tokio::net::TcpListener::bind((address, 0))
+        .await
+        .map_err(HarnessError::io("binding the external metrics port"))?;
+    let port = listener
+        .local_addr()
+        .map_err(HarnessError::io("reading the external metrics address"))?
+        .port();
+
+    let auth = tls::RequestHeaderAuth::load(client.clone())
+        .await
+        .map_err(fail("reading the request-header authentication settings"))?;
+    let cert = tls::ServingCert::generate(METRICS_SERVICE, namespace)
+        .map_err(fail("generating the serving certificate"))?;
+    let config = tls::server_config(&cert, &auth).map_err(fail("configuring TLS"))?;
+    let router = external_metrics::router(
+        broker.clone(),
+        auth.headers.clone(),
+        Arc::new(external_metrics::SubjectAccessReviewer::new(client.clone())),
+    );
+    tokio::spawn(tls::serve(
+        listener,
+        router,
+        config,
+        auth.allowed_names.clone(),
+        stop,
+    ));
+
+    // The Service and where it leads: the endpoint controllers have no pod to find, so the test names the
+    // address itself.
+    let objects = [
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": METRICS_SERVICE},
+            "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port, "protocol": "TCP"}]}
+        }),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": METRICS_SERVICE,
+                         "labels": {"kubernetes.io/service-name": METRICS_SERVICE}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [address.to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": METRICS_SERVICE},
+            "subsets": [{"addresses": [{"ip": address.to_string()}],
+                         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]
+        }),
+    ];
+    for object in objects {
+        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+        let (group, version) = match object["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .split_once('/')
+        {
+            Some((g, v)) => (g.to_owned(), v.to_owned()),
+            None => (String::new(), "v1".to_owned()),
+        };
+        let gvk = kube::api::GroupVersionKind::gvk(&group, &version, &kind);
+        let resource = kube::api::ApiResource::from_gvk(&gvk);
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::namespaced_with(client.clone(), namespace, &resource);
+        let object: kube::api::DynamicObject = serde_json::from_value(object)
+            .map_err(|e| HarnessError::Process(format!("{kind}: {e}")))?;
+        api.create(&kube::api::PostParams::default(), &object)
+            .await
+            .map_err(HarnessError::kube(format!(
+                "creating the {kind} {METRICS_SERVICE}"
+            )))?;
+    }
+    tls::register(
+        client.clone(),
+        &cert.ca_pem,
+        namespace,
+        METRICS_SERVICE,
+        443,
+    )
+    .await
+    .map_err(fail("registering the APIService"))?;
+    tracing::info!(%address, port, namespace, "external metrics API served and registered");
+    Ok(())
 }
