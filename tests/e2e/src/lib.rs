@@ -31,7 +31,7 @@ pub use kubectl::{Kubectl, helm, helm_path, kubectl, kubectl_path, tool_path};
 pub use namespace::TestNamespace;
 pub use operator::{
     EXAMPLE_WORKER_IMAGE, OperatorProcess, POOL_LABEL, TOKEN_MOUNT_PATH, build_binaries,
-    container_pid, install_crds, worker_deployment, worker_pod, worker_pod_spec,
+    cargo_test_env, container_pid, install_crds, worker_deployment, worker_pod, worker_pod_spec,
 };
 pub use wait::{wait_deleted, wait_for, wait_for_list};
 

@@ -62,7 +62,45 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Builds the operator, the example worker and the exec worker (once per test process; a no-op when they are fresh) and returns
+/// The variables cargo sets for a test process about the test's own package (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, ...). A cargo started from a test must not inherit them: build scripts that watch them
+/// (ring's does) would see them change and rebuild half the dependency tree on every switch between a test
+/// run and a plain build.
+pub fn cargo_test_env() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            let k = k.to_string_lossy();
+            k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_EXE_")
+                || matches!(
+                    k.as_ref(),
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                )
+        })
+        .collect()
+}
+
+/// Removes [`cargo_test_env`] from a command's environment.
+trait RemoveEnvs {
+    fn envs_removed(&mut self, names: Vec<std::ffi::OsString>) -> &mut Self;
+}
+
+impl RemoveEnvs for std::process::Command {
+    fn envs_removed(&mut self, names: Vec<std::ffi::OsString>) -> &mut Self {
+        for name in names {
+            self.env_remove(name);
+        }
+        self
+    }
+}
+
+/// Builds the operator, the example worker, the exec worker and the kubectl plugin (once per test process; a no-op when they are fresh) and returns
 /// the directory holding the binaries: `$CARGO_TARGET_DIR/debug`, which the kubelet's image map expects at
 /// `target/debug` of the repository.
 pub async fn build_binaries() -> Result<PathBuf> {
@@ -89,16 +127,19 @@ fn build_blocking() -> Result<PathBuf> {
             "sluice-example-worker",
             "-p",
             "sluice-worker",
+            "-p",
+            "kubectl-sluice",
             // `--bin NAME` would apply to every package named; each of these has exactly the binary we want.
             "--bins",
         ])
+        .envs_removed(cargo_test_env())
         .current_dir(repo_root())
         .stdin(Stdio::null())
         .output()
         .map_err(HarnessError::io("running cargo build"))?;
     if !output.status.success() {
         return Err(HarnessError::Build(format!(
-            "cargo build -p sluice-operator -p sluice-example-worker -p sluice-worker: {}\n{}",
+            "cargo build -p sluice-operator -p sluice-example-worker -p sluice-worker -p kubectl-sluice: {}\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         )));

@@ -24,8 +24,8 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use serde_json::Value;
 use sluice_e2e::{
-    OperatorProcess, TestNamespace, build_binaries, cluster, cluster_dir, install_crds,
-    kubeconfig_path, kubectl_path, repo_root, tool_path, wait_for,
+    OperatorProcess, TestNamespace, build_binaries, cargo_test_env, cluster, cluster_dir,
+    install_crds, kubeconfig_path, kubectl_path, repo_root, tool_path, wait_for,
 };
 use sluice_operator::api::FlowRun;
 
@@ -212,7 +212,6 @@ struct Shell {
 impl Shell {
     async fn new(ns: &TestNamespace) -> Result<Self> {
         let bin = build_binaries().await?;
-        build_plugin().await?;
         let source = tokio::task::spawn_blocking(kubeconfig_path).await??;
         let kubeconfig = ns.scratch_dir().join("kubeconfig");
         std::fs::copy(&source, &kubeconfig)?;
@@ -278,21 +277,6 @@ impl Shell {
         }
         Ok(stdout)
     }
-}
-
-async fn build_plugin() -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = tokio::process::Command::new(cargo)
-        .args(["build", "-q", "-p", "kubectl-sluice", "--bins"])
-        .current_dir(repo_root())
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "building kubectl-sluice: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 /// Evaluates KEDA's `valueLocation` (a dotted path) on a JSON document.
@@ -554,7 +538,11 @@ async fn make_demo_runs_the_order_flow_to_success() -> Result<()> {
             .local_addr()?
             .port())
     };
-    let out = tokio::process::Command::new("make")
+    let mut make = tokio::process::Command::new("make");
+    for name in cargo_test_env() {
+        make.env_remove(name);
+    }
+    let out = make
         .args(["-s", "demo"])
         .current_dir(repo_root())
         .env("SLUICE_DEMO_NAMESPACE", &namespace)
