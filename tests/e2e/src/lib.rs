@@ -33,7 +33,7 @@ pub use operator::{
     EXAMPLE_WORKER_IMAGE, OperatorProcess, POOL_LABEL, TOKEN_MOUNT_PATH, build_binaries,
     cargo_test_env, container_pid, install_crds, worker_deployment, worker_pod, worker_pod_spec,
 };
-pub use wait::{wait_deleted, wait_for, wait_for_list};
+pub use wait::{hpa_condition_true, wait_deleted, wait_for, wait_for_list};
 
 /// Result type of the harness.
 pub type Result<T, E = HarnessError> = std::result::Result<T, E>;

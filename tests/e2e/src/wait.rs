@@ -148,3 +148,15 @@ fn summarize<K: Serialize + Resource>(obj: &K) -> String {
     }
     text
 }
+
+/// A [`wait_for`] condition: the HorizontalPodAutoscaler reports condition `type_` (e.g. `AbleToScale`,
+/// `ScalingActive`) with status `True`.
+pub fn hpa_condition_true(
+    type_: &'static str,
+) -> impl Fn(Option<&k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>) -> bool {
+    move |hpa| {
+        hpa.and_then(|h| h.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+    }
+}

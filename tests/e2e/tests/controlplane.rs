@@ -18,7 +18,9 @@ use kube::api::{
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use sluice_e2e::{TestNamespace, kubeconfig_path, kubectl, wait_deleted, wait_for};
+use sluice_e2e::{
+    TestNamespace, hpa_condition_true, kubeconfig_path, kubectl, wait_deleted, wait_for,
+};
 
 const NODE: &str = "sluice-local";
 const WAIT: Duration = Duration::from_secs(60);
@@ -473,14 +475,7 @@ async fn run_widget_checks(
         }))?,
     )
     .await?;
-    let able_to_scale = |hpa: Option<&HorizontalPodAutoscaler>| {
-        hpa.and_then(|h| h.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "AbleToScale" && c.status == "True")
-            })
-    };
+    let able_to_scale = hpa_condition_true("AbleToScale");
     wait_for(
         &hpas,
         "w",

@@ -16,8 +16,8 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice_e2e::{
-    InProcessOperator, InProcessOptions, TestNamespace, build_binaries, cluster, install_crds,
-    kubeconfig_path, wait_for,
+    InProcessOperator, InProcessOptions, TestNamespace, build_binaries, cluster,
+    hpa_condition_true, install_crds, kubeconfig_path, wait_for,
 };
 use sluice_operator::api::{FlowRun, WorkerPool};
 use sluice_operator::external_metrics::tls::api_service_name;
@@ -156,14 +156,7 @@ async fn scale(client: &Client, ns: &TestNamespace, op: &InProcessOperator) -> R
     wait_for(
         &hpas,
         "ext",
-        |h: Option<&HorizontalPodAutoscaler>| {
-            h.and_then(|h| h.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "ScalingActive" && c.status == "True")
-                })
-        },
+        hpa_condition_true("ScalingActive"),
         Duration::from_secs(60),
         "the HPA to read the external metric (ScalingActive True)",
     )

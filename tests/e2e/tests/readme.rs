@@ -25,7 +25,8 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use serde_json::Value;
 use sluice_e2e::{
     OperatorProcess, TestNamespace, build_binaries, cargo_test_env, cluster, cluster_dir,
-    install_crds, kubeconfig_path, kubectl_path, repo_root, tool_path, wait_for,
+    hpa_condition_true, install_crds, kubeconfig_path, kubectl_path, repo_root, tool_path,
+    wait_for,
 };
 use sluice_operator::api::FlowRun;
 
@@ -338,14 +339,7 @@ async fn the_readme_story_runs() -> Result<()> {
 
     // The HPA of the README resolves the WorkerPool through its scale subresource.
     let hpas = ns.api::<HorizontalPodAutoscaler>();
-    let able = |h: Option<&HorizontalPodAutoscaler>| {
-        h.and_then(|h| h.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c.type_ == "AbleToScale" && c.status == "True")
-            })
-    };
+    let able = hpa_condition_true("AbleToScale");
     wait_for(
         &hpas,
         "reports",

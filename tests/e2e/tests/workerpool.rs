@@ -18,7 +18,8 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use sluice_e2e::{
     EXAMPLE_WORKER_IMAGE, InProcessOperator, InProcessOptions, TestNamespace, build_binaries,
-    cluster, http_request, install_crds, kubectl, wait_deleted, wait_for, wait_for_list,
+    cluster, hpa_condition_true, http_request, install_crds, kubectl, wait_deleted, wait_for,
+    wait_for_list,
 };
 use sluice_operator::api::{FlowPhase, FlowRun, WorkerPool};
 use sluice_operator::broker::tokenreview::TokenReviewAuthenticator;
@@ -337,14 +338,7 @@ async fn external_mode_follows_kubectl_scale_and_an_hpa_resolves_the_pool() -> R
     let hpa = wait_for(
         &hpas,
         "ext",
-        |h: Option<&HorizontalPodAutoscaler>| {
-            h.and_then(|h| h.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "AbleToScale" && c.status == "True")
-                })
-        },
+        hpa_condition_true("AbleToScale"),
         Duration::from_secs(90),
         "the HPA to resolve the WorkerPool's scale subresource (AbleToScale True)",
     )
