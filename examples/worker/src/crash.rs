@@ -68,28 +68,11 @@ pub async fn crash_on_first_attempt(
 
 #[cfg(test)]
 mod tests {
-    use sluice_worker::wire::{FlowRunRef, Task, TaskId};
-
     use super::*;
 
     #[tokio::test]
     async fn later_attempts_succeed_and_name_their_worker() {
-        let task = Task {
-            id: TaskId::from_parts("ns", "flow", "step", None),
-            attempt: 2,
-            handler: CRASH_HANDLER.into(),
-            input: Value::Null,
-            deadline: None,
-            heartbeat_interval_seconds: 5,
-            flow_run: FlowRunRef {
-                namespace: "ns".into(),
-                name: "flow".into(),
-                uid: "u".into(),
-            },
-            step: "step".into(),
-            instance: None,
-        };
-        let ctx = StepContext::detached(&task, "w-2");
+        let ctx = crate::test_context::context(2, CRASH_HANDLER, "w-2");
         let file = std::env::temp_dir().join(format!("sluice-crash-test-{}", std::process::id()));
         let out = crash_on_first_attempt(&file, ctx, Value::Null)
             .await

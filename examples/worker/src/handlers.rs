@@ -334,27 +334,10 @@ pub async fn slow_task(ctx: StepContext, input: SlowInput) -> Result<Value, Step
 
 #[cfg(test)]
 mod tests {
-    use sluice_worker::wire::{FlowRunRef, Task, TaskId};
-
     use super::*;
 
     fn ctx(attempt: u32) -> StepContext {
-        let task = Task {
-            id: TaskId::from_parts("ns", "flow", "step", None),
-            attempt,
-            handler: "h".into(),
-            input: Value::Null,
-            deadline: None,
-            heartbeat_interval_seconds: 5,
-            flow_run: FlowRunRef {
-                namespace: "ns".into(),
-                name: "flow".into(),
-                uid: "u".into(),
-            },
-            step: "step".into(),
-            instance: None,
-        };
-        StepContext::detached(&task, "w")
+        crate::test_context::context(attempt, "h", "w")
     }
 
     fn input<T: serde::de::DeserializeOwned>(value: Value) -> T {

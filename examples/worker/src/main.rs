@@ -9,6 +9,8 @@
 mod crash;
 mod handlers;
 mod side_effects;
+#[cfg(test)]
+mod test_context;
 
 use std::future::Future;
 
