@@ -3,13 +3,13 @@
 //! [`EnvSources`], fetched beforehand.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret,
 };
 
-/// The address every pod of this kubelet has (processes share the host's network).
-pub const POD_IP: &str = "127.0.0.1";
+use super::address::NODE_IP;
 
 /// Why a container's environment cannot be built (a kubelet reports `CreateContainerConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,8 +92,10 @@ pub fn referenced(container: &Container) -> (BTreeSet<String>, BTreeSet<String>)
 }
 
 /// The environment of `container`: `base` first, then `envFrom`, then `env`, later entries overriding earlier.
+/// `pod_ip` is what `status.podIP` resolves to (see [`super::address`]).
 pub fn resolve(
     pod: &Pod,
+    pod_ip: Ipv4Addr,
     container: &Container,
     base: &[(String, String)],
     sources: &EnvSources,
@@ -136,7 +138,7 @@ pub fn resolve(
     for var in container.env.iter().flatten() {
         let value = if let Some(from) = &var.value_from {
             if let Some(f) = &from.field_ref {
-                Some(field_ref(pod, f)?)
+                Some(field_ref(pod, pod_ip, f)?)
             } else if let Some(r) = &from.resource_field_ref {
                 Some(resource_field_ref(container, r)?)
             } else if let Some(r) = &from.config_map_key_ref {
@@ -192,8 +194,12 @@ fn key_ref(
     }
 }
 
-/// The value of a downward-API `fieldRef` for this kubelet's pods.
-pub fn field_ref(pod: &Pod, field: &ObjectFieldSelector) -> Result<String, EnvError> {
+/// The value of a downward-API `fieldRef` for this kubelet's pods, whose address is `pod_ip`.
+pub fn field_ref(
+    pod: &Pod,
+    pod_ip: Ipv4Addr,
+    field: &ObjectFieldSelector,
+) -> Result<String, EnvError> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let path = field.field_path.as_str();
@@ -212,7 +218,8 @@ pub fn field_ref(pod: &Pod, field: &ObjectFieldSelector) -> Result<String, EnvEr
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
-        "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => POD_IP.to_string(),
+        "status.podIP" | "status.podIPs" => pod_ip.to_string(),
+        "status.hostIP" | "status.hostIPs" => NODE_IP.to_string(),
         "metadata.labels" => format_map(&meta.labels),
         "metadata.annotations" => format_map(&meta.annotations),
         _ if path.starts_with("metadata.labels[") => {
@@ -382,7 +389,7 @@ mod tests {
             ]),
             ..Container::default()
         };
-        let vars = resolve(&pod(), &container, &[], &EnvSources::default()).unwrap();
+        let vars = resolve(&pod(), NODE_IP, &container, &[], &EnvSources::default()).unwrap();
         assert_eq!(get(&vars, "POD_NAME"), Some("web-1"));
         assert_eq!(get(&vars, "POD_NAMESPACE"), Some("ns1"));
         assert_eq!(get(&vars, "POD_UID"), Some("u-1"));
@@ -390,6 +397,25 @@ mod tests {
         assert_eq!(get(&vars, "NODE"), Some("sluice-local"));
         assert_eq!(get(&vars, "SA"), Some("runner"));
         assert_eq!(get(&vars, "APP"), Some("web"));
+    }
+
+    #[test]
+    fn the_pod_ip_is_the_one_given_and_the_host_ip_the_nodes() {
+        let container = Container {
+            env: Some(vec![
+                field("POD_IP", "status.podIP"),
+                field("POD_IPS", "status.podIPs"),
+                field("HOST_IP", "status.hostIP"),
+                value("URL", "http://$(POD_IP):8443"),
+            ]),
+            ..Container::default()
+        };
+        let pod_ip = Ipv4Addr::new(10, 1, 2, 3);
+        let vars = resolve(&pod(), pod_ip, &container, &[], &EnvSources::default()).unwrap();
+        assert_eq!(get(&vars, "POD_IP"), Some("10.1.2.3"));
+        assert_eq!(get(&vars, "POD_IPS"), Some("10.1.2.3"));
+        assert_eq!(get(&vars, "HOST_IP"), Some("127.0.0.1"));
+        assert_eq!(get(&vars, "URL"), Some("http://10.1.2.3:8443"));
     }
 
     #[test]
@@ -434,7 +460,7 @@ mod tests {
             ..Container::default()
         };
         let base = [("HOST".to_string(), "base".to_string())];
-        let vars = resolve(&pod(), &container, &base, &sources()).unwrap();
+        let vars = resolve(&pod(), NODE_IP, &container, &base, &sources()).unwrap();
         assert_eq!(get(&vars, "CFG_mode"), Some("fast"));
         assert_eq!(get(&vars, "PASSWORD"), Some("hunter2"));
         assert_eq!(
@@ -464,7 +490,7 @@ mod tests {
             ..Container::default()
         };
         assert_eq!(
-            resolve(&pod(), &container(&var), &[], &sources()),
+            resolve(&pod(), NODE_IP, &container(&var), &[], &sources()),
             Err(EnvError::MissingKey {
                 kind: "secret",
                 name: "creds".into(),
@@ -478,11 +504,12 @@ mod tests {
         {
             r.optional = Some(true);
         }
-        let vars = resolve(&pod(), &container(&var), &[], &sources()).unwrap();
+        let vars = resolve(&pod(), NODE_IP, &container(&var), &[], &sources()).unwrap();
         assert_eq!(get(&vars, "X"), None);
         assert!(matches!(
             resolve(
                 &pod(),
+                NODE_IP,
                 &container(&field("X", "spec.hostname")),
                 &[],
                 &sources()

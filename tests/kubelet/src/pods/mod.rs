@@ -1,5 +1,6 @@
 //! Pods: binding unscheduled pods to this node, and running the pods bound to it.
 
+pub mod address;
 pub mod backoff;
 pub mod bind;
 pub mod dirs;

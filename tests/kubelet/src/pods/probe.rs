@@ -1,5 +1,6 @@
 //! Readiness probes: `exec`, `httpGet` and `tcpSocket`, with the probe's delays and thresholds.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -7,14 +8,21 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ContainerPort, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::env::POD_IP;
-
 /// What a probe needs to know about its container.
 #[derive(Debug, Clone)]
 pub struct ProbeTarget {
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     pub ports: Vec<ContainerPort>,
+    /// The pod's address, where `httpGet` and `tcpSocket` probes without a `host` connect (as a kubelet does).
+    pub pod_ip: Ipv4Addr,
+}
+
+/// A probe's `host`, or the pod's address when it is unset or empty.
+fn host(given: Option<&str>, pod_ip: Ipv4Addr) -> String {
+    given
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| pod_ip.to_string(), str::to_string)
 }
 
 fn secs(v: Option<i32>, default: i32) -> Duration {
@@ -79,11 +87,7 @@ pub async fn check(probe: &Probe, target: &ProbeTarget) -> bool {
                 .as_deref()
                 .unwrap_or("HTTP")
                 .to_ascii_lowercase();
-            let host = http
-                .host
-                .as_deref()
-                .filter(|h| !h.is_empty())
-                .unwrap_or(POD_IP);
+            let host = host(http.host.as_deref(), target.pod_ip);
             let path = http.path.as_deref().unwrap_or("/");
             let url = format!("{scheme}://{host}:{port}/{}", path.trim_start_matches('/'));
             let Ok(client) = reqwest::Client::builder().timeout(timeout).build() else {
@@ -102,12 +106,10 @@ pub async fn check(probe: &Probe, target: &ProbeTarget) -> bool {
             let Some(port) = port(&tcp.port, &target.ports) else {
                 return false;
             };
-            let host = tcp
-                .host
-                .as_deref()
-                .filter(|h| !h.is_empty())
-                .unwrap_or(POD_IP);
-            return tokio::net::TcpStream::connect((host, port)).await.is_ok();
+            let host = host(tcp.host.as_deref(), target.pod_ip);
+            return tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .is_ok();
         }
         false
     };
@@ -132,7 +134,7 @@ pub fn port(port: &IntOrString, ports: &[ContainerPort]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ExecAction, HTTPGetAction};
+    use k8s_openapi::api::core::v1::{ExecAction, HTTPGetAction, TCPSocketAction};
 
     fn target() -> ProbeTarget {
         ProbeTarget {
@@ -143,6 +145,7 @@ mod tests {
                 container_port: 8080,
                 ..ContainerPort::default()
             }],
+            pod_ip: Ipv4Addr::LOCALHOST,
         }
     }
 
@@ -181,6 +184,34 @@ mod tests {
             }),
             ..Probe::default()
         };
+        assert!(!check(&probe, &target()).await);
+    }
+
+    #[test]
+    fn probes_without_a_host_go_to_the_pod_ip() {
+        let pod_ip = Ipv4Addr::new(10, 1, 2, 3);
+        assert_eq!(host(None, pod_ip), "10.1.2.3");
+        assert_eq!(host(Some(""), pod_ip), "10.1.2.3");
+        assert_eq!(host(Some("example.test"), pod_ip), "example.test");
+    }
+
+    /// Every 127/8 address is loopback on Linux, so a listener on 127.0.0.2 stands in for a pod with its own
+    /// address: only a probe that dials the target's address reaches it.
+    #[tokio::test]
+    async fn tcp_probe_dials_the_pod_ip() {
+        let pod_ip = Ipv4Addr::new(127, 0, 0, 2);
+        let listener = tokio::net::TcpListener::bind((pod_ip, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let probe = Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(port)),
+                ..TCPSocketAction::default()
+            }),
+            ..Probe::default()
+        };
+        let mut at_pod_ip = target();
+        at_pod_ip.pod_ip = pod_ip;
+        assert!(check(&probe, &at_pod_ip).await);
         assert!(!check(&probe, &target()).await);
     }
 }

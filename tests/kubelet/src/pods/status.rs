@@ -1,5 +1,7 @@
 //! Pod status as a kubelet reports it, built from the containers' states. Pure.
 
+use std::net::Ipv4Addr;
+
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
@@ -7,7 +9,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::env::POD_IP;
+use super::address::NODE_IP;
 use super::state::{ContainerView, RunState, Termination};
 
 /// Everything the status depends on.
@@ -21,6 +23,8 @@ pub struct StatusInput<'a> {
     pub sandbox_ready: bool,
     pub start_time: Timestamp,
     pub now: Timestamp,
+    /// The pod's address (see [`super::address`]); none while it is not known, as before a real pod's sandbox.
+    pub pod_ip: Option<Ipv4Addr>,
     /// The conditions reported before, whose transition times are kept when their status does not change.
     pub previous: &'a [PodCondition],
 }
@@ -126,14 +130,12 @@ pub fn build(input: &StatusInput<'_>) -> PodStatus {
     PodStatus {
         phase: Some(phase.to_string()),
         conditions: Some(conditions),
-        host_ip: Some(POD_IP.to_string()),
+        host_ip: Some(NODE_IP.to_string()),
         host_ips: Some(vec![HostIP {
-            ip: POD_IP.to_string(),
+            ip: NODE_IP.to_string(),
         }]),
-        pod_ip: Some(POD_IP.to_string()),
-        pod_ips: Some(vec![PodIP {
-            ip: POD_IP.to_string(),
-        }]),
+        pod_ip: input.pod_ip.map(|ip| ip.to_string()),
+        pod_ips: input.pod_ip.map(|ip| vec![PodIP { ip: ip.to_string() }]),
         start_time: Some(Time(input.start_time)),
         container_statuses: Some(input.containers.iter().map(container_status).collect()),
         ..PodStatus::default()
@@ -285,6 +287,7 @@ mod tests {
             sandbox_ready: true,
             start_time: ts(0),
             now: ts(10),
+            pod_ip: Some(NODE_IP),
             previous,
         }
     }
@@ -400,6 +403,23 @@ mod tests {
                 .exit_code,
             1
         );
+    }
+
+    #[test]
+    fn the_pod_ip_is_the_one_given_and_the_host_ip_the_nodes() {
+        let containers = [view(running(true), None, 0)];
+        let mut annotated = input("Always", &containers, &[]);
+        annotated.pod_ip = Some(Ipv4Addr::new(10, 1, 2, 3));
+        let s = build(&annotated);
+        assert_eq!(s.pod_ip.as_deref(), Some("10.1.2.3"));
+        assert_eq!(s.pod_ips.unwrap()[0].ip, "10.1.2.3");
+        assert_eq!(s.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(s.host_ips.unwrap()[0].ip, "127.0.0.1");
+
+        annotated.pod_ip = None;
+        let s = build(&annotated);
+        assert_eq!((s.pod_ip, s.pod_ips), (None, None));
+        assert_eq!(s.host_ip.as_deref(), Some("127.0.0.1"));
     }
 
     #[test]

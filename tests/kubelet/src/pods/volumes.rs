@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::{Api, Client};
 
+use super::address::NODE_IP;
 use super::env::field_ref;
 use crate::token::{self, DEFAULT_EXPIRATION_SECONDS, TokenError, TokenSpec};
 
@@ -131,7 +132,9 @@ fn write_downward(
 ) -> Result<(), VolumeError> {
     for item in items {
         if let Some(f) = &item.field_ref {
-            let value = field_ref(pod, f).map_err(|e| VolumeError::Unsupported {
+            // The API server admits only metadata fields in downwardAPI volume files, never status.podIP, so
+            // the pod's own address is not needed here.
+            let value = field_ref(pod, NODE_IP, f).map_err(|e| VolumeError::Unsupported {
                 volume: volume.into(),
                 message: e.to_string(),
             })?;

@@ -1,5 +1,6 @@
 //! One pod's life on this node: volumes, processes, restarts, probes, status, termination.
 
+use std::net::Ipv4Addr;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Ctx;
+use super::address::{self, NoHostAddress};
 use super::backoff::{Backoff, parse_duration};
 use super::dirs::PodDir;
 use super::env::{self, EnvSources};
@@ -49,6 +51,8 @@ pub enum Msg {
 
 /// Pod annotation that sets the restart back-off base of this pod (e.g. `500ms`), for tests.
 pub const BACKOFF_ANNOTATION: &str = "sluice.dev/kubelet-backoff-base";
+// The other pod annotation of this kubelet, `sluice.dev/kubelet-pod-ip`, lives in `address` with the rest of
+// the pod-address logic.
 
 const RETRY: Duration = Duration::from_secs(2);
 /// Grace for processes of a pod that vanished from the API.
@@ -113,6 +117,8 @@ pub struct Worker {
     kill_at: Option<Instant>,
     killed: bool,
     start_time: Timestamp,
+    /// The pod's address once known; then fixed, as a pod keeps its IP for life.
+    pod_ip: Option<Ipv4Addr>,
     written: Option<PodStatus>,
     status_retry: Option<Instant>,
     done: bool,
@@ -160,6 +166,9 @@ impl Worker {
             })
             .collect();
         let start_time = status.start_time.map_or_else(Timestamp::now, |t| t.0);
+        // Known from the start, so that even the first status reports it (a failed host lookup is retried, and
+        // reported, when a container starts).
+        let pod_ip = address::pod_ip(&pod, address::host_address).ok();
         let worker = Self {
             key: format!("{ns}/{name}"),
             ctx,
@@ -175,6 +184,7 @@ impl Worker {
             kill_at: None,
             killed: false,
             start_time,
+            pod_ip,
             written: None,
             status_retry: None,
             done: false,
@@ -316,6 +326,16 @@ impl Worker {
                 run::signal_group(pid, Signal::SIGTERM);
             }
         }
+    }
+
+    /// The pod's address: the one found before, else found now (see [`address`]).
+    fn pod_ip(&mut self) -> Result<Ipv4Addr, NoHostAddress> {
+        if let Some(ip) = self.pod_ip {
+            return Ok(ip);
+        }
+        let ip = address::pod_ip(&self.pod, address::host_address)?;
+        self.pod_ip = Some(ip);
+        Ok(ip)
     }
 
     /// The kubelet's back-off, or the pod's own base from the [`BACKOFF_ANNOTATION`] (tests use it).
@@ -521,6 +541,8 @@ impl Worker {
         entrypoint: Vec<String>,
     ) -> Result<(), (&'static str, String)> {
         let config_err = |m: String| ("CreateContainerConfigError", m);
+        // Like a container config a kubelet cannot build: the container waits with the reason, and is retried.
+        let pod_ip = self.pod_ip().map_err(|e| config_err(e.to_string()))?;
         let root = self.dir.container_root(&spec.name);
         let mounts = volumes::mount(spec, &self.pod, &self.dir.volumes(), &root)
             .map_err(|e| config_err(e.to_string()))?;
@@ -551,7 +573,7 @@ impl Worker {
             base.push(("KUBECONFIG".into(), path.display().to_string()));
         }
         let sources = self.env_sources(spec).await.map_err(config_err)?;
-        let mut vars = env::resolve(&self.pod, spec, &base, &sources)
+        let mut vars = env::resolve(&self.pod, pod_ip, spec, &base, &sources)
             .map_err(|e| config_err(e.to_string()))?;
         for (_, v) in &mut vars {
             *v = volumes::rewrite_path(v, &mounts);
@@ -620,6 +642,7 @@ impl Worker {
                 env: vars.clone(),
                 cwd,
                 ports: spec.ports.clone().unwrap_or_default(),
+                pod_ip,
             };
             let tx = self.tx.clone();
             c.probe = Some(tokio::spawn(probe::readiness(
@@ -648,6 +671,7 @@ impl Worker {
             sandbox_ready: self.volumes.is_some(),
             start_time: self.start_time,
             now: Timestamp::now(),
+            pod_ip: self.pod_ip,
             previous: &previous,
         })
     }
