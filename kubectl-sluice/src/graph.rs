@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use sluice_operator::api::StepPhase;
+use sluice_api::StepPhase;
 
 use crate::cli::GraphFormat;
 use crate::report::{FlowRunReport, StepReport};

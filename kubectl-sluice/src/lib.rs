@@ -84,3 +84,25 @@ pub enum Error {
 
 /// Result type of the plugin.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    /// The plugin is a client of the API types only: building it must not build the operator (its engine,
+    /// broker and controllers).
+    #[test]
+    fn the_plugin_does_not_depend_on_the_operator() {
+        let manifest = include_str!("../Cargo.toml");
+        let dependencies = manifest
+            .split("\n[")
+            .find(|section| section.starts_with("dependencies]"))
+            .expect("Cargo.toml has a [dependencies] section");
+        assert!(
+            dependencies.contains("sluice-api"),
+            "the plugin should use the sluice-api crate:\n{dependencies}"
+        );
+        assert!(
+            !dependencies.contains("sluice-operator"),
+            "the plugin depends on the operator crate:\n{dependencies}"
+        );
+    }
+}

@@ -4,9 +4,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
-use sluice_operator::api::{
-    FlowPhase, FlowRun, InstancesStatus, RetryOutcome, Step, StepError, StepPhase,
-};
+use sluice_api::{FlowPhase, FlowRun, InstancesStatus, RetryOutcome, Step, StepError, StepPhase};
 
 /// `kind` of the document.
 pub const REPORT_KIND: &str = "FlowRunReport";
@@ -316,7 +314,7 @@ impl FlowRunReport {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use serde_json::json;
-    use sluice_operator::api::FlowRun;
+    use sluice_api::FlowRun;
 
     /// A running order flow: a fan-out with one failing instance, a step with two parents, a long error.
     pub fn order() -> FlowRun {

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use sluice_operator::api::{FlowPhase, StepPhase};
+use sluice_api::{FlowPhase, StepPhase};
 
 /// Whether and how to colour text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -267,7 +267,7 @@ pub fn render(report: &FlowRunReport, style: Style) -> String {
             let _ = write!(line, "  on {w}");
         }
         if let Some(s) = &step.signal
-            && step.phase == sluice_operator::api::StepPhase::Waiting
+            && step.phase == sluice_api::StepPhase::Waiting
         {
             let _ = write!(line, "  waiting for signal {s:?}");
         }

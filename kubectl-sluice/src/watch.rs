@@ -1,6 +1,6 @@
 //! The change lines of `kubectl sluice watch`: what differs between two reports of the same FlowRun.
 
-use sluice_operator::api::FlowPhase;
+use sluice_api::FlowPhase;
 
 use crate::cli::{EXIT_CANCELLED, EXIT_FAILED};
 use crate::report::{FlowRunReport, StepReport};
@@ -34,7 +34,7 @@ fn step_line(step: &StepReport, from: Option<&StepReport>, style: Style) -> Stri
     }
     if matches!(
         step.phase,
-        sluice_operator::api::StepPhase::Failed | sluice_operator::api::StepPhase::Retrying
+        sluice_api::StepPhase::Failed | sluice_api::StepPhase::Retrying
     ) && let Some(e) = &step.error
     {
         let text = if e.message.is_empty() {
@@ -110,7 +110,7 @@ pub fn exit_code(phase: FlowPhase) -> u8 {
 #[cfg(test)]
 mod tests {
     use jiff::Timestamp;
-    use sluice_operator::api::StepPhase;
+    use sluice_api::StepPhase;
 
     use super::*;
     use crate::report::fixtures;

@@ -17,8 +17,8 @@ use kube::Api;
 use kube::api::PostParams;
 use kubectl_sluice::report::FlowRunReport;
 use serde_json::{Value, json};
+use sluice_api::{FlowPhase, FlowRun, RetryOutcome, StepPhase};
 use sluice_e2e::{InProcessOperator, TestNamespace, cluster, install_crds, kubectl, wait_for};
-use sluice_operator::api::{FlowPhase, FlowRun, RetryOutcome, StepPhase};
 use sluice_worker::{Config, StepContext, StepError, Worker};
 
 const WAIT: Duration = Duration::from_secs(90);

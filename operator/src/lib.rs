@@ -2,11 +2,15 @@
 //! the worker broker and the external metrics API.
 #![forbid(unsafe_code)]
 
-pub mod api;
+/// The API types live in their own crate (the kubectl plugin uses them without the operator).
+pub use sluice_api as api;
+pub use sluice_api::crds;
+
 pub mod broker;
-pub mod crds;
+pub mod context;
 pub mod engine;
 pub mod external_metrics;
 pub mod flowrun;
+pub mod runtime;
 pub mod telemetry;
 pub mod workerpool;

@@ -2,7 +2,7 @@
 
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use sluice_operator::api::FlowRun;
+use sluice_api::FlowRun;
 
 use super::{api, get, print};
 use crate::kubeconfig::Connection;

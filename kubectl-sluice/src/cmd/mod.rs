@@ -8,7 +8,7 @@ pub mod status;
 pub mod watch;
 
 use kube::Api;
-use sluice_operator::api::FlowRun;
+use sluice_api::FlowRun;
 
 use crate::cli::{Cli, Command};
 use crate::kubeconfig::{Connection, connect};

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
-use sluice_operator::api::{FlowPhase, FlowRun, RetryOutcome};
+use sluice_api::{FlowPhase, FlowRun, RetryOutcome};
 
 use super::{api, get, print};
 use crate::cli::RetryArgs;

@@ -14,6 +14,7 @@
 //! ConfigMap, with an allowed common name); the user the aggregator names in the request headers must be
 //! allowed to `list` the metric in the namespace (a SubjectAccessReview; the HPA controller's role allows it).
 
+pub mod cert;
 pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -72,6 +73,12 @@ pub enum Error {
     /// Generating the serving certificate failed.
     #[error("generating the serving certificate: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// The `APIService` belongs to another external metrics provider.
+    #[error("{0}")]
+    Registration(String),
+    /// The `APIService` does not exist (yet).
+    #[error("{0}")]
+    ApiServiceMissing(String),
 }
 
 impl Error {
@@ -82,9 +89,11 @@ impl Error {
             Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             Error::NotLeader => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
-            Error::Kube(_) | Error::Tls(_) | Error::Certificate(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
-            }
+            Error::Kube(_)
+            | Error::Tls(_)
+            | Error::Certificate(_)
+            | Error::Registration(_)
+            | Error::ApiServiceMissing(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
 }

@@ -249,9 +249,3 @@ fn request_header_settings_are_read_from_the_configmap() {
     without_ca.remove("requestheader-client-ca-file");
     assert!(RequestHeaderAuth::from_data(&without_ca).is_err());
 }
-
-#[test]
-fn serving_certificates_name_the_service() {
-    let cert = tls::ServingCert::generate("sluice-metrics", "sluice-system").unwrap();
-    assert!(cert.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
-}

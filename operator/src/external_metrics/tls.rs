@@ -1,6 +1,7 @@
-//! TLS and registration of the external metrics API: a serving certificate for the operator's Service, the
-//! request-header authentication the API server publishes for extension API servers, the HTTPS accept loop
-//! that checks the aggregator's client certificate, and the `APIService` that points the aggregator here.
+//! TLS and registration of the external metrics API: the request-header authentication the API server
+//! publishes for extension API servers, the HTTPS accept loop that checks the aggregator's client certificate
+//! (serving the certificate of [`super::cert`]), and the CA bundle of the `APIService` that points the
+//! aggregator here.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,21 +12,20 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
-    APIService, APIServiceSpec, ServiceReference,
-};
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use super::cert::CertStore;
 use super::{Error, GROUP, RequestHeaders, VERSION};
-use crate::flowrun::writer::FIELD_MANAGER;
+use crate::context::FIELD_MANAGER;
 
 /// Where the API server publishes how extension API servers authenticate its requests.
 pub const AUTHENTICATION_CONFIGMAP: (&str, &str) =
@@ -34,54 +34,6 @@ pub const AUTHENTICATION_CONFIGMAP: (&str, &str) =
 /// The name of the `APIService` of the external metrics API.
 pub fn api_service_name() -> String {
     format!("{VERSION}.{GROUP}")
-}
-
-/// A serving certificate for `<service>.<namespace>.svc` (the name the aggregator verifies) and the CA that
-/// signed it (the `APIService`'s `caBundle`). Generated at start; nothing is stored.
-pub struct ServingCert {
-    /// The CA certificate, PEM.
-    pub ca_pem: String,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
-
-impl ServingCert {
-    /// A fresh CA and a certificate for the Service `namespace/service` signed by it.
-    pub fn generate(service: &str, namespace: &str) -> Result<Self, Error> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-            KeyUsagePurpose,
-        };
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "sluice-operator external metrics CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate()?;
-        let ca = ca_params.self_signed(&ca_key)?;
-
-        let host = format!("{service}.{namespace}.svc");
-        let mut params =
-            CertificateParams::new(vec![host.clone(), format!("{host}.cluster.local")])?;
-        params.distinguished_name.push(DnType::CommonName, host);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate()?;
-        let leaf = params.signed_by(&key, &ca, &ca_key)?;
-        Ok(Self {
-            ca_pem: ca.pem(),
-            chain: vec![leaf.der().clone(), ca.der().clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        })
-    }
 }
 
 /// Request-header authentication as the API server configured it: which CA signs the aggregator's client
@@ -138,10 +90,10 @@ impl RequestHeaderAuth {
     }
 }
 
-/// The TLS configuration: `cert` served, client certificates required and verified against the request-header
-/// CA.
+/// The TLS configuration: the certificate `certs` holds at each handshake served, client certificates required
+/// and verified against the request-header CA.
 pub fn server_config(
-    cert: &ServingCert,
+    certs: Arc<CertStore>,
     auth: &RequestHeaderAuth,
 ) -> Result<Arc<ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -159,8 +111,7 @@ pub fn server_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(cert.chain.clone(), cert.key.clone_key())
-        .map_err(|e| Error::Tls(format!("serving certificate: {e}")))?;
+        .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -231,46 +182,56 @@ pub async fn serve(
     }
 }
 
-/// Registers the API with the aggregator: the `APIService` `v1beta1.external.metrics.k8s.io` pointing at the
-/// Service `namespace/name` on `port`, trusting `ca_pem` (server-side apply, field manager `sluice-operator`).
-pub async fn register(
+/// Publishes `ca_pem` as the `caBundle` of the `APIService` `v1beta1.external.metrics.k8s.io`, so the
+/// aggregator trusts the generated serving certificate. Only that field is written (server-side apply, field
+/// manager `sluice-operator`); the `APIService` itself belongs to whoever installed the operator (the chart).
+/// An `APIService` that is missing, or that sends the API to another Service (a cluster has room for one
+/// external metrics provider, e.g. KEDA's), is left alone with an error saying so.
+pub async fn publish_ca_bundle(
     client: Client,
     ca_pem: &str,
     namespace: &str,
-    name: &str,
-    port: i32,
+    service: &str,
 ) -> Result<(), Error> {
     let api: Api<APIService> = Api::all(client);
-    let object = APIService {
-        metadata: ObjectMeta {
-            name: Some(api_service_name()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(APIServiceSpec {
-            group: Some(GROUP.into()),
-            version: Some(VERSION.into()),
-            service: Some(ServiceReference {
-                namespace: Some(namespace.into()),
-                name: Some(name.into()),
-                port: Some(port),
-            }),
-            ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
-            group_priority_minimum: 100,
-            version_priority: 100,
-            insecure_skip_tls_verify: None,
-        }),
-        status: None,
-    };
-    let mut object = serde_json::to_value(&object).map_err(|e| Error::Tls(e.to_string()))?;
-    object["apiVersion"] = "apiregistration.k8s.io/v1".into();
-    object["kind"] = "APIService".into();
+    let name = api_service_name();
+    let existing = api.get_opt(&name).await?.ok_or_else(|| {
+        Error::ApiServiceMissing(format!(
+            "the APIService {name} does not exist: install it with the operator (the Helm chart does with \
+             externalMetrics.enabled=true)"
+        ))
+    })?;
+    let target = existing.spec.as_ref().and_then(|s| s.service.as_ref());
+    let ours = target.is_some_and(|t| {
+        t.namespace.as_deref() == Some(namespace) && t.name.as_deref() == Some(service)
+    });
+    if !ours {
+        return Err(Error::Registration(format!(
+            "the APIService {name} sends external metrics to {}, not to this operator's Service \
+             {namespace}/{service}: another external metrics provider is installed (a cluster has room for \
+             one); its caBundle is left alone",
+            target
+                .map(|t| format!(
+                    "the Service {}/{}",
+                    t.namespace.as_deref().unwrap_or_default(),
+                    t.name.as_deref().unwrap_or_default()
+                ))
+                .unwrap_or_else(|| "the API server itself".to_owned())
+        )));
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": name},
+        "spec": {"caBundle": ByteString(ca_pem.as_bytes().to_vec())},
+    });
     api.patch(
-        &api_service_name(),
+        &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&object),
+        &Patch::Apply(&patch),
     )
     .await?;
-    info!(apiservice = %api_service_name(), service = %format!("{namespace}/{name}"), port, "registered the external metrics API");
+    info!(apiservice = %name, service = %format!("{namespace}/{service}"), "published the external metrics CA");
     Ok(())
 }
 

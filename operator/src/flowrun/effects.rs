@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use sluice_wire::{FlowRunRef, Task as WireTask, TaskId};
 use tracing::warn;
 
-use super::writer::{FIELD_MANAGER, child_outcome};
+use super::writer::child_outcome;
 use crate::api::{FlowRun, FlowRunStatus, StepPhase};
 use crate::broker::queue::QueuedTask;
+use crate::context::event_recorder;
 use crate::engine::{self, Decision, Event, FlowMeta, FlowRunInput, Note, NoteKind};
 
 /// Label put on child FlowRuns, naming their parent.
@@ -81,12 +82,8 @@ pub struct Effects {
 impl Effects {
     /// Effects written with `client`, Events reported as `sluice-operator` from `instance`.
     pub fn new(client: Client, instance: Option<String>) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.to_owned(),
-            instance,
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: event_recorder(client.clone(), instance),
             client,
         }
     }

@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
+use kube::Client;
 use kube::api::ListParams;
-use kube::{Api, Client};
 use tracing::info;
 
 use crate::api::FlowRun;
 use crate::broker::Broker;
 use crate::broker::auth::Authenticator;
+use crate::context::Scope;
 use crate::telemetry::Metrics;
 use effects::Effects;
 use writer::StatusWriter;
@@ -48,15 +49,6 @@ impl From<kube::Error> for Error {
     }
 }
 
-/// Which namespaces the operator watches.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// Every namespace.
-    All,
-    /// Only these.
-    Namespaces(Vec<String>),
-}
-
 /// The FlowRun side of the operator: status writer, broker and controller.
 pub struct FlowRunRuntime {
     client: Client,
@@ -64,18 +56,18 @@ pub struct FlowRunRuntime {
     writer: Arc<StatusWriter>,
     metrics: Metrics,
     scope: Scope,
-    worker_pools: Option<crate::workerpool::WorkerPoolConfig>,
 }
 
 impl FlowRunRuntime {
-    /// Builds the runtime; nothing runs until [`FlowRunRuntime::lead`].
+    /// Builds the runtime; nothing runs until [`FlowRunRuntime::rebuild`] and [`FlowRunRuntime::run`]. Events
+    /// are reported from `instance` (the pod name).
     pub fn new(
         client: Client,
         auth: Arc<dyn Authenticator>,
         metrics: Metrics,
         scope: Scope,
+        instance: Option<String>,
     ) -> Self {
-        let instance = std::env::var("POD_NAME").ok();
         let writer = StatusWriter::new(
             client.clone(),
             Effects::new(client.clone(), instance),
@@ -93,14 +85,7 @@ impl FlowRunRuntime {
             writer,
             metrics,
             scope,
-            worker_pools: None,
         }
-    }
-
-    /// Also runs the WorkerPool controller while leading, giving worker pods `config.broker_url`.
-    pub fn with_worker_pools(mut self, config: crate::workerpool::WorkerPoolConfig) -> Self {
-        self.worker_pools = Some(config);
-        self
     }
 
     /// The broker, to serve its router.
@@ -108,32 +93,16 @@ impl FlowRunRuntime {
         self.broker.clone()
     }
 
-    fn apis(&self) -> Vec<Api<FlowRun>> {
-        match &self.scope {
-            Scope::All => vec![Api::all(self.client.clone())],
-            Scope::Namespaces(namespaces) => namespaces
-                .iter()
-                .map(|ns| Api::namespaced(self.client.clone(), ns))
-                .collect(),
-        }
-    }
-
-    /// Runs while this replica leads: rebuilds the broker's queue from every FlowRun's status (invariant 6),
-    /// opens the broker to workers, and runs the controller and the loss detector until `shutdown`.
-    pub async fn lead(
-        &self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), Error> {
+    /// Runs the controllers and the loss detector until `shutdown`; call [`FlowRunRuntime::rebuild`] first and
+    /// open the broker in between. Closes the broker when it returns.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let shutdown = shutdown.shared();
-        self.rebuild().await?;
-        self.broker.set_ready(true);
-        info!("broker open: queue rebuilt from FlowRun statuses");
         let ctx = Arc::new(controller::Context {
             writer: self.writer.clone(),
             metrics: self.metrics.clone(),
         });
         let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
-        for api in self.apis() {
+        for api in self.scope.apis::<FlowRun>(&self.client) {
             tasks.push(Box::pin(controller::run(
                 api,
                 ctx.clone(),
@@ -141,31 +110,18 @@ impl FlowRunRuntime {
             )));
         }
         let broker = self.broker.clone();
-        let stop = shutdown.clone();
         tasks.push(Box::pin(
-            async move { broker.run_loss_detector(stop).await },
+            async move { broker.run_loss_detector(shutdown).await },
         ));
-        if let Some(config) = &self.worker_pools {
-            let pools = crate::workerpool::controller::WorkerPoolController::new(
-                self.client.clone(),
-                self.broker.clone(),
-                self.metrics.clone(),
-                self.scope.clone(),
-                config.clone(),
-            );
-            let stop = shutdown.clone();
-            tasks.push(Box::pin(async move { pools.run(stop).await }));
-        }
         join_all(tasks).await;
         self.broker.set_ready(false);
-        Ok(())
     }
 
     /// Reconciles every FlowRun once, so that queued attempts are offered again and running ones adopted with
     /// a fresh heartbeat window before any worker is answered.
-    async fn rebuild(&self) -> Result<(), Error> {
+    pub async fn rebuild(&self) -> Result<(), Error> {
         let mut n = 0;
-        for api in self.apis() {
+        for api in self.scope.apis::<FlowRun>(&self.client) {
             let list = api.list(&ListParams::default()).await?;
             for fr in list.items {
                 let terminal = fr

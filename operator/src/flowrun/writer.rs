@@ -21,13 +21,11 @@ use super::effects::Effects;
 use crate::api::FlowRun;
 use crate::broker::Broker;
 use crate::broker::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError};
+use crate::context::FIELD_MANAGER;
 use crate::engine::{
     self, AttemptRef, ChildOutcome, Event, EventOutcome, FlowMeta, FlowRunInput, TaskFailure,
 };
 use crate::telemetry::Metrics;
-
-/// Field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = "sluice-operator";
 
 /// How long an actor with nothing to do stays alive.
 const IDLE: Duration = Duration::from_secs(120);

@@ -5,7 +5,7 @@
 //! Lifecycle:
 //! - **Start**: health and broker ports are bound first (the broker answers 503 and `/readyz` says "not the
 //!   leader" until this replica leads and has rebuilt its queue).
-//! - **Leadership gained**: [`FlowRunRuntime::lead`] rebuilds the queue from FlowRun statuses, opens the broker
+//! - **Leadership gained**: [`Operator::lead`] rebuilds the queue from FlowRun statuses, opens the broker
 //!   and runs the controllers.
 //! - **Leadership lost after leading**: the process exits non-zero at once and Kubernetes restarts it as a
 //!   follower. Everything the old term kept in memory (queue, claims, watches, pending status batches, spawned
@@ -17,6 +17,7 @@
 pub mod leader;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +25,9 @@ use anyhow::{Context as _, anyhow};
 use axum::Router;
 use clap::{Args, ValueEnum};
 use kube::Client;
-use sluice_operator::broker::auth::{Authenticator, TrustAll};
-use sluice_operator::broker::tokenreview::TokenReviewAuthenticator;
-use sluice_operator::flowrun::{FlowRunRuntime, Scope};
+use sluice_operator::broker::auth::TrustAll;
+use sluice_operator::context::{Scope, pod_name};
+use sluice_operator::runtime::{ExternalMetricsConfig, Operator};
 use sluice_operator::telemetry::Metrics;
 use sluice_operator::telemetry::health::Health;
 use tokio::net::TcpListener;
@@ -94,6 +95,23 @@ pub struct RunArgs {
     /// Accept every broker caller as a worker of any pool, without TokenReview. Local development only.
     #[arg(long)]
     pub insecure_skip_worker_auth: bool,
+
+    /// Serve the external metrics API (`external.metrics.k8s.io`, the metric `sluice_queue_depth`) over HTTPS
+    /// on this address, so a HorizontalPodAutoscaler can scale WorkerPools on their queue depth. Needs the
+    /// `APIService` `v1beta1.external.metrics.k8s.io` pointing at `--external-metrics-service` (the chart
+    /// installs it with `externalMetrics.enabled`). Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub external_metrics_addr: Option<SocketAddr>,
+
+    /// The Service (in the Lease namespace) in front of the external metrics API: the name its generated
+    /// certificate carries and the one the `APIService` must point at.
+    #[arg(long, value_name = "NAME", default_value = "sluice-external-metrics")]
+    pub external_metrics_service: String,
+
+    /// Serve `tls.crt` and `tls.key` of this directory (a mounted Secret, e.g. issued by cert-manager; re-read
+    /// when it changes) instead of a generated certificate whose CA the leader publishes in the `APIService`.
+    #[arg(long, value_name = "DIR")]
+    pub external_metrics_cert_dir: Option<PathBuf>,
 
     /// Log format.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
@@ -163,22 +181,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("building the Kubernetes client for the lease")?;
 
     let metrics = Metrics::new();
-    let auth: Arc<dyn Authenticator> = if args.insecure_skip_worker_auth {
+    let mut builder = Operator::builder(client)
+        .scope(scope)
+        .metrics(metrics.clone())
+        .instance(pod_name())
+        .worker_pools(args.broker_url());
+    if args.insecure_skip_worker_auth {
         warn!(
             "WORKER AUTHENTICATION IS DISABLED (--insecure-skip-worker-auth): anyone who reaches the broker port \
              can claim, complete and fail any task of any pool in any namespace. Never run like this outside \
              local development."
         );
-        Arc::new(TrustAll)
-    } else {
-        Arc::new(TokenReviewAuthenticator::new(client.clone()))
-    };
-    let runtime = FlowRunRuntime::new(client, auth, metrics.clone(), scope).with_worker_pools(
-        sluice_operator::workerpool::WorkerPoolConfig {
-            broker_url: args.broker_url(),
-        },
-    );
-    let broker = runtime.broker();
+        builder = builder.authenticator(Arc::new(TrustAll));
+    }
+    if let Some(addr) = args.external_metrics_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the external metrics API to {addr}"))?;
+        builder = builder.external_metrics(ExternalMetricsConfig {
+            listener,
+            service: args.external_metrics_service.clone(),
+            namespace: args.lease_namespace.clone(),
+            cert_dir: args.external_metrics_cert_dir.clone(),
+        });
+    }
 
     let broker_listener = TcpListener::bind(args.broker_addr)
         .await
@@ -186,6 +212,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let health_listener = TcpListener::bind(args.health_addr)
         .await
         .with_context(|| format!("binding the health port to {}", args.health_addr))?;
+    let operator = Arc::new(builder.build().await.context("starting the operator")?);
+    let broker = operator.broker();
 
     let stop = install_signal_handlers().context("installing signal handlers")?;
 
@@ -203,12 +231,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ready_broker = broker.clone();
     let health = Health::new(metrics, leader.clone(), move || ready_broker.is_ready());
     let (drain, draining) = watch::channel(false);
-    let mut broker_server = tokio::spawn(serve(broker_listener, broker.router(), draining.clone()));
+    let mut broker_server = {
+        let (operator, draining) = (operator.clone(), draining.clone());
+        tokio::spawn(async move {
+            operator
+                .serve(broker_listener, async move {
+                    let mut draining = draining;
+                    let _ = draining.wait_for(|d| *d).await;
+                })
+                .await
+                .map_err(std::io::Error::other)
+        })
+    };
     let mut health_server = tokio::spawn(serve(health_listener, health.router(), draining));
     info!(broker = %args.broker_addr, health = %args.health_addr, "serving");
 
     let outcome = tokio::select! {
-        outcome = lead_while_elected(&runtime, leader, stop) => outcome,
+        outcome = lead_while_elected(&operator, leader, stop) => outcome,
         r = &mut broker_server => Outcome::Failed(anyhow!("the broker server stopped: {}", server_end(r))),
         r = &mut health_server => Outcome::Failed(anyhow!("the health server stopped: {}", server_end(r))),
     };
@@ -256,7 +295,7 @@ enum Outcome {
 
 /// Waits for leadership, then leads until leadership is lost or `stop` fires.
 async fn lead_while_elected(
-    runtime: &FlowRunRuntime,
+    operator: &Operator,
     leader: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
 ) -> Outcome {
@@ -282,7 +321,7 @@ async fn lead_while_elected(
             }
         }
     };
-    let lead = runtime.lead(shutdown);
+    let lead = operator.lead(shutdown);
     tokio::pin!(lead);
     tokio::select! {
         // Leadership loss wins over everything: exit without waiting for the controllers to wind down.
@@ -433,6 +472,12 @@ mod tests {
         assert_eq!(args.broker_url(), "http://sluice-broker.default.svc:8081");
         assert_eq!(args.log_format, LogFormat::Text);
         assert!(!args.identity().is_empty());
+        assert_eq!(
+            args.external_metrics_addr, None,
+            "external metrics are off by default"
+        );
+        assert_eq!(args.external_metrics_service, "sluice-external-metrics");
+        assert_eq!(args.external_metrics_cert_dir, None);
     }
 
     #[test]
@@ -455,7 +500,22 @@ mod tests {
             "--insecure-skip-worker-auth",
             "--log-format",
             "json",
+            "--external-metrics-addr",
+            "0.0.0.0:6443",
+            "--external-metrics-service",
+            "metrics",
+            "--external-metrics-cert-dir",
+            "/certs",
         ]);
+        assert_eq!(
+            args.external_metrics_addr,
+            Some("0.0.0.0:6443".parse().unwrap())
+        );
+        assert_eq!(args.external_metrics_service, "metrics");
+        assert_eq!(
+            args.external_metrics_cert_dir,
+            Some(PathBuf::from("/certs"))
+        );
         assert_eq!(args.broker_addr, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(
             args.broker_url(),
@@ -480,6 +540,7 @@ mod tests {
             &["--broker-addr", "nope"][..],
             &["--log-format", "xml"][..],
             &["--health-addr"][..],
+            &["--external-metrics-addr", "6443"][..],
             &["--unknown"][..],
         ] {
             let argv = std::iter::once("run").chain(bad.iter().copied());

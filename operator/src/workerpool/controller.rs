@@ -24,7 +24,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -39,8 +39,7 @@ use super::{Error, WorkerPoolConfig, WriteCounts};
 use crate::api::{FlowRun, WorkerPool};
 use crate::broker::Broker;
 use crate::broker::queue::WorkerInfo;
-use crate::flowrun::Scope;
-use crate::flowrun::writer::FIELD_MANAGER;
+use crate::context::{FIELD_MANAGER, Scope, event_recorder};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::PoolLabels;
 
@@ -61,18 +60,20 @@ pub struct WorkerPoolController {
     metrics: Metrics,
     scope: Scope,
     config: WorkerPoolConfig,
+    instance: Option<String>,
     writes: WriteCounts,
 }
 
 impl WorkerPoolController {
     /// A controller for the pools of `scope`, reading demand from `broker` and giving workers
-    /// `config.broker_url`.
+    /// `config.broker_url`; its Events are reported from `instance` (the pod name).
     pub fn new(
         client: Client,
         broker: Broker,
         metrics: Metrics,
         scope: Scope,
         config: WorkerPoolConfig,
+        instance: Option<String>,
     ) -> Self {
         Self {
             client,
@@ -80,6 +81,7 @@ impl WorkerPoolController {
             metrics,
             scope,
             config,
+            instance,
             writes: WriteCounts::default(),
         }
     }
@@ -144,13 +146,7 @@ impl WorkerPoolController {
             deployments: dep_store.clone(),
             pods: pod_store.clone(),
             memory: Mutex::new(HashMap::new()),
-            recorder: Recorder::new(
-                self.client.clone(),
-                Reporter {
-                    controller: FIELD_MANAGER.to_owned(),
-                    instance: std::env::var("POD_NAME").ok(),
-                },
-            ),
+            recorder: event_recorder(self.client.clone(), self.instance.clone()),
         });
         let controller = async move {
             if dep_store.wait_until_ready().await.is_err()

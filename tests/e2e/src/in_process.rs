@@ -1,5 +1,6 @@
-//! The operator inside the test process: the FlowRun runtime (status writer, controllers, broker on a loopback
-//! port) and, when asked, the WorkerPool controller, for tests and benchmarks that want to read the broker's
+//! The operator inside the test process, built by the same [`Operator::builder`] as `sluice-operator run` (the
+//! harness only picks options): the FlowRun runtime with its broker on a loopback port and, when asked, the
+//! WorkerPool controller and the external metrics API, for tests and benchmarks that want to read the broker's
 //! memory or the controller's write counts directly.
 
 use std::net::Ipv4Addr;
@@ -9,11 +10,10 @@ use kube::Client;
 use serde_json::json;
 use sluice_operator::broker::Broker;
 use sluice_operator::broker::auth::{Authenticator, TrustAll};
+use sluice_operator::context::Scope;
 use sluice_operator::external_metrics::{self, tls};
-use sluice_operator::flowrun::{FlowRunRuntime, Scope};
-use sluice_operator::telemetry::Metrics;
-use sluice_operator::workerpool::controller::WorkerPoolController;
-use sluice_operator::workerpool::{WorkerPoolConfig, WriteCounts};
+use sluice_operator::runtime::{ExternalMetricsConfig, Operator};
+use sluice_operator::workerpool::WriteCounts;
 use tokio::sync::watch;
 
 use crate::{HarnessError, Result};
@@ -69,8 +69,7 @@ pub const METRICS_SERVICE: &str = "sluice-metrics";
 /// The operator leading for one namespace. Stopped when dropped.
 pub struct InProcessOperator {
     url: String,
-    broker: Broker,
-    pool_writes: Option<WriteCounts>,
+    operator: Arc<Operator>,
     external_metrics: Option<Client>,
     stop: watch::Sender<bool>,
 }
@@ -81,18 +80,13 @@ impl InProcessOperator {
         Self::start_with(client, namespace, InProcessOptions::default()).await
     }
 
-    /// Starts what `options` say for `namespace` with `client`; the broker opens once the runtime has rebuilt
-    /// its queue.
+    /// Starts what `options` say for `namespace` with `client`, through the same wiring as
+    /// `sluice-operator run` ([`Operator::builder`]); the broker opens once the queue is rebuilt.
     pub async fn start_with(
         client: Client,
         namespace: &str,
         options: InProcessOptions,
     ) -> Result<Self> {
-        let scope = Scope::Namespaces(vec![namespace.to_owned()]);
-        let metrics = Metrics::new();
-        let runtime =
-            FlowRunRuntime::new(client.clone(), options.auth, metrics.clone(), scope.clone());
-        let broker = runtime.broker();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(HarnessError::io("binding the broker"))?;
@@ -100,46 +94,35 @@ impl InProcessOperator {
             .local_addr()
             .map_err(HarnessError::io("reading the broker address"))?;
         let url = format!("http://{addr}");
+        let mut builder = Operator::builder(client.clone())
+            .scope(Scope::Namespaces(vec![namespace.to_owned()]))
+            .authenticator(options.auth);
+        if options.worker_pools {
+            builder = builder.worker_pools(url.clone());
+        }
+        if options.external_metrics {
+            builder = builder.external_metrics(install_external_metrics(&client, namespace).await?);
+        }
+        let operator = Arc::new(
+            builder
+                .build()
+                .await
+                .map_err(|e| HarnessError::Process(format!("building the operator: {e}")))?,
+        );
         let (stop, rx) = watch::channel(false);
         let until = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-
-        let router = broker.router();
-        let http_stop = until(rx.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(http_stop)
-                .await
-        });
-        let pool_writes = options.worker_pools.then(|| {
-            let pools = WorkerPoolController::new(
-                client.clone(),
-                broker.clone(),
-                metrics,
-                scope,
-                WorkerPoolConfig {
-                    broker_url: url.clone(),
-                },
-            );
-            let writes = pools.writes();
-            let pools_stop = until(rx.clone());
-            tokio::spawn(async move { pools.run(pools_stop).await });
-            writes
-        });
-        let external_metrics = if options.external_metrics {
-            serve_external_metrics(&client, namespace, &broker, until(rx.clone())).await?;
-            Some(client.clone())
-        } else {
-            None
-        };
+        let serving = operator.clone();
+        let serve_stop = until(rx.clone());
+        tokio::spawn(async move { serving.serve(listener, serve_stop).await });
+        let leading = operator.clone();
         let lead_stop = until(rx);
-        tokio::spawn(async move { runtime.lead(lead_stop).await });
+        tokio::spawn(async move { leading.lead(lead_stop).await });
         Ok(Self {
             url,
-            broker,
-            pool_writes,
-            external_metrics,
+            operator,
+            external_metrics: options.external_metrics.then_some(client),
             stop,
         })
     }
@@ -150,14 +133,14 @@ impl InProcessOperator {
     }
 
     /// The broker, to read its memory (queue depth, workers) directly.
-    pub fn broker(&self) -> &Broker {
-        &self.broker
+    pub fn broker(&self) -> Broker {
+        self.operator.broker()
     }
 
     /// The WorkerPool controller's API writes so far; `None` when it does not run
     /// ([`InProcessOptions::worker_pools`]).
-    pub fn pool_writes(&self) -> Option<&WriteCounts> {
-        self.pool_writes.as_ref()
+    pub fn pool_writes(&self) -> Option<WriteCounts> {
+        self.operator.pool_writes()
     }
 
     /// Deletes the external metrics `APIService` (see [`InProcessOptions::external_metrics`]).
@@ -204,17 +187,15 @@ fn host_address() -> Result<Ipv4Addr> {
         })
 }
 
-/// Serves the external metrics API and registers it (see [`InProcessOptions::external_metrics`]).
-async fn serve_external_metrics(
+/// What the chart installs for the external metrics API, made by hand for an operator in this process: a
+/// listener on a non-loopback address of this machine (the aggregator dials endpoint addresses, which may not
+/// be loopback ones), the Service [`METRICS_SERVICE`] with an EndpointSlice (and Endpoints) naming that
+/// address — there is no pod for the endpoint controllers to find — and the `APIService`
+/// `v1beta1.external.metrics.k8s.io` without a CA bundle, which the operator publishes when it leads.
+async fn install_external_metrics(
     client: &Client,
     namespace: &str,
-    broker: &Broker,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let fail = |what: &str| {
-        let what = what.to_owned();
-        move |e: external_metrics::Error| HarnessError::Process(format!("{what}: {e}"))
-    };
+) -> Result<ExternalMetricsConfig> {
     let address = host_address()?;
     let listener = tokio::net::TcpListener::bind((address, 0))
         .await
@@ -223,37 +204,15 @@ async fn serve_external_metrics(
         .local_addr()
         .map_err(HarnessError::io("reading the external metrics address"))?
         .port();
-
-    let auth = tls::RequestHeaderAuth::load(client.clone())
-        .await
-        .map_err(fail("reading the request-header authentication settings"))?;
-    let cert = tls::ServingCert::generate(METRICS_SERVICE, namespace)
-        .map_err(fail("generating the serving certificate"))?;
-    let config = tls::server_config(&cert, &auth).map_err(fail("configuring TLS"))?;
-    let router = external_metrics::router(
-        broker.clone(),
-        auth.headers.clone(),
-        Arc::new(external_metrics::SubjectAccessReviewer::new(client.clone())),
-    );
-    tokio::spawn(tls::serve(
-        listener,
-        router,
-        config,
-        auth.allowed_names.clone(),
-        stop,
-    ));
-
-    // The Service and where it leads: the endpoint controllers have no pod to find, so the test names the
-    // address itself.
     let objects = [
         json!({
             "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": METRICS_SERVICE},
+            "metadata": {"name": METRICS_SERVICE, "namespace": namespace},
             "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port, "protocol": "TCP"}]}
         }),
         json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": METRICS_SERVICE,
+            "metadata": {"name": METRICS_SERVICE, "namespace": namespace,
                          "labels": {"kubernetes.io/service-name": METRICS_SERVICE}},
             "addressType": "IPv4",
             "endpoints": [{"addresses": [address.to_string()], "conditions": {"ready": true}}],
@@ -261,9 +220,18 @@ async fn serve_external_metrics(
         }),
         json!({
             "apiVersion": "v1", "kind": "Endpoints",
-            "metadata": {"name": METRICS_SERVICE},
+            "metadata": {"name": METRICS_SERVICE, "namespace": namespace},
             "subsets": [{"addresses": [{"ip": address.to_string()}],
                          "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]
+        }),
+        json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": tls::api_service_name()},
+            "spec": {
+                "group": external_metrics::GROUP, "version": external_metrics::VERSION,
+                "service": {"namespace": namespace, "name": METRICS_SERVICE, "port": 443},
+                "groupPriorityMinimum": 100, "versionPriority": 100
+            }
         }),
     ];
     for object in objects {
@@ -278,25 +246,28 @@ async fn serve_external_metrics(
         };
         let gvk = kube::api::GroupVersionKind::gvk(&group, &version, &kind);
         let resource = kube::api::ApiResource::from_gvk(&gvk);
-        let api: kube::Api<kube::api::DynamicObject> =
-            kube::Api::namespaced_with(client.clone(), namespace, &resource);
+        let api: kube::Api<kube::api::DynamicObject> = if kind == "APIService" {
+            kube::Api::all_with(client.clone(), &resource)
+        } else {
+            kube::Api::namespaced_with(client.clone(), namespace, &resource)
+        };
         let object: kube::api::DynamicObject = serde_json::from_value(object)
             .map_err(|e| HarnessError::Process(format!("{kind}: {e}")))?;
-        api.create(&kube::api::PostParams::default(), &object)
-            .await
-            .map_err(HarnessError::kube(format!(
-                "creating the {kind} {METRICS_SERVICE}"
-            )))?;
+        api.patch(
+            &object.metadata.name.clone().unwrap_or_default(),
+            &kube::api::PatchParams::apply("sluice-e2e").force(),
+            &kube::api::Patch::Apply(&object),
+        )
+        .await
+        .map_err(HarnessError::kube(format!(
+            "applying the {kind} for external metrics"
+        )))?;
     }
-    tls::register(
-        client.clone(),
-        &cert.ca_pem,
-        namespace,
-        METRICS_SERVICE,
-        443,
-    )
-    .await
-    .map_err(fail("registering the APIService"))?;
-    tracing::info!(%address, port, namespace, "external metrics API served and registered");
-    Ok(())
+    tracing::info!(%address, port, namespace, "external metrics API installed for the in-process operator");
+    Ok(ExternalMetricsConfig {
+        listener,
+        service: METRICS_SERVICE.to_owned(),
+        namespace: namespace.to_owned(),
+        cert_dir: None,
+    })
 }

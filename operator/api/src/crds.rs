@@ -3,10 +3,10 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{FlowRun, WorkerPool};
+use crate::{FlowRun, WorkerPool};
 
 /// First line of every generated file, so that nobody edits them by hand.
-pub const HEADER: &str = "# Generated from operator/src/api by `make crds`; do not edit.\n";
+pub const HEADER: &str = "# Generated from operator/api by `make crds`; do not edit.\n";
 
 /// Both CRDs, FlowRun first.
 pub fn all() -> Vec<CustomResourceDefinition> {
