@@ -125,3 +125,8 @@ Role in each watched namespace.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/* The Service in front of the external metrics API (the name its certificate carries). */}}
+{{- define "sluice.externalMetricsServiceName" -}}
+{{- printf "%s-external-metrics" (include "sluice.fullname" .) }}
+{{- end }}

@@ -9,6 +9,7 @@
 //!   what was awaited and what was last seen.
 //! - [`InProcessOperator`] runs the operator (FlowRun runtime, optionally the WorkerPool controller) in the test
 //!   process; [`http_request`] talks raw HTTP/1.1 to its endpoints.
+//! - [`HelmRelease`] installs the operator with the real chart (its pod run by the process kubelet).
 //! - [`install_crds`], [`OperatorProcess`] (the real `sluice-operator run`) and [`worker_deployment`] /
 //!   [`worker_pod`] (example workers run by the process kubelet) put Sluice itself on the cluster.
 
@@ -20,6 +21,7 @@ mod jwt;
 mod kubectl;
 mod namespace;
 mod operator;
+mod release;
 mod wait;
 
 pub use cluster::{cluster, cluster_dir, kubeconfig_path, pod_log, repo_root};
@@ -32,6 +34,10 @@ pub use namespace::TestNamespace;
 pub use operator::{
     EXAMPLE_WORKER_IMAGE, OperatorProcess, POOL_LABEL, TOKEN_MOUNT_PATH, build_binaries,
     cargo_test_env, container_pid, install_crds, worker_deployment, worker_pod, worker_pod_spec,
+};
+pub use release::{
+    CHART, HOST_POD_IP_ANNOTATION, HelmRelease, OPERATOR_IMAGE_TAG, free_port, merge_values,
+    pod_is_ready,
 };
 pub use wait::{hpa_condition_true, wait_deleted, wait_for, wait_for_list};
 

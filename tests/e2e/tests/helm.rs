@@ -23,14 +23,10 @@ use kube::Api;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use sluice_e2e::{
-    TestNamespace, build_binaries, cluster, helm, kubectl, pod_log, repo_root, wait_deleted,
-    wait_for, wait_for_list,
+    CHART, HelmRelease, TestNamespace, cluster, helm, kubectl, pod_is_ready, pod_log, repo_root,
+    wait_deleted, wait_for, wait_for_list,
 };
 use sluice_operator::api::{FlowPhase, FlowRun, WorkerPool};
-
-const CHART: &str = "charts/sluice";
-/// The image `tests/kubelet/images.yaml` maps to the operator binary of this checkout.
-const OPERATOR_IMAGE_TAG: &str = "dev";
 
 /// The YAML documents of a multi-document stream (comment-only documents dropped), parsed.
 fn documents(yaml: &str) -> Result<Vec<(String, Value)>> {
@@ -100,6 +96,22 @@ async fn the_chart_lints_strictly() -> Result<()> {
         "workerAuth.enabled=false",
         "--set",
         "replicas=2",
+        "--set",
+        "externalMetrics.enabled=true",
+    ])
+    .ok()
+    .await?;
+    ensure!(out.contains("0 chart(s) failed"), "helm lint: {out}");
+    let out = helm([
+        "lint",
+        CHART,
+        "--strict",
+        "--set",
+        "externalMetrics.enabled=true",
+        "--set",
+        "externalMetrics.certificate.secretName=metrics-tls",
+        "--set",
+        "externalMetrics.apiService.annotations.cert-manager\\.io/inject-ca-from=sluice-system/metrics-tls",
     ])
     .ok()
     .await?;
@@ -344,21 +356,79 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
     let out = dry_run(&rest).await?;
     ensure!(out.contains("networkpolicy.networking.k8s.io/sluice-dry "));
 
+    // The external metrics API: its APIService, Service and the RBAC of an aggregated API server, with a
+    // generated certificate (the operator may write the APIService's caBundle) or one from a Secret (it may not).
+    let docs = documents(
+        &render(
+            release,
+            ns.name(),
+            &["externalMetrics.enabled=true", "networkPolicy.enabled=true"],
+        )
+        .await?,
+    )?;
+    let names: BTreeSet<(String, String)> = docs.iter().map(|(_, d)| kind_and_name(d)).collect();
+    for wanted in [
+        ("APIService", "v1beta1.external.metrics.k8s.io"),
+        ("Service", "sluice-dry-external-metrics"),
+        (
+            "ClusterRoleBinding",
+            "sluice-dry-external-metrics-auth-delegator",
+        ),
+        ("RoleBinding", "sluice-dry-external-metrics-auth-reader"),
+        ("ClusterRole", "sluice-dry-external-metrics-ca"),
+    ] {
+        ensure!(
+            names.contains(&(wanted.0.to_owned(), wanted.1.to_owned())),
+            "externalMetrics.enabled renders no {wanted:?}"
+        );
+    }
+    let deployment = docs
+        .iter()
+        .find(|(_, d)| d["kind"] == "Deployment")
+        .map(|(_, d)| d)
+        .context("no Deployment")?;
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    ensure!(
+        args.contains("--external-metrics-addr=0.0.0.0:6443")
+            && args.contains("--external-metrics-service=sluice-dry-external-metrics"),
+        "operator args {args}"
+    );
+    let out = dry_run(&docs).await?;
+    ensure!(out.contains("apiservice.apiregistration.k8s.io/v1beta1.external.metrics.k8s.io "));
+    let docs = documents(
+        &render(
+            release,
+            ns.name(),
+            &[
+                "externalMetrics.enabled=true",
+                "externalMetrics.certificate.secretName=metrics-tls",
+            ],
+        )
+        .await?,
+    )?;
+    ensure!(
+        !docs.iter().any(|(_, d)| d["kind"] == "ClusterRole"
+            && d["metadata"]["name"] == "sluice-dry-external-metrics-ca"),
+        "with a certificate Secret the operator needs no right on the APIService"
+    );
+    let deployment = docs
+        .iter()
+        .find(|(_, d)| d["kind"] == "Deployment")
+        .map(|(_, d)| d)
+        .context("no Deployment")?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    ensure!(
+        pod["volumes"][0]["secret"]["secretName"] == "metrics-tls"
+            && pod["containers"][0]["args"]
+                .to_string()
+                .contains("--external-metrics-cert-dir=/var/run/secrets/sluice/external-metrics"),
+        "the certificate Secret is not mounted and named: {pod}"
+    );
+    dry_run(&docs).await?;
+
     other.cleanup().await?;
     ns.cleanup().await?;
     Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// examples/workerpool.yaml with the security context the `restricted` profile requires of its pods.
@@ -394,11 +464,8 @@ async fn helm_install_runs_a_flow_and_helm_uninstall_keeps_the_crds_and_flowruns
         )
         .with_test_writer()
         .try_init();
-    build_binaries().await?;
     let client = cluster().await?;
-    // The release is named like its namespace, so that its cluster-scoped objects are unique too.
     let ns = TestNamespace::new("sluice-helm").await?;
-    let release = ns.name().to_owned();
     kubectl([
         "label",
         "namespace",
@@ -428,36 +495,11 @@ async fn helm_install_runs_a_flow_and_helm_uninstall_keeps_the_crds_and_flowruns
         "a non-restricted pod was not refused: {refusal}"
     );
 
-    // Pods are processes on this machine's network: loopback ports of their own, the broker URL to match.
-    let broker = free_port()?;
-    let health = free_port()?;
-    let values = json!({
-        "image": {"tag": OPERATOR_IMAGE_TAG},
-        "watchNamespaces": [ns.name()],
-        "broker": {"port": broker, "bindAddress": "127.0.0.1"},
-        "health": {"port": health, "bindAddress": "127.0.0.1"},
-        "brokerUrl": format!("http://127.0.0.1:{broker}"),
-        "logFormat": "text",
-        "logLevel": "info,sluice_operator=debug",
-        "podAnnotations": {"sluice.dev/kubelet-backoff-base": "500ms"},
-    });
-    let values_file = ns.scratch_dir().join("values.json");
-    std::fs::write(&values_file, values.to_string())?;
-    let installed = helm([
-        "install",
-        &release,
-        CHART,
-        "--namespace",
-        ns.name(),
-        "-f",
-        values_file.to_str().context("values path")?,
-    ])
-    .ok()
-    .await?;
-    ensure!(
-        installed.contains("STATUS: deployed"),
-        "helm install: {installed}"
-    );
+    // The chart with this checkout's operator image on loopback ports of its own; Ready once it leads.
+    let installed = HelmRelease::install(&ns, &json!({})).await?;
+    let release = installed.name().to_owned();
+    let selector = installed.selector();
+    let operator_pod = installed.pod().to_owned();
 
     // The operator Deployment: worker authentication on, leader election in the release namespace.
     let deployments: Api<Deployment> = ns.api();
@@ -478,38 +520,7 @@ async fn helm_install_runs_a_flow_and_helm_uninstall_keeps_the_crds_and_flowruns
         "{args:?}"
     );
 
-    // The pod, admitted under `restricted`, run by the process kubelet, Ready once it leads.
     let pods: Api<Pod> = ns.api();
-    let selector = format!("app.kubernetes.io/instance={release},app.kubernetes.io/name=sluice");
-    let ready = wait_for_list(
-        &pods,
-        watcher::Config::default().labels(&selector),
-        |pods: &[Pod]| pods.iter().any(is_ready),
-        Duration::from_secs(120),
-        "the operator pod to be Ready",
-    )
-    .await;
-    let operator_pod = match ready {
-        Ok(pods) => pods
-            .into_iter()
-            .find(is_ready)
-            .and_then(|p| p.metadata.name)
-            .context("ready pod without a name")?,
-        Err(e) => {
-            let names: Vec<String> = pods
-                .list(&Default::default())
-                .await?
-                .items
-                .into_iter()
-                .filter_map(|p| p.metadata.name)
-                .collect();
-            let logs: Vec<String> = names
-                .iter()
-                .map(|p| format!("{p}:\n{}", pod_log(ns.name(), p, "operator")))
-                .collect();
-            bail!("{e}\noperator logs:\n{}", logs.join("\n"));
-        }
-    };
     let log = || pod_log(ns.name(), &operator_pod, "operator");
     let leases: Api<Lease> = ns.api();
     let lease = leases.get(&release).await?;
@@ -600,7 +611,7 @@ async fn helm_install_runs_a_flow_and_helm_uninstall_keeps_the_crds_and_flowruns
         watcher::Config::default().labels(&selector),
         move |pods: &[Pod]| {
             pods.iter()
-                .any(|p| is_ready(p) && p.metadata.name.as_deref() != Some(old_pod.as_str()))
+                .any(|p| pod_is_ready(p) && p.metadata.name.as_deref() != Some(old_pod.as_str()))
         },
         Duration::from_secs(120),
         "a new operator pod to be Ready after helm upgrade",
@@ -609,7 +620,7 @@ async fn helm_install_runs_a_flow_and_helm_uninstall_keeps_the_crds_and_flowruns
     .with_context(|| format!("old operator log:\n{}", log()))?;
     let new_pod = upgraded
         .into_iter()
-        .find(|p| is_ready(p) && p.metadata.name.as_deref() != Some(operator_pod.as_str()))
+        .find(|p| pod_is_ready(p) && p.metadata.name.as_deref() != Some(operator_pod.as_str()))
         .and_then(|p| p.metadata.name)
         .context("ready pod without a name")?;
     let want = new_pod.clone();
@@ -633,17 +644,7 @@ async fn helm_install_runs_a_flow_and_helm_uninstall_keeps_the_crds_and_flowruns
     }
 
     // Uninstall: the release's objects go, the CRDs and the FlowRun stay.
-    helm([
-        "uninstall",
-        &release,
-        "--namespace",
-        ns.name(),
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
-    .ok()
-    .await?;
+    installed.uninstall().await?;
     wait_deleted(
         &deployments,
         &release,

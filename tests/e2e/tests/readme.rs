@@ -11,6 +11,7 @@
 //! | `<!-- test: helm-values FILE -->` | values the following helm block reads as FILE |
 //! | `<!-- test: dry-run-commands -->` | kubectl commands run with `--dry-run=server` |
 //! | `<!-- test: in PATH -->` | each command appears verbatim in PATH (commands that need a container engine) |
+//! | `<!-- test: hpa -->` | an HPA that must scale the README's pool up on a queue and back down, on a Helm-installed operator with the `hpa-values.yaml` values |
 //! | `<!-- test: keda -->` | a KEDA ScaledObject whose metrics-api URL and valueLocation read the real broker |
 //! | `<!-- test: metrics -->` | metric names the operator's `/metrics` serves |
 //!
@@ -21,12 +22,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use serde_json::Value;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::Api;
+use serde_json::{Value, json};
 use sluice_e2e::{
-    OperatorProcess, TestNamespace, build_binaries, cargo_test_env, cluster, cluster_dir,
-    hpa_condition_true, install_crds, kubeconfig_path, kubectl_path, repo_root, tool_path,
-    wait_for,
+    HOST_POD_IP_ANNOTATION, HelmRelease, OperatorProcess, TestNamespace, build_binaries,
+    cargo_test_env, cluster, cluster_dir, free_port, hpa_condition_true, install_crds,
+    kubeconfig_path, kubectl, kubectl_path, merge_values, repo_root, tool_path, wait_for,
 };
 use sluice_operator::api::FlowRun;
 
@@ -194,7 +198,8 @@ fn every_readme_block_is_checked() -> Result<()> {
                     }
                 }
             }
-            "run" | "apply" | "helm" | "helm-values" | "dry-run-commands" | "keda" | "metrics" => {}
+            "run" | "apply" | "helm" | "helm-values" | "dry-run-commands" | "hpa" | "keda"
+            | "metrics" => {}
             other => bail!("{at}: unknown marker kind {other}"),
         }
     }
@@ -336,18 +341,6 @@ async fn the_readme_story_runs() -> Result<()> {
         greeting == Some(serde_json::json!({"greeting": "world"})),
         "hello's greet output {greeting:?}"
     );
-
-    // The HPA of the README resolves the WorkerPool through its scale subresource.
-    let hpas = ns.api::<HorizontalPodAutoscaler>();
-    let able = hpa_condition_true("AbleToScale");
-    wait_for(
-        &hpas,
-        "reports",
-        able,
-        Duration::from_secs(90),
-        "the README's HPA to report AbleToScale=True",
-    )
-    .await?;
 
     // KEDA's metrics-api scaler: the README's URL path (in this namespace) and valueLocation on the broker.
     for b in blocks.iter().filter(|b| b.kind == "keda") {
@@ -514,6 +507,157 @@ async fn readme_install_commands_pass_a_server_dry_run() -> Result<()> {
     }
     result?;
     ns.cleanup().await?;
+    Ok(())
+}
+
+/// The README's HPA, on an operator installed by the chart with the README's `hpa-values.yaml`: the real HPA
+/// controller reads `sluice_queue_depth` through the aggregator from the operator pod, scales the README's pool
+/// from 1 to at least 4 workers on a queue of 40 steps, and back to 1 once the workers drained it.
+#[tokio::test]
+async fn the_readmes_hpa_scales_its_pool_on_a_helm_installed_operator() -> Result<()> {
+    let client = cluster().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new("readme-hpa").await?;
+    let blocks = blocks(&readme()?)?;
+    let values = blocks
+        .iter()
+        .find(|b| b.kind == "helm-values" && b.arg == "hpa-values.yaml")
+        .context("README.md has no `helm-values hpa-values.yaml` block")?;
+    let mut values: Value = serde_saphyr::from_str(&values.body)
+        .with_context(|| format!("README.md:{}: values are not YAML", values.line))?;
+    ensure!(
+        values["externalMetrics"]["enabled"] == json!(true),
+        "the README's HPA values do not turn the external metrics API on: {values}"
+    );
+    // The aggregator dials the Service's endpoint, which may not be a loopback address: the process kubelet
+    // gives this pod a non-loopback address of the machine, where the pod's ports then bind.
+    merge_values(
+        &mut values,
+        &json!({
+            "externalMetrics": {"port": free_port()?, "bindAddress": "$(POD_IP)"},
+            "health": {"bindAddress": "$(POD_IP)"},
+            "podAnnotations": {HOST_POD_IP_ANNOTATION: "host"},
+        }),
+    );
+    let release = HelmRelease::install(&ns, &values).await?;
+    let result = hpa_story(&client, &ns, &blocks).await;
+    let log = release.log();
+    release.uninstall().await?;
+    result.with_context(|| format!("operator log (tail):\n{}", tail(&log, 60)))?;
+    ns.cleanup().await?;
+    Ok(())
+}
+
+async fn hpa_story(client: &kube::Client, ns: &TestNamespace, blocks: &[Block]) -> Result<()> {
+    let yaml = |kind: &str| -> Result<&Block> {
+        blocks
+            .iter()
+            .find(|b| {
+                matches!(b.kind.as_str(), "apply" | "hpa")
+                    && b.body.contains(&format!("kind: {kind}\n"))
+                    && b.body.contains("name: reports")
+            })
+            .with_context(|| format!("README.md has no {kind} `reports`"))
+    };
+    let apply = |body: String| async move {
+        kubectl(["apply", "-n", ns.name(), "-f", "-"])
+            .stdin(body)
+            .ok()
+            .await
+    };
+    apply(yaml("WorkerPool")?.body.clone()).await?;
+    let deployments = ns.api::<Deployment>();
+    let replicas = |d: Option<&Deployment>| {
+        d.and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+    };
+    wait_for(
+        &deployments,
+        "reports",
+        move |d: Option<&Deployment>| replicas(d) == 1,
+        Duration::from_secs(60),
+        "the README's pool at 1 replica",
+    )
+    .await?;
+
+    // The leader published its CA: the aggregator reaches the operator pod.
+    let services: Api<APIService> = Api::all(client.clone());
+    wait_for(
+        &services,
+        "v1beta1.external.metrics.k8s.io",
+        |s: Option<&APIService>| {
+            s.and_then(|s| s.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Available" && c.status == "True")
+                })
+        },
+        Duration::from_secs(90),
+        "the chart's external metrics APIService to be Available",
+    )
+    .await?;
+
+    apply(yaml("HorizontalPodAutoscaler")?.body.clone()).await?;
+    let hpas = ns.api::<HorizontalPodAutoscaler>();
+    wait_for(
+        &hpas,
+        "reports",
+        hpa_condition_true("ScalingActive"),
+        Duration::from_secs(90),
+        "the README's HPA to read sluice_queue_depth (ScalingActive True)",
+    )
+    .await?;
+
+    // 40 steps of two seconds each: one worker leaves the queue long at about 39.
+    let steps: Vec<Value> = (0..40)
+        .map(|i| json!({"name": format!("s{i}"), "handler": "slow_task", "input": {"ms": 2000}}))
+        .collect();
+    let flow = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": "queue"},
+        "spec": {"pool": "reports", "steps": steps}
+    });
+    apply(flow.to_string()).await?;
+    let up = wait_for(
+        &deployments,
+        "reports",
+        move |d: Option<&Deployment>| replicas(d) >= 4,
+        Duration::from_secs(90),
+        "the HPA to scale the pool to at least 4 on a queue of 40",
+    )
+    .await?;
+    println!(
+        "FIGURE README HPA: queue of 40 -> Deployment replicas {}",
+        replicas(Some(&up))
+    );
+    let flows = ns.api::<FlowRun>();
+    let done = wait_for(
+        &flows,
+        "queue",
+        |f: Option<&FlowRun>| {
+            f.and_then(|f| f.status.as_ref())
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p.is_terminal())
+        },
+        Duration::from_secs(240),
+        "the 40 steps to finish",
+    )
+    .await?;
+    let phase = done.status.as_ref().and_then(|s| s.phase);
+    ensure!(
+        phase.map(|p| format!("{p:?}")).as_deref() == Some("Succeeded"),
+        "the queue's FlowRun ended {phase:?}"
+    );
+    wait_for(
+        &deployments,
+        "reports",
+        move |d: Option<&Deployment>| replicas(d) == 1,
+        Duration::from_secs(150),
+        "the HPA to scale the pool back to 1 after the queue drained",
+    )
+    .await?;
     Ok(())
 }
 
