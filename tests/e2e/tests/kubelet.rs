@@ -1,8 +1,10 @@
 //! The process kubelet (tests/kubelet) on the local control plane: Deployments run as real processes, scale down
 //! with SIGTERM, are garbage-collected without leftovers; crashing containers back off; failed pods report their
-//! exit code; env and projected tokens reach the processes; probes gate readiness; unknown images wait.
+//! exit code; env and projected tokens reach the processes; probes gate readiness; unknown images wait; a pod
+//! annotated for a host address gets an EndpointSlice.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,8 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -600,6 +603,109 @@ async fn an_unknown_image_waits_in_err_image_pull() -> Result<()> {
         "phase {} instead of Pending",
         phase(&waiting)
     );
+    ns.cleanup().await?;
+    Ok(())
+}
+
+fn pod_ip(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref()?.pod_ip.as_deref()
+}
+
+/// A shell pod labelled `app: <name>` that records `POD_IP` (a `status.podIP` fieldRef) as the shell sees it
+/// and as the kubelet expands `$(POD_IP)` in its args, in `$OUT/<name>.ip`, then sleeps.
+fn pod_ip_recorder(name: &str, out: &Path, annotations: Value) -> Result<Pod> {
+    let script = r#"
+f="$OUT/$POD_NAME.ip"
+echo "$POD_IP $(POD_IP)" > "$f.tmp" && mv "$f.tmp" "$f"
+exec sleep 3600
+"#;
+    let mut pod = shell_pod(name, out, script, "Always", annotations)?;
+    pod.metadata.labels = Some([("app".to_string(), name.to_string())].into());
+    let container = &mut pod.spec.as_mut().context("spec")?.containers[0];
+    container.env.get_or_insert_default().push(serde_json::from_value(
+        json!({ "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
+    )?);
+    Ok(pod)
+}
+
+/// Waits for pod `name` to run with a `podIP`; returns the address, checked against what its process recorded.
+async fn running_pod_ip(pods: &Api<Pod>, name: &str, out: &Path) -> Result<Ipv4Addr> {
+    let pod = wait_for(
+        pods,
+        name,
+        |p: Option<&Pod>| p.is_some_and(|p| phase(p) == "Running" && pod_ip(p).is_some()),
+        WAIT,
+        &format!("pod {name} Running with a podIP"),
+    )
+    .await?;
+    let reported = pod_ip(&pod).unwrap_or_default();
+    let ip: Ipv4Addr = reported
+        .parse()
+        .with_context(|| format!("pod {name} reports podIP {reported:?}"))?;
+    let recorded = wait_file(&out.join(format!("{name}.ip")), WAIT).await?;
+    ensure!(
+        recorded == format!("{ip} {ip}"),
+        "pod {name} has podIP {ip}, its process saw POD_IP and $(POD_IP) as {recorded:?}"
+    );
+    Ok(ip)
+}
+
+#[tokio::test]
+async fn a_pod_annotated_for_a_host_ip_reports_one_that_gets_an_endpoint_slice() -> Result<()> {
+    let ns = TestNamespace::new("kubelet-pod-ip").await?;
+    let pods: Api<Pod> = ns.api();
+    let out = ns.scratch_dir().to_path_buf();
+    let host = pod_ip_recorder(
+        "on-host",
+        &out,
+        json!({ "sluice.dev/kubelet-pod-ip": "host" }),
+    )?;
+    pods.create(&PostParams::default(), &host).await?;
+    pods.create(
+        &PostParams::default(),
+        &pod_ip_recorder("on-loopback", &out, json!({}))?,
+    )
+    .await?;
+    let service: Service = serde_json::from_value(json!({
+        "metadata": { "name": "on-host" },
+        "spec": {
+            "selector": { "app": "on-host" },
+            "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }],
+        },
+    }))?;
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service)
+        .await?;
+
+    let ip = running_pod_ip(&pods, "on-host", &out).await?;
+    ensure!(
+        !ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified(),
+        "the annotated pod reports {ip}, not a routable address of this machine"
+    );
+    let unannotated = running_pod_ip(&pods, "on-loopback", &out).await?;
+    ensure!(
+        unannotated == Ipv4Addr::LOCALHOST,
+        "the pod without the annotation reports {unannotated} instead of 127.0.0.1"
+    );
+
+    // The endpointslice controller publishes the annotated pod's address, ready, for the Service.
+    let address = ip.to_string();
+    wait_for_list(
+        &ns.api::<EndpointSlice>(),
+        watcher::Config::default().labels("kubernetes.io/service-name=on-host"),
+        |slices: &[EndpointSlice]| {
+            slices
+                .iter()
+                .flat_map(|s| s.endpoints.iter().flatten())
+                .any(|e| {
+                    e.addresses.contains(&address)
+                        && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+                })
+        },
+        WAIT,
+        "an EndpointSlice of Service on-host with the annotated pod's address, ready",
+    )
+    .await?;
     ns.cleanup().await?;
     Ok(())
 }
