@@ -1,6 +1,6 @@
 //! The generated CRDs on the real API server: `crds/` installs (the server's CEL cost estimator accepts every
-//! rule), `kubectl apply` refuses invalid FlowRuns and WorkerPools with the rules' messages, and every example
-//! is accepted. Objects are applied with a server-side dry run, so nothing runs.
+//! rule) without a warning, `kubectl apply` refuses invalid FlowRuns and WorkerPools with the rules' messages,
+//! and every example is accepted. Objects are applied with a server-side dry run, so nothing runs.
 
 use std::time::Duration;
 
@@ -250,5 +250,67 @@ async fn the_largest_flow_the_schema_allows_fits_the_runtime_cost_budget() -> Re
         "the maximal FlowRun was refused: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
+    Ok(())
+}
+
+/// stdout and stderr of a kubectl run, for messages.
+fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `kubectl apply` of `crds/` prints no warning, such as the API server's `unrecognized format "uint32"` for a
+/// schema format Kubernetes does not know. An update warns only about formats the installed CRD does not have
+/// already, so each CRD is also created afresh under a group of its own (server-side dry runs: nothing is kept).
+#[tokio::test]
+async fn applying_the_crds_prints_no_warning() -> Result<()> {
+    install_crds().await?;
+    let dir = repo_root().join("crds");
+    let out = kubectl([
+        "apply".into(),
+        "--server-side".into(),
+        "--force-conflicts".into(),
+        "--dry-run=server".into(),
+        "-f".into(),
+        dir.clone().into_os_string(),
+    ])
+    .output()
+    .await?;
+    ensure!(
+        out.status.success() && !printed(&out).contains("Warning"),
+        "kubectl apply --server-side --dry-run=server -f crds/: {}",
+        printed(&out)
+    );
+
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
+    files.sort();
+    ensure!(files.len() == 2, "crds/ holds the two CRDs: {files:?}");
+    for file in &files {
+        let mut crd: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(file)?)
+            .with_context(|| format!("parsing {}", file.display()))?;
+        let group = "warnings-check.sluice.dev";
+        let plural = crd["spec"]["names"]["plural"]
+            .as_str()
+            .context("spec.names.plural")?
+            .to_owned();
+        crd["spec"]["group"] = group.into();
+        crd["metadata"]["name"] = format!("{plural}.{group}").into();
+        let out = kubectl(["create", "--dry-run=server", "-f", "-"])
+            .stdin(crd.to_string())
+            .output()
+            .await?;
+        ensure!(
+            out.status.success() && !printed(&out).contains("Warning"),
+            "creating {} afresh: {}",
+            file.display(),
+            printed(&out)
+        );
+    }
     Ok(())
 }
