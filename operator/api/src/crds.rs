@@ -8,7 +8,7 @@ use schemars::Schema;
 use schemars::transform::{RecursiveTransform, Transform};
 
 use crate::{FlowRun, WorkerPool};
-use transform::kubernetes_integer_format;
+use transform::{kubernetes_integer_format, unwrap_description};
 
 pub mod transform;
 
@@ -24,7 +24,9 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 /// Rewrites every node of the CRD's schemas, once, for what the derives cannot say once for every field:
 /// - integer formats become the ones Kubernetes knows (`int32`, `int64`) instead of schemars' `uint32`,
 ///   `uint64`, ..., which `kubectl apply` warns about, with the Rust type's range kept as bounds
-///   ([`kubernetes_integer_format`]).
+///   ([`kubernetes_integer_format`]);
+/// - descriptions lose the line breaks of doc comments wrapped in the source, keeping paragraphs, list items
+///   and code ([`unwrap_description`]), so that `kubectl explain` shows running text.
 pub fn finish(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     for version in &mut crd.spec.versions {
         if let Some(props) = version
@@ -42,6 +44,7 @@ fn finish_schema(props: &JSONSchemaProps) -> JSONSchemaProps {
     let value = serde_json::to_value(props).expect("a JSONSchemaProps serializes");
     let mut schema = Schema::try_from(value).expect("a JSONSchemaProps is a JSON object");
     RecursiveTransform(kubernetes_integer_format).transform(&mut schema);
+    RecursiveTransform(unwrap_description).transform(&mut schema);
     serde_json::from_value(schema.to_value()).expect("the finished schema is a JSONSchemaProps")
 }
 
@@ -236,6 +239,50 @@ mod tests {
             assert_eq!(n["format"], format, "{path}");
             assert_eq!(n["minimum"].as_f64(), Some(minimum), "minimum of {path}");
             assert_eq!(n["maximum"].as_f64(), maximum, "maximum of {path}");
+        }
+    }
+
+    /// Every description anywhere in `node`.
+    fn descriptions(node: &Value, out: &mut Vec<String>) {
+        match node {
+            Value::Object(map) => {
+                if let Some(d) = map.get("description").and_then(Value::as_str) {
+                    out.push(d.to_owned());
+                }
+                map.values().for_each(|v| descriptions(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| descriptions(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn descriptions_are_paragraphs_not_source_lines() {
+        // `template`'s doc comment spans three source lines.
+        assert_eq!(
+            node(&crd("WorkerPool"), "spec.template")["description"],
+            "Pod template of the workers: a container running the user's worker binary (built on the Sluice SDK, \
+             or the exec worker). The operator adds the broker URL, the pool name and a service-account token for \
+             the broker."
+        );
+        assert_eq!(
+            node(&crd("FlowRun"), "spec.defaults.maxOutputBytes")["description"],
+            "Largest accepted output of a single step or forEach instance, in bytes of JSON (default 65536). A \
+             larger output fails the attempt with a clear message, which keeps the FlowRun far below the API \
+             server's object size limit."
+        );
+        for crd in all() {
+            let mut found = vec![];
+            descriptions(&serde_json::to_value(&crd).unwrap(), &mut found);
+            assert!(found.len() > 20, "the walk finds the descriptions");
+            for d in found {
+                // A line break is left only where it separates paragraphs, list items or code.
+                assert_eq!(
+                    transform::unwrap_lines(&d),
+                    d,
+                    "a description with line breaks from the source"
+                );
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The generated CRDs on the real API server: `crds/` installs (the server's CEL cost estimator accepts every
 //! rule) without a warning, `kubectl apply` refuses invalid FlowRuns and WorkerPools with the rules' messages,
-//! and every example is accepted. Objects are applied with a server-side dry run, so nothing runs.
+//! every example is accepted, and `kubectl explain` shows descriptions as paragraphs. Objects are applied with a
+//! server-side dry run, so nothing runs.
 
 use std::time::Duration;
 
@@ -311,6 +312,90 @@ async fn applying_the_crds_prints_no_warning() -> Result<()> {
             file.display(),
             printed(&out)
         );
+    }
+    Ok(())
+}
+
+/// The description of a field of an installed CRD, at a path such as `spec.template`.
+async fn installed_description(crd: &str, path: &str) -> Result<String> {
+    let json = kubectl(["get", "crd", crd, "-o", "json"]).ok().await?;
+    let crd_json: serde_json::Value = serde_json::from_str(&json)?;
+    let mut node = &crd_json["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    for name in path.split('.') {
+        node = &node["properties"][name];
+    }
+    node["description"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no description at {path} of {crd}"))
+}
+
+/// Width at which `kubectl explain` word-wraps a field's description (its plaintext template: `wrap 76`).
+const EXPLAIN_WIDTH: usize = 76;
+
+/// A line break of `kubectl explain` output that its word wrap did not make: a line and the first word of the
+/// next would have fit in [`EXPLAIN_WIDTH`] columns together, so the break comes from the description itself.
+fn unforced_break(lines: &[String]) -> Option<(String, String)> {
+    lines.windows(2).find_map(|pair| {
+        let next_word = pair[1].split_whitespace().next().unwrap_or_default();
+        (pair[0].chars().count() + 1 + next_word.chars().count() <= EXPLAIN_WIDTH)
+            .then(|| (pair[0].clone(), pair[1].clone()))
+    })
+}
+
+/// `kubectl explain` shows a description as running text. A doc comment wrapped over several source lines is
+/// one paragraph in the CRD (no single line break in it), so kubectl's own word wrap is the only reason a line
+/// of its output ends.
+#[tokio::test]
+async fn kubectl_explain_shows_descriptions_as_paragraphs() -> Result<()> {
+    install_crds().await?;
+    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Fields whose doc comments span three source lines.
+    for (crd, resource, path) in [
+        ("workerpools.sluice.dev", "workerpools", "spec.template"),
+        (
+            "flowruns.sluice.dev",
+            "flowruns",
+            "spec.defaults.maxOutputBytes",
+        ),
+    ] {
+        let description = installed_description(crd, path).await?;
+        ensure!(
+            !description.contains('\n'),
+            "{crd} {path}: the description keeps the line breaks of its doc comment: {description:?}"
+        );
+        // The DESCRIPTION block of `kubectl explain`, once the API server's OpenAPI document shows this
+        // description (compared with whitespace normalised) and kubectl wrapped it only where it had to.
+        let field = format!("{resource}.{path}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = kubectl(["explain", &field[..]]).output().await?;
+            let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .skip_while(|l| l.trim() != "DESCRIPTION:")
+                .skip(1)
+                .take_while(|l| !l.trim().is_empty())
+                .map(|l| l.trim().to_owned())
+                .collect();
+            let shown = words(&lines.join(" ")) == words(&description);
+            let unforced = unforced_break(&lines);
+            if shown && unforced.is_none() && lines.len() > 1 {
+                break;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "kubectl explain {field} within 30s: {}\n{}",
+                match unforced {
+                    Some((line, next)) if shown => format!(
+                        "a line ends where the next word still fits in {EXPLAIN_WIDTH} columns, so the \
+                         description breaks the line there: {line:?} / {next:?}"
+                    ),
+                    _ => format!("not the CRD's description {description:?}"),
+                },
+                printed(&out)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
     Ok(())
 }
