@@ -84,7 +84,7 @@ fn assert_dir_matches_the_types(dir: &std::path::Path, shown: &str) {
         let on_disk = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
         assert!(
             on_disk == *yaml,
-            "{shown} is stale: run `make crds` ({file} differs from what the types in operator/src/api generate)"
+            "{shown} is stale: run `make crds` ({file} differs from what the types in operator/api generate)"
         );
     }
     let mut present: Vec<String> = std::fs::read_dir(dir)
@@ -223,24 +223,54 @@ fn crd_names_columns_and_subresources() {
         scale.label_selector_path.as_deref(),
         Some(".status.selector")
     );
-    let columns: Vec<(&str, &str, &str)> = v
+    // `kubectl get wp`: the mode, desired/current/ready pods and the queue; `-o wide` adds the steps in flight
+    // and why the pool last changed size.
+    let columns: Vec<(&str, &str, &str, i32)> = v
         .additional_printer_columns
         .as_ref()
         .expect("WorkerPool printer columns")
         .iter()
-        .map(|c| (c.name.as_str(), c.type_.as_str(), c.json_path.as_str()))
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.type_.as_str(),
+                c.json_path.as_str(),
+                c.priority.unwrap_or(0),
+            )
+        })
         .collect();
     assert_eq!(
         columns,
         [
-            ("Mode", "string", ".spec.scaling.mode"),
-            ("Replicas", "integer", ".status.replicas"),
-            ("Queue", "integer", ".status.queueDepth"),
-            ("Age", "date", ".metadata.creationTimestamp"),
+            ("Mode", "string", ".status.scaling.mode", 0),
+            ("Desired", "integer", ".status.scaling.desiredReplicas", 0),
+            ("Current", "integer", ".status.replicas", 0),
+            ("Ready", "integer", ".status.readyReplicas", 0),
+            ("Queue", "integer", ".status.queueDepth", 0),
+            ("Age", "date", ".metadata.creationTimestamp", 0),
+            ("In-Flight", "integer", ".status.inFlight", 1),
+            ("Last-Scale", "string", ".status.scaling.lastScaleReason", 1),
         ]
     );
-    // The scale subresource paths exist in the schema with the types an HPA expects.
+    // Every column shows a field of the schema, of the column's type.
     let s = schema(&wp);
+    for c in v.additional_printer_columns.as_ref().unwrap() {
+        if c.json_path == ".metadata.creationTimestamp" {
+            continue;
+        }
+        let field = node(&s, c.json_path.trim_start_matches('.'));
+        assert_eq!(field["type"], c.type_.as_str(), "type of {}", c.json_path);
+        assert!(
+            c.description.as_ref().is_some_and(|d| !d.is_empty()),
+            "column {} has a description",
+            c.name
+        );
+    }
+    assert_eq!(
+        node(&s, "status.scaling.mode")["enum"],
+        serde_json::json!(["QueueDepth", "External", "Manual"])
+    );
+    // The scale subresource paths exist in the schema with the types an HPA expects.
     assert_eq!(node(&s, "spec.replicas")["type"], "integer");
     assert_eq!(node(&s, "status.replicas")["type"], "integer");
     assert_eq!(node(&s, "status.selector")["type"], "string");

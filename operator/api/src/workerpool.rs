@@ -1,7 +1,7 @@
 //! The `WorkerPool` custom resource: a pod template of a user's worker image, scaled by the operator.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -31,13 +31,55 @@ use super::schema::{duration_string, pod_template, positive_duration_string};
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.scaling.mode"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
-    printcolumn(name = "Queue", type_ = "integer", json_path = ".status.queueDepth"),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".status.scaling.mode",
+        description = "The scaling mode in force: QueueDepth, External or Manual."
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.scaling.desiredReplicas",
+        description = "Worker pods the scaling mode asks for."
+    ),
+    printcolumn(
+        name = "Current",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "Worker pods that exist."
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Worker pods that are ready."
+    ),
+    printcolumn(
+        name = "Queue",
+        type_ = "integer",
+        json_path = ".status.queueDepth",
+        description = "Steps queued and not yet claimed by a worker."
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    // Shown by `kubectl get -o wide`.
+    printcolumn(
+        name = "In-Flight",
+        type_ = "integer",
+        json_path = ".status.inFlight",
+        priority = 1,
+        description = "Steps workers are running now."
+    ),
+    printcolumn(
+        name = "Last-Scale",
+        type_ = "string",
+        json_path = ".status.scaling.lastScaleReason",
+        priority = 1,
+        description = "Why the operator last changed the number of worker pods."
     )
 )]
 #[x_kube(
@@ -171,7 +213,37 @@ pub struct WorkerPoolStatus {
     #[serde(default)]
     pub live_workers: u32,
 
+    /// Which scaling mode sizes the pool, the size it asks for, and why the size last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
+
     /// Conditions of the pool: `Available`, `ScalingActive`, `HandlersMissing`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// How a pool is scaled: the mode in force, the number of worker pods it asks for, and the last change of that
+/// number. The `ScalingActive` condition says why the size is what it is right now.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingStatus {
+    /// The scaling mode in force: `spec.scaling.mode`, or QueueDepth when it is not set.
+    #[serde(default)]
+    pub mode: ScalingMode,
+
+    /// Worker pods the mode asks for: the replicas the operator sets on the worker Deployment. Unset until the
+    /// spec is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub desired_replicas: Option<i32>,
+
+    /// Why the number of desired worker pods last changed, for example `scaled up from 1 to 10: 40 queued + 0
+    /// running steps at 4 per worker → 10 replicas (min 0, max 10)`. The operator also reports every change it
+    /// makes to the Deployment as an Event (reason ScaledUp or ScaledDown) with this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+
+    /// When the number of desired worker pods last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
 }

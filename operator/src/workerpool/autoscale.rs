@@ -192,14 +192,15 @@ fn queue_depth(
         .max()
         .unwrap_or(wanted);
     let demand = format!(
-        "{} queued + {} running steps at {} per worker",
+        "{} queued + {} running steps at {} per worker → {wanted}",
         load.queued, load.in_flight, policy.target
     );
+    let bounded = format!("{demand} replicas (min {}, max {})", policy.min, policy.max);
     let Some(current) = current else {
         return Scale {
             replicas: wanted,
             reason: "QueueDepth",
-            message: format!("{demand}: starting with {wanted}"),
+            message: bounded,
         };
     };
     if wanted >= current {
@@ -211,10 +212,7 @@ fn queue_depth(
         return Scale {
             replicas: wanted,
             reason,
-            message: format!(
-                "{demand}: {wanted} replicas (min {}, max {})",
-                policy.min, policy.max
-            ),
+            message: bounded,
         };
     }
     // Lower demand: go down only to the highest recommendation of the delay window, and keep busy workers.
@@ -225,7 +223,7 @@ fn queue_depth(
             replicas: target,
             reason: "ScaledDown",
             message: format!(
-                "{demand}: demand stayed lower for {:?}; {target} replicas",
+                "{demand}; demand stayed lower for {:?}: {target} replicas",
                 policy.scale_down_delay
             ),
         }
@@ -234,7 +232,7 @@ fn queue_depth(
             replicas: current,
             reason: "ScaleDownDelayed",
             message: format!(
-                "{demand}: {wanted} would do; waiting scaleDownDelay {:?} (or for busy workers) before scaling down",
+                "{demand}; keeping {current} for scaleDownDelay {:?} (or for busy workers) before scaling down",
                 policy.scale_down_delay
             ),
         }
@@ -242,9 +240,44 @@ fn queue_depth(
         Scale {
             replicas: current,
             reason: "QueueDepth",
-            message: format!("{demand}: {current} replicas"),
+            message: format!("{demand}; keeping {current} replicas"),
         }
     }
+}
+
+/// Why the desired replicas of a pool changed from `from` (`None`: the pool's first decision) to `to` because of
+/// `scale`: the text of `status.scaling.lastScaleReason` and of the operator's scaling Events.
+pub fn change_reason(from: Option<i32>, to: i32, scale: &Scale) -> String {
+    let change = match from {
+        None => format!("started with {to}"),
+        Some(from) if to > from => format!("scaled up from {from} to {to}"),
+        Some(from) if to < from => format!("scaled down from {from} to {to}"),
+        Some(_) => format!("kept {to}"),
+    };
+    format!("{change}: {}", scale.message)
+}
+
+/// An Event about a change of the worker Deployment's replicas the operator made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScaleEvent {
+    /// `ScaledUp` or `ScaledDown`.
+    pub reason: &'static str,
+    /// Why, as in `status.scaling.lastScaleReason`.
+    pub note: String,
+}
+
+/// The Event of an apply that set the Deployment's replicas from `from` to `to` because of `scale`; `None` when
+/// the replicas did not change, or the Deployment is new (creating it is no scale change).
+pub fn scale_event(from: Option<i32>, to: i32, scale: &Scale) -> Option<ScaleEvent> {
+    let reason = match from? {
+        from if to > from => "ScaledUp",
+        from if to < from => "ScaledDown",
+        _ => return None,
+    };
+    Some(ScaleEvent {
+        reason,
+        note: change_reason(from, to, scale),
+    })
 }
 
 #[cfg(test)]
@@ -392,6 +425,64 @@ mod tests {
             decide(&p, load(100, 0, 0), Some(4), &mut m, at(0)).replicas,
             0
         );
+    }
+
+    #[test]
+    fn messages_say_how_demand_gives_the_replicas() {
+        let p = policy(0, 10, 4, 30);
+        let mut m = Memory::default();
+        let s = decide(&p, load(40, 0, 0), Some(1), &mut m, at(0));
+        assert_eq!(
+            s.message,
+            "40 queued + 0 running steps at 4 per worker → 10 replicas (min 0, max 10)"
+        );
+        let s = decide(&p, load(0, 8, 0), Some(10), &mut m, at(10));
+        assert_eq!(
+            s.message,
+            "0 queued + 8 running steps at 4 per worker → 2; keeping 10 for scaleDownDelay 30s (or for busy \
+             workers) before scaling down"
+        );
+        let s = decide(&p, load(0, 8, 0), Some(10), &mut m, at(40));
+        assert_eq!(
+            s.message,
+            "0 queued + 8 running steps at 4 per worker → 2; demand stayed lower for 30s: 2 replicas"
+        );
+    }
+
+    #[test]
+    fn a_change_of_replicas_has_a_reason_and_an_event() {
+        let p = policy(0, 10, 4, 30);
+        let up = decide(&p, load(40, 0, 0), Some(1), &mut Memory::default(), at(0));
+        assert_eq!(
+            change_reason(Some(1), 10, &up),
+            "scaled up from 1 to 10: 40 queued + 0 running steps at 4 per worker → 10 replicas (min 0, max 10)"
+        );
+        assert_eq!(
+            scale_event(Some(1), 10, &up),
+            Some(ScaleEvent {
+                reason: "ScaledUp",
+                note: change_reason(Some(1), 10, &up),
+            })
+        );
+        let manual = Scale {
+            replicas: 2,
+            reason: "Manual",
+            message: "spec.replicas is 2, as written".into(),
+        };
+        assert_eq!(
+            scale_event(Some(5), 2, &manual),
+            Some(ScaleEvent {
+                reason: "ScaledDown",
+                note: "scaled down from 5 to 2: spec.replicas is 2, as written".into(),
+            })
+        );
+        assert_eq!(
+            change_reason(None, 2, &manual),
+            "started with 2: spec.replicas is 2, as written"
+        );
+        // Creating the Deployment, or applying it without a change of replicas, is no scale change.
+        assert_eq!(scale_event(None, 2, &manual), None);
+        assert_eq!(scale_event(Some(2), 2, &manual), None);
     }
 
     #[test]

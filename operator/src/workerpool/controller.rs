@@ -9,7 +9,9 @@
 //!   scale-down (busy workers cost their in-flight count, idle ones 0, so the ReplicaSet deletes idle pods
 //!   first); the scale-down itself waits until the cache shows the annotations;
 //! - the status (server-side apply of the status subresource) only when it changed, at most once a second;
-//! - pod deletions and Events by the reaper.
+//! - pod deletions and Events by the reaper;
+//! - an Event (`ScaledUp`, `ScaledDown`) with the reason of the change whenever an apply changes the Deployment's
+//!   replicas (the same text as `status.scaling.lastScaleReason`).
 //!
 //! An idle pool therefore costs no write at all; a pool under load about one status write a second
 //! (`oldestWaitingSeconds` moves) plus one Deployment write per scaling step.
@@ -328,8 +330,23 @@ async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, E
         (Ok(_), Err(e)) => Err(e.clone()),
         (Err(e), _) => Err(e),
     };
-    if let Ok(desired) = &built {
-        apply_deployment(&ctx, &key, deployment.as_deref(), desired).await?;
+    if let Ok(desired) = &built
+        && apply_deployment(&ctx, &key, deployment.as_deref(), desired).await?
+        && let Ok(s) = &scale
+    {
+        let replicas = desired.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        if let Some(event) = autoscale::scale_event(current, replicas, s) {
+            let reference = pool.object_ref(&());
+            publish(
+                &ctx,
+                &reference,
+                EventType::Normal,
+                event.reason,
+                event.note,
+                "Scale",
+            )
+            .await;
+        }
     }
 
     // Status.
@@ -341,6 +358,12 @@ async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, E
         demand: &demand,
         workers: &workers,
         heartbeat_timeout,
+        mode: pool
+            .spec
+            .scaling
+            .as_ref()
+            .map(|s| s.mode)
+            .unwrap_or_default(),
         scale: scale.as_ref().map_err(Clone::clone),
         now,
     });
@@ -391,13 +414,14 @@ fn owned_by(deployment: &Deployment, pool: &WorkerPool) -> bool {
         .any(|o| Some(&o.uid) == pool.metadata.uid.as_ref() && o.controller == Some(true))
 }
 
-/// Applies the Deployment unless the cache (or a recent apply the cache does not show yet) says it is current.
+/// Applies the Deployment unless the cache (or a recent apply the cache does not show yet) says it is current;
+/// whether it applied.
 async fn apply_deployment(
     ctx: &Context,
     key: &(String, String),
     existing: Option<&Deployment>,
     desired: &Deployment,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let hash = desired
         .annotations()
         .get(SPEC_HASH_ANNOTATION)
@@ -414,7 +438,7 @@ async fn apply_deployment(
         })
     });
     if cached_current || recently_applied {
-        return Ok(());
+        return Ok(false);
     }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &key.0);
     api.patch(
@@ -431,7 +455,7 @@ async fn apply_deployment(
     ctx.with_memory(key, |m| {
         m.last_apply = Some((hash, replicas, Instant::now()))
     });
-    Ok(())
+    Ok(true)
 }
 
 /// Sets `controller.kubernetes.io/pod-deletion-cost` where it must change: a busy worker's pod costs its
@@ -516,6 +540,7 @@ async fn reap_pod(ctx: &Context, pool: &WorkerPool, pod: &Pod, reap: &Reap) {
         EventType::Warning,
         reap.reason(),
         message,
+        "Reap",
     )
     .await;
     let flow_runs: BTreeSet<(String, String)> = released
@@ -540,7 +565,15 @@ async fn reap_pod(ctx: &Context, pool: &WorkerPool, pod: &Pod, reap: &Reap) {
             reap.reason(),
             steps.join(", ")
         );
-        publish(ctx, &reference, EventType::Warning, "WorkerLost", note).await;
+        publish(
+            ctx,
+            &reference,
+            EventType::Warning,
+            "WorkerLost",
+            note,
+            "Reap",
+        )
+        .await;
     }
 }
 
@@ -550,12 +583,13 @@ async fn publish(
     type_: EventType,
     reason: &str,
     note: String,
+    action: &str,
 ) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
         note: Some(note),
-        action: "Reap".to_owned(),
+        action: action.to_owned(),
         secondary: None,
     };
     match ctx.recorder.publish(&event, reference).await {

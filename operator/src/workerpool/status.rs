@@ -9,9 +9,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::autoscale::Scale;
+use super::autoscale::{Scale, change_reason};
 use super::build::selector_string;
-use crate::api::WorkerPoolStatus;
+use crate::api::{ScalingMode, ScalingStatus, WorkerPoolStatus};
 use crate::broker::queue::{PoolDemand, WorkerInfo};
 
 /// Condition: the pool has a worker that can take steps (or is scaled to zero on purpose).
@@ -37,6 +37,8 @@ pub struct Observed<'a> {
     pub workers: &'a [WorkerInfo],
     /// The pool's heartbeat timeout (liveness of workers).
     pub heartbeat_timeout: Duration,
+    /// The pool's scaling mode (`spec.scaling.mode` or its default).
+    pub mode: ScalingMode,
     /// The scaling decision, or why there is none.
     pub scale: Result<&'a Scale, String>,
     /// Now.
@@ -137,7 +139,40 @@ pub fn compute(o: &Observed<'_>) -> WorkerPoolStatus {
         in_flight: o.demand.in_flight,
         oldest_waiting_seconds: o.demand.oldest_wait.map(|d| d.as_secs()),
         live_workers: u32::try_from(live.len()).unwrap_or(u32::MAX),
+        scaling: Some(scaling(o)),
         conditions,
+    }
+}
+
+/// `status.scaling`: the mode, the replicas of the decision, and the last change of those replicas (kept while
+/// they do not change, so that an unchanged pool computes an equal status; kept too while the spec is invalid
+/// and there is no decision).
+fn scaling(o: &Observed<'_>) -> ScalingStatus {
+    let previous = o
+        .previous
+        .and_then(|s| s.scaling.clone())
+        .unwrap_or_default();
+    let (desired_replicas, last_scale_reason, last_scale_time) = match &o.scale {
+        Ok(scale) if previous.desired_replicas != Some(scale.replicas) => (
+            Some(scale.replicas),
+            Some(change_reason(
+                previous.desired_replicas,
+                scale.replicas,
+                scale,
+            )),
+            Some(Time(o.now)),
+        ),
+        _ => (
+            previous.desired_replicas,
+            previous.last_scale_reason,
+            previous.last_scale_time,
+        ),
+    };
+    ScalingStatus {
+        mode: o.mode,
+        desired_replicas,
+        last_scale_reason,
+        last_scale_time,
     }
 }
 
@@ -228,6 +263,7 @@ mod tests {
             demand: &demand,
             workers: &workers,
             heartbeat_timeout: Duration::from_secs(30),
+            mode: ScalingMode::QueueDepth,
             scale: Ok(&sc),
             now: at(10),
         };
@@ -263,6 +299,89 @@ mod tests {
     }
 
     #[test]
+    fn scaling_says_the_mode_and_why_the_size_last_changed() {
+        let demand = PoolDemand::default();
+        let dep = deployment(1, 1);
+        let observe =
+            |previous: Option<&WorkerPoolStatus>, scale: Result<&Scale, String>, now: i64| {
+                compute(&Observed {
+                    name: "p",
+                    generation: Some(1),
+                    previous,
+                    deployment: Some(&dep),
+                    demand: &demand,
+                    workers: &[],
+                    heartbeat_timeout: Duration::from_secs(30),
+                    mode: ScalingMode::QueueDepth,
+                    scale,
+                    now: at(now),
+                })
+            };
+        let one = Scale {
+            replicas: 1,
+            reason: "QueueDepth",
+            message: "0 queued + 1 running steps at 4 per worker → 1 replicas (min 0, max 10)"
+                .into(),
+        };
+        let first = observe(None, Ok(&one), 0);
+        let scaling = first.scaling.clone().unwrap();
+        assert_eq!(scaling.mode, ScalingMode::QueueDepth);
+        assert_eq!(scaling.desired_replicas, Some(1));
+        assert_eq!(
+            scaling.last_scale_reason.as_deref(),
+            Some(
+                "started with 1: 0 queued + 1 running steps at 4 per worker → 1 replicas (min 0, max 10)"
+            )
+        );
+        assert_eq!(scaling.last_scale_time, Some(Time(at(0))));
+
+        // 40 queued: the decision goes to 10; the reason says from what, to what, and why.
+        let ten = Scale {
+            replicas: 10,
+            reason: "ScaledUpToMax",
+            message: "40 queued + 0 running steps at 4 per worker → 10 replicas (min 0, max 10)"
+                .into(),
+        };
+        let second = observe(Some(&first), Ok(&ten), 5);
+        let scaling = second.scaling.clone().unwrap();
+        assert_eq!(scaling.desired_replicas, Some(10));
+        assert_eq!(
+            scaling.last_scale_reason.as_deref(),
+            Some(
+                "scaled up from 1 to 10: 40 queued + 0 running steps at 4 per worker → 10 replicas (min 0, max 10)"
+            )
+        );
+        assert_eq!(scaling.last_scale_time, Some(Time(at(5))));
+
+        // Same size, other demand: the last change stays as it was.
+        let still_ten = Scale {
+            message: "38 queued + 2 running steps at 4 per worker → 10 replicas (min 0, max 10)"
+                .into(),
+            ..ten.clone()
+        };
+        let third = observe(Some(&second), Ok(&still_ten), 6);
+        assert_eq!(third.scaling, second.scaling);
+
+        // An invalid spec has no decision: the last one is kept, the mode is still shown.
+        let invalid = compute(&Observed {
+            name: "p",
+            generation: Some(2),
+            previous: Some(&third),
+            deployment: Some(&dep),
+            demand: &demand,
+            workers: &[],
+            heartbeat_timeout: Duration::from_secs(30),
+            mode: ScalingMode::Manual,
+            scale: Err("spec.replicas is required".into()),
+            now: at(7),
+        });
+        let scaling = invalid.scaling.unwrap();
+        assert_eq!(scaling.mode, ScalingMode::Manual);
+        assert_eq!(scaling.desired_replicas, Some(10));
+        assert_eq!(scaling.last_scale_time, Some(Time(at(5))));
+    }
+
+    #[test]
     fn transitions_move_the_time_and_errors_show() {
         let demand = PoolDemand::default();
         let first = compute(&Observed {
@@ -273,6 +392,7 @@ mod tests {
             demand: &demand,
             workers: &[],
             heartbeat_timeout: Duration::from_secs(30),
+            mode: ScalingMode::QueueDepth,
             scale: Err("scaling.scaleDownDelay: bad".into()),
             now: at(0),
         });
@@ -289,6 +409,7 @@ mod tests {
             demand: &demand,
             workers: &[],
             heartbeat_timeout: Duration::from_secs(30),
+            mode: ScalingMode::QueueDepth,
             scale: Ok(&sc),
             now: at(5),
         });

@@ -350,13 +350,18 @@ fn unforced_break(lines: &[String]) -> Option<(String, String)> {
 async fn kubectl_explain_shows_descriptions_as_paragraphs() -> Result<()> {
     install_crds().await?;
     let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    // Fields whose doc comments span three source lines.
+    // Fields whose doc comments span two or three source lines.
     for (crd, resource, path) in [
         ("workerpools.sluice.dev", "workerpools", "spec.template"),
         (
             "flowruns.sluice.dev",
             "flowruns",
             "spec.defaults.maxOutputBytes",
+        ),
+        (
+            "workerpools.sluice.dev",
+            "workerpools",
+            "status.scaling.lastScaleReason",
         ),
     ] {
         let description = installed_description(crd, path).await?;

@@ -21,7 +21,7 @@ use sluice_e2e::{
     cluster, hpa_condition_true, http_request, install_crds, kubectl, wait_deleted, wait_for,
     wait_for_list,
 };
-use sluice_operator::api::{FlowPhase, FlowRun, WorkerPool};
+use sluice_operator::api::{FlowPhase, FlowRun, ScalingMode, WorkerPool};
 use sluice_operator::broker::tokenreview::TokenReviewAuthenticator;
 use sluice_operator::workerpool::controller::POD_DELETION_COST;
 use sluice_operator::workerpool::{Writes, reaper};
@@ -444,6 +444,44 @@ async fn queue_depth_scales_to_max_within_seconds_and_back_to_zero_after_the_del
         missing.message.contains("nobody-serves-this"),
         "{missing:?}"
     );
+    // status.scaling says the mode and why the pool last changed size; `kubectl get wp` shows the mode, the
+    // desired, current and ready pods and the queue (`-o wide` the reason), and the operator published the
+    // change as an Event with the same reason.
+    let scaling = status.scaling.clone().context("status.scaling")?;
+    ensure!(
+        scaling.mode == ScalingMode::QueueDepth && scaling.desired_replicas == Some(10),
+        "{scaling:?}"
+    );
+    let reason = scaling.last_scale_reason.clone().unwrap_or_default();
+    ensure!(
+        reason.starts_with("scaled up from ")
+            && reason.contains(" to 10: ")
+            && reason.ends_with(" per worker → 10 replicas (min 0, max 10)"),
+        "status.scaling.lastScaleReason: {reason:?}"
+    );
+    let table = kubectl(["get", "wp", "busy", "-n", ns.name()]).ok().await?;
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    ensure!(
+        rows.len() == 2
+            && rows[0]
+                == [
+                    "NAME", "MODE", "DESIRED", "CURRENT", "READY", "QUEUE", "AGE"
+                ]
+            && rows[1][..3] == ["busy", "QueueDepth", "10"]
+            && rows[1][5] == "40",
+        "kubectl get wp:\n{table}"
+    );
+    let wide = kubectl(["get", "wp", "busy", "-n", ns.name(), "-o", "wide"])
+        .ok()
+        .await?;
+    ensure!(
+        wide.contains("IN-FLIGHT") && wide.contains("LAST-SCALE") && wide.contains(&reason),
+        "kubectl get wp -o wide:\n{wide}"
+    );
+    scale_event(&ns, "ScaledUp", " to 10: ").await?;
     // Under load for 10 s.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let load_writes = writes(&op).total() - load_from.total();
@@ -480,6 +518,7 @@ async fn queue_depth_scales_to_max_within_seconds_and_back_to_zero_after_the_del
         down >= Duration::from_millis(4500),
         "scaled down after {down:?}, before the 5 s delay"
     );
+    scale_event(&ns, "ScaledDown", " to 0: ").await?;
 
     println!(
         "FIGURE writes: idle {idle_writes} in 10 s ({}/min); under load {load_writes} in {load_secs:.1} s ({:.0}/min); {:?}",
@@ -548,6 +587,25 @@ fn crash_looping(pod: &Pod, restarts: i32) -> bool {
                         == Some("CrashLoopBackOff")
             })
         })
+}
+
+/// Waits for an Event of the operator's on a WorkerPool with `reason` (ScaledUp, ScaledDown) whose note
+/// contains `note_part`, and returns the note.
+async fn scale_event(ns: &TestNamespace, reason: &str, note_part: &str) -> Result<String> {
+    let started = Instant::now();
+    loop {
+        let events = events_of(ns).await?;
+        if let Some((_, _, _, note)) = events.iter().find(|(r, kind, _, note)| {
+            r == reason && kind == "WorkerPool" && note.contains(note_part)
+        }) {
+            return Ok(note.clone());
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "no {reason} Event on the pool whose note contains {note_part:?}; events: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The Events of the namespace as (reason, regarding kind, regarding name, note).
