@@ -7,6 +7,7 @@ pub mod queue;
 pub mod server;
 pub mod sink;
 pub mod tokenreview;
+mod waiters;
 
 pub use server::Broker;
 

@@ -5,12 +5,20 @@
 //! (invariant 1), and after an operator restart the index is rebuilt from statuses (invariant 6). Keeping it
 //! pure (time is an argument, no locks, no I/O) lets the claim, fencing and loss rules be tested exhaustively;
 //! the HTTP shell wraps it in a mutex and wakes long polls.
+//!
+//! The broker holds every live FlowRun's tasks, so no operation of the hot path (offer, claim, heartbeat,
+//! finish, retain, the loss check, demand) scans all entries: the [`index`] module keeps them findable by
+//! FlowRun, by loss deadline, by pool and by worker.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use sluice_wire::{Task, TaskId};
+
+use index::Indexes;
+
+mod index;
 
 /// A task ready to be handed out: one attempt of one step (or forEach instance), recorded in status.
 #[derive(Clone, Debug, PartialEq)]
@@ -153,6 +161,9 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct TaskQueue {
     entries: HashMap<TaskId, Entry>,
+    /// Derived from `entries`, changed only through [`TaskQueue::insert`], [`TaskQueue::remove`],
+    /// [`TaskQueue::set_state`] and the heartbeat's [`Indexes::touch`].
+    indexes: Indexes,
     /// FIFO of queued task ids per (pool, handler). May hold ids that were since claimed, replaced or removed;
     /// those are skipped lazily at claim time.
     ready: BTreeMap<(String, String), VecDeque<TaskId>>,
@@ -168,29 +179,58 @@ impl TaskQueue {
         Self::default()
     }
 
+    /// Adds or replaces an entry, keeping the indexes in step.
+    fn insert(&mut self, id: TaskId, entry: Entry) {
+        if let Some(old) = self.entries.remove(&id) {
+            self.indexes.remove(&id, &old);
+        }
+        self.indexes.insert(&id, &entry);
+        self.entries.insert(id, entry);
+    }
+
+    /// Removes an entry, keeping the indexes in step.
+    fn remove(&mut self, id: &TaskId) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        self.indexes.remove(id, &entry);
+        Some(entry)
+    }
+
+    /// Changes an entry's state, keeping the indexes in step.
+    fn set_state(&mut self, id: &TaskId, state: State) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            self.indexes.leave(id, entry);
+            entry.state = state;
+            self.indexes.enter(id, entry);
+        }
+    }
+
+    /// Whether a new offer of `attempt` changes anything, and how.
+    fn offer_outcome(&self, id: &TaskId, attempt: u32) -> Offer {
+        match self.entries.get(id) {
+            Some(existing) if existing.attempt() == attempt => Offer::AlreadyKnown,
+            Some(existing) if existing.attempt() > attempt => Offer::Stale,
+            Some(_) => Offer::Replaced,
+            None => Offer::Queued,
+        }
+    }
+
     /// Queues an attempt recorded in status (phase Ready). Idempotent for the same attempt.
     pub fn offer(&mut self, task: QueuedTask, now: Timestamp) -> Offer {
         let id = task.task.id.clone();
-        let outcome = match self.entries.get(&id) {
-            Some(existing) if existing.attempt() == task.task.attempt => {
-                return Offer::AlreadyKnown;
-            }
-            Some(existing) if existing.attempt() > task.task.attempt => return Offer::Stale,
-            Some(_) => Offer::Replaced,
-            None => Offer::Queued,
-        };
+        let outcome = self.offer_outcome(&id, task.task.attempt);
+        if matches!(outcome, Offer::AlreadyKnown | Offer::Stale) {
+            return outcome;
+        }
         self.ready
             .entry((task.pool.clone(), task.task.handler.clone()))
             .or_default()
             .push_back(id.clone());
-        self.entries.insert(
-            id,
-            Entry {
-                queued: task,
-                state: State::Queued { since: now },
-                cancel: false,
-            },
-        );
+        let entry = Entry {
+            queued: task,
+            state: State::Queued { since: now },
+            cancel: false,
+        };
+        self.insert(id, entry);
         outcome
     }
 
@@ -198,25 +238,19 @@ impl TaskQueue {
     /// fresh heartbeat window from `now`.
     pub fn adopt_running(&mut self, task: QueuedTask, worker: &str, now: Timestamp) -> Offer {
         let id = task.task.id.clone();
-        let outcome = match self.entries.get(&id) {
-            Some(existing) if existing.attempt() == task.task.attempt => {
-                return Offer::AlreadyKnown;
-            }
-            Some(existing) if existing.attempt() > task.task.attempt => return Offer::Stale,
-            Some(_) => Offer::Replaced,
-            None => Offer::Queued,
-        };
-        self.entries.insert(
-            id,
-            Entry {
-                queued: task,
-                state: State::Claimed {
-                    worker: worker.to_owned(),
-                    last_seen: now,
-                },
-                cancel: false,
+        let outcome = self.offer_outcome(&id, task.task.attempt);
+        if matches!(outcome, Offer::AlreadyKnown | Offer::Stale) {
+            return outcome;
+        }
+        let entry = Entry {
+            queued: task,
+            state: State::Claimed {
+                worker: worker.to_owned(),
+                last_seen: now,
             },
-        );
+            cancel: false,
+        };
+        self.insert(id, entry);
         outcome
     }
 
@@ -250,11 +284,14 @@ impl TaskQueue {
                 .get_mut(&key)
                 .and_then(VecDeque::pop_front)
                 .expect("live_head found a queued head");
-            let entry = self.entries.get_mut(&id).expect("live head has an entry");
-            entry.state = State::Claimed {
-                worker: worker.to_owned(),
-                last_seen: now,
-            };
+            self.set_state(
+                &id,
+                State::Claimed {
+                    worker: worker.to_owned(),
+                    last_seen: now,
+                },
+            );
+            let entry = &self.entries[&id];
             let mut task = entry.queued.task.clone();
             task.deadline = entry.queued.timeout.and_then(|t| {
                 let deadline = now
@@ -321,57 +358,62 @@ impl TaskQueue {
         self.check(id, attempt, worker)?;
         let entry = self.entries.get_mut(id).expect("checked above");
         if let State::Claimed { last_seen, .. } = &mut entry.state {
+            self.indexes
+                .touch(id, entry.queued.heartbeat_timeout, *last_seen, now);
             *last_seen = now;
         }
         let cancel = entry.cancel;
-        let pool = entry.queued.pool.clone();
-        let seen = self
-            .workers
-            .entry(pool)
-            .or_default()
-            .entry(worker.to_owned())
-            .or_default();
+        let seen = worker_seen(&mut self.workers, &entry.queued.pool, worker);
         seen.last_seen = Some(now);
         Ok(cancel)
+    }
+
+    /// The silence after which a known task's claimed attempt is declared lost.
+    pub fn heartbeat_timeout(&self, id: &TaskId) -> Option<Duration> {
+        self.entries.get(id).map(|e| e.queued.heartbeat_timeout)
     }
 
     /// Forgets a task once its result (or release) is persisted. Only the named attempt is removed, so a newer
     /// attempt offered meanwhile survives.
     pub fn finish(&mut self, id: &TaskId, attempt: u32) {
         if self.entries.get(id).is_some_and(|e| e.attempt() == attempt) {
-            self.entries.remove(id);
+            self.remove(id);
         }
     }
 
     /// Asks the worker of a claimed task to stop (its next heartbeat answers cancel) and drops it if queued.
-    pub fn cancel(&mut self, id: &TaskId) {
+    /// Returns whether a worker holds the task (its held heartbeats should be answered now).
+    pub fn cancel(&mut self, id: &TaskId) -> bool {
         let Some(entry) = self.entries.get_mut(id) else {
-            return;
+            return false;
         };
         match entry.state {
             State::Queued { .. } => {
-                self.entries.remove(id);
+                self.remove(id);
+                false
             }
-            State::Claimed { .. } | State::Releasing => entry.cancel = true,
+            State::Claimed { .. } | State::Releasing => {
+                entry.cancel = true;
+                true
+            }
         }
     }
 
     /// Drops every queued task of one FlowRun for which `keep` says no (the FlowRun was deleted, cancelled, or
-    /// its status no longer holds the attempt), and returns the claimed ones it asked to cancel.
+    /// its status no longer holds the attempt), and returns the claimed ones it asked to cancel, sorted.
     pub fn retain_flow_run(
         &mut self,
         namespace: &str,
         name: &str,
         mut keep: impl FnMut(&TaskId, u32) -> bool,
     ) -> Vec<TaskId> {
-        let doomed: Vec<TaskId> = self
-            .entries
+        let Some(ids) = self.indexes.flow_run(namespace, name) else {
+            return Vec::new();
+        };
+        let doomed: Vec<TaskId> = ids
             .iter()
-            .filter(|(id, e)| {
-                let fr = &e.queued.task.flow_run;
-                fr.namespace == namespace && fr.name == name && !keep(id, e.attempt())
-            })
-            .map(|(id, _)| id.clone())
+            .filter(|id| !keep(id, self.entries[*id].attempt()))
+            .cloned()
             .collect();
         let mut cancelled = Vec::new();
         for id in doomed {
@@ -387,18 +429,24 @@ impl TaskQueue {
     /// index as releasing (refusing its worker's late reports) until [`TaskQueue::finish`].
     pub fn take_lost(&mut self, now: Timestamp) -> Vec<LostAttempt> {
         let mut lost = Vec::new();
-        for (id, entry) in &mut self.entries {
-            if let State::Claimed { worker, last_seen } = &entry.state {
-                let silent = now.duration_since(*last_seen);
-                let limit = jiff::SignedDuration::try_from(entry.queued.heartbeat_timeout)
-                    .unwrap_or(jiff::SignedDuration::MAX);
-                if silent > limit {
-                    lost.push(lost_attempt(id, entry, worker));
-                    entry.state = State::Releasing;
-                }
-            }
+        // Exactly at the deadline is not yet lost: silence must exceed the timeout.
+        while let Some((deadline, id)) = self.indexes.loss_deadlines.first().cloned()
+            && deadline < now
+        {
+            lost.push(self.release(&id));
         }
         lost.sort_by(|a, b| a.id.cmp(&b.id));
+        lost
+    }
+
+    /// Marks a claimed attempt releasing and describes it.
+    fn release(&mut self, id: &TaskId) -> LostAttempt {
+        let entry = &self.entries[id];
+        let State::Claimed { worker, .. } = &entry.state else {
+            unreachable!("only claimed attempts are indexed as claimed");
+        };
+        let lost = lost_attempt(id, entry, worker);
+        self.set_state(id, State::Releasing);
         lost
     }
 
@@ -406,18 +454,14 @@ impl TaskQueue {
     /// worker is named by its pool and its name: pod names repeat across namespaces, so a same-named worker of
     /// another pool keeps its attempts.
     pub fn take_worker(&mut self, pool: &str, worker: &str) -> Vec<LostAttempt> {
-        let mut lost = Vec::new();
-        for (id, entry) in &mut self.entries {
-            if let State::Claimed { worker: owner, .. } = &entry.state
-                && owner == worker
-                && entry.queued.pool == pool
-            {
-                lost.push(lost_attempt(id, entry, owner));
-                entry.state = State::Releasing;
-            }
-        }
-        lost.sort_by(|a, b| a.id.cmp(&b.id));
-        lost
+        let held: Vec<TaskId> = self
+            .indexes
+            .pools
+            .get(pool)
+            .and_then(|p| p.claimed.get(worker))
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        held.iter().map(|id| self.release(id)).collect()
     }
 
     /// The queue waits of the attempts claimed since the last call (for the dispatch-latency histogram).
@@ -427,15 +471,26 @@ impl TaskQueue {
 
     /// Puts back a lost attempt whose release could not be persisted, so the next loss check reports it again.
     pub fn retry_release(&mut self, lost: LostAttempt) {
-        if let Some(entry) = self.entries.get_mut(&lost.id)
-            && entry.attempt() == lost.attempt
-            && matches!(entry.state, State::Releasing)
-        {
-            entry.state = State::Claimed {
+        if self.entries.get(&lost.id).is_some_and(|entry| {
+            entry.attempt() == lost.attempt && matches!(entry.state, State::Releasing)
+        }) {
+            let state = State::Claimed {
                 worker: lost.worker,
                 last_seen: Timestamp::MIN,
             };
+            self.set_state(&lost.id, state);
         }
+    }
+
+    /// The (qualified) pool and handler of a queued task: the long polls that may claim it.
+    pub fn route(&self, id: &TaskId) -> Option<(&str, &str)> {
+        let entry = self.entries.get(id)?;
+        matches!(entry.state, State::Queued { .. }).then(|| {
+            (
+                entry.queued.pool.as_str(),
+                entry.queued.task.handler.as_str(),
+            )
+        })
     }
 
     /// The (qualified) pool of a known task.
@@ -445,54 +500,48 @@ impl TaskQueue {
 
     /// The earliest time a claimed attempt could be declared lost, to schedule the next check.
     pub fn next_loss_check(&self) -> Option<Timestamp> {
-        self.entries
-            .values()
-            .filter_map(|e| match &e.state {
-                State::Claimed { last_seen, .. } => {
-                    let limit = jiff::SignedDuration::try_from(e.queued.heartbeat_timeout).ok()?;
-                    last_seen.checked_add(limit).ok()
-                }
-                _ => None,
-            })
-            .min()
+        self.indexes.loss_deadlines.first().map(|(t, _)| *t)
     }
 
     /// Demand of one pool.
     pub fn demand(&self, pool: &str, now: Timestamp) -> PoolDemand {
-        let mut demand = PoolDemand::default();
-        for entry in self.entries.values().filter(|e| e.queued.pool == pool) {
-            match &entry.state {
-                State::Queued { since } => {
-                    demand.queued += 1;
-                    demand
-                        .handlers_queued
-                        .insert(entry.queued.task.handler.clone());
-                    let waited = now.duration_since(*since).unsigned_abs();
-                    demand.oldest_wait = Some(demand.oldest_wait.map_or(waited, |w| w.max(waited)));
-                }
-                State::Claimed { .. } | State::Releasing => demand.in_flight += 1,
-            }
+        let Some(index) = self.indexes.pools.get(pool) else {
+            return PoolDemand::default();
+        };
+        // The largest |now - since| is at one end of the ordered set (both ends, should a clock step back).
+        let waited = |since: &Timestamp| now.duration_since(*since).unsigned_abs();
+        let oldest = index.queued_since.first().map(|(t, _)| waited(t));
+        let newest = index.queued_since.last().map(|(t, _)| waited(t));
+        PoolDemand {
+            queued: u32::try_from(index.queued_since.len()).unwrap_or(u32::MAX),
+            in_flight: index.in_flight,
+            oldest_wait: oldest.max(newest),
+            handlers_queued: index.queued.keys().cloned().collect(),
         }
-        demand
+    }
+
+    /// The handlers of `pool` with queued tasks, with how many each has.
+    pub fn queued_handlers(&self, pool: &str) -> Vec<(String, u32)> {
+        self.indexes
+            .pools
+            .get(pool)
+            .map(|p| p.queued.iter().map(|(h, n)| (h.clone(), *n)).collect())
+            .unwrap_or_default()
     }
 
     /// Every (qualified) pool with a known task or worker.
     pub fn pools(&self) -> BTreeSet<String> {
-        self.entries
-            .values()
-            .map(|e| e.queued.pool.clone())
-            .chain(self.workers.keys().cloned())
+        self.indexes
+            .pools
+            .keys()
+            .chain(self.workers.keys())
+            .cloned()
             .collect()
     }
 
     /// A worker of `pool` opened a long poll for `handlers`.
     pub fn poll_started(&mut self, pool: &str, worker: &str, handlers: &[String], now: Timestamp) {
-        let seen = self
-            .workers
-            .entry(pool.to_owned())
-            .or_default()
-            .entry(worker.to_owned())
-            .or_default();
+        let seen = worker_seen(&mut self.workers, pool, worker);
         seen.polls += 1;
         seen.last_seen = Some(now);
         seen.handlers = handlers.iter().cloned().collect();
@@ -539,8 +588,12 @@ impl TaskQueue {
                 },
             );
         }
-        for entry in self.entries.values().filter(|e| e.queued.pool == pool) {
-            if let State::Claimed { worker, last_seen } = &entry.state {
+        let claimed = self.indexes.pools.get(pool).map(|p| &p.claimed);
+        for (worker, ids) in claimed.into_iter().flatten() {
+            for id in ids {
+                let State::Claimed { last_seen, .. } = &self.entries[id].state else {
+                    continue;
+                };
                 let info = out.entry(worker.clone()).or_insert_with(|| WorkerInfo {
                     name: worker.clone(),
                     last_seen: *last_seen,
@@ -557,12 +610,24 @@ impl TaskQueue {
 
     /// Whether `pool` has a queued task for one of `handlers` (to decide whether a long poll may return).
     pub fn has_work(&self, pool: &str, handlers: &[String]) -> bool {
-        self.entries.values().any(|e| {
-            matches!(e.state, State::Queued { .. })
-                && e.queued.pool == pool
-                && handlers.contains(&e.queued.task.handler)
-        })
+        self.indexes
+            .pools
+            .get(pool)
+            .is_some_and(|p| handlers.iter().any(|h| p.queued.contains_key(h)))
     }
+}
+
+/// The registry record of a worker of a pool, created when first heard of.
+fn worker_seen<'a>(
+    workers: &'a mut BTreeMap<String, BTreeMap<String, Seen>>,
+    pool: &str,
+    worker: &str,
+) -> &'a mut Seen {
+    workers
+        .entry(pool.to_owned())
+        .or_default()
+        .entry(worker.to_owned())
+        .or_default()
 }
 
 fn lost_attempt(id: &TaskId, entry: &Entry, worker: &str) -> LostAttempt {
@@ -576,248 +641,4 @@ fn lost_attempt(id: &TaskId, entry: &Entry, worker: &str) -> LostAttempt {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use sluice_wire::FlowRunRef;
-
-    fn t0() -> Timestamp {
-        "2026-01-01T00:00:00Z".parse().unwrap()
-    }
-
-    fn at(secs: i64) -> Timestamp {
-        t0() + jiff::SignedDuration::from_secs(secs)
-    }
-
-    fn task(step: &str, handler: &str, attempt: u32) -> QueuedTask {
-        QueuedTask {
-            task: Task {
-                id: TaskId::from_parts("ns", "fr", step, None),
-                attempt,
-                handler: handler.into(),
-                input: serde_json::json!({}),
-                deadline: None,
-                heartbeat_interval_seconds: 5,
-                flow_run: FlowRunRef {
-                    namespace: "ns".into(),
-                    name: "fr".into(),
-                    uid: "u".into(),
-                },
-                step: step.into(),
-                instance: None,
-            },
-            pool: "p".into(),
-            timeout: Some(Duration::from_secs(60)),
-            heartbeat_timeout: Duration::from_secs(30),
-        }
-    }
-
-    fn handlers(names: &[&str]) -> Vec<String> {
-        names.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn offer_is_idempotent_and_fenced_by_attempt() {
-        let mut q = TaskQueue::new();
-        assert_eq!(q.offer(task("a", "h", 1), t0()), Offer::Queued);
-        assert_eq!(q.offer(task("a", "h", 1), t0()), Offer::AlreadyKnown);
-        assert_eq!(q.offer(task("a", "h", 2), t0()), Offer::Replaced);
-        assert_eq!(q.offer(task("a", "h", 1), t0()), Offer::Stale);
-        let claimed = q.claim("p", &handlers(&["h"]), 10, "w", t0());
-        assert_eq!(
-            claimed.len(),
-            1,
-            "the replaced attempt must not be handed out twice"
-        );
-        assert_eq!(claimed[0].attempt, 2);
-    }
-
-    #[test]
-    fn claim_respects_pool_handlers_capacity_and_fills_deadline() {
-        let mut q = TaskQueue::new();
-        q.offer(task("a", "h1", 1), at(0));
-        q.offer(task("b", "h2", 1), at(1));
-        q.offer(task("c", "h1", 1), at(2));
-        let mut other_pool = task("d", "h1", 1);
-        other_pool.pool = "other".into();
-        q.offer(other_pool, at(0));
-
-        assert!(q.claim("p", &handlers(&["nope"]), 5, "w", at(3)).is_empty());
-        let got = q.claim("p", &handlers(&["h1", "h2"]), 2, "w", at(3));
-        let steps: Vec<_> = got.iter().map(|t| t.step.as_str()).collect();
-        assert_eq!(steps, ["a", "b"], "oldest first across handlers");
-        assert_eq!(got[0].deadline.as_deref(), Some("2026-01-01T00:01:03Z"));
-        let rest = q.claim("p", &handlers(&["h1", "h2"]), 5, "w2", at(4));
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].step, "c");
-        assert_eq!(q.demand("p", at(4)).in_flight, 3);
-        assert_eq!(q.demand("other", at(4)).queued, 1);
-    }
-
-    #[test]
-    fn heartbeats_and_reports_are_fenced() {
-        let mut q = TaskQueue::new();
-        q.offer(task("a", "h", 1), t0());
-        let id = TaskId::from_parts("ns", "fr", "a", None);
-        assert_eq!(
-            q.check(&id, 1, "w"),
-            Err(Fenced::UnknownTask(id.clone())),
-            "queued, not claimed"
-        );
-        q.claim("p", &handlers(&["h"]), 1, "w", t0());
-        assert_eq!(q.heartbeat(&id, 1, "w", at(10)), Ok(false));
-        assert!(matches!(
-            q.check(&id, 1, "intruder"),
-            Err(Fenced::WrongWorker { .. })
-        ));
-        assert!(matches!(
-            q.check(&id, 0, "w"),
-            Err(Fenced::StaleAttempt { current: 1, .. })
-        ));
-        q.cancel(&id);
-        assert_eq!(
-            q.heartbeat(&id, 1, "w", at(11)),
-            Ok(true),
-            "cancel is answered by the heartbeat"
-        );
-        q.finish(&id, 1);
-        assert_eq!(q.check(&id, 1, "w"), Err(Fenced::UnknownTask(id)));
-    }
-
-    #[test]
-    fn silent_attempts_are_lost_once_and_then_refused() {
-        let mut q = TaskQueue::new();
-        q.offer(task("a", "h", 1), t0());
-        q.offer(task("b", "h", 1), t0());
-        q.claim("p", &handlers(&["h"]), 2, "w", t0());
-        let b = TaskId::from_parts("ns", "fr", "b", None);
-        q.heartbeat(&b, 1, "w", at(25)).unwrap();
-        assert_eq!(q.next_loss_check(), Some(at(30)));
-        assert!(
-            q.take_lost(at(30)).is_empty(),
-            "exactly at the limit is not yet lost"
-        );
-        let lost = q.take_lost(at(31));
-        assert_eq!(lost.len(), 1);
-        assert_eq!(lost[0].id, TaskId::from_parts("ns", "fr", "a", None));
-        assert!(
-            q.take_lost(at(100)).iter().all(|l| l.id == b),
-            "a is reported once"
-        );
-        let a = &lost[0].id;
-        assert!(
-            q.check(a, 1, "w").is_err(),
-            "the lost worker's late report is refused"
-        );
-        // The retry arrives as attempt 2 and replaces the releasing entry.
-        assert_eq!(q.offer(task("a", "h", 2), at(101)), Offer::Replaced);
-        q.finish(a, 1);
-        assert_eq!(
-            q.demand("p", at(101)).queued,
-            1,
-            "finishing attempt 1 keeps attempt 2"
-        );
-    }
-
-    #[test]
-    fn worker_release_and_restart_adoption() {
-        let mut q = TaskQueue::new();
-        assert_eq!(
-            q.adopt_running(task("a", "h", 3), "w1", at(0)),
-            Offer::Queued
-        );
-        q.offer(task("b", "h", 1), at(0));
-        q.claim("p", &handlers(&["h"]), 1, "w2", at(0));
-        let lost = q.take_worker("p", "w1");
-        assert_eq!(lost.len(), 1);
-        assert_eq!((lost[0].attempt, lost[0].worker.as_str()), (3, "w1"));
-        assert!(q.take_worker("p", "w1").is_empty(), "released once");
-        assert_eq!(q.take_worker("p", "w2").len(), 1);
-    }
-
-    #[test]
-    fn releasing_a_worker_leaves_same_named_workers_of_other_namespaces_alone() {
-        // Pod names repeat across namespaces: worker `w-1` of pool `a/p` and worker `w-1` of pool `b/p`.
-        let in_ns = |ns: &str| {
-            let mut t = task("s", "h", 1);
-            t.task.id = TaskId::from_parts(ns, "fr", "s", None);
-            t.task.flow_run.namespace = ns.into();
-            t.pool = format!("{ns}/p");
-            t
-        };
-        let mut q = TaskQueue::new();
-        q.offer(in_ns("a"), t0());
-        q.offer(in_ns("b"), t0());
-        assert_eq!(q.claim("a/p", &handlers(&["h"]), 1, "w-1", t0()).len(), 1);
-        assert_eq!(q.claim("b/p", &handlers(&["h"]), 1, "w-1", t0()).len(), 1);
-
-        let lost = q.take_worker("a/p", "w-1");
-        assert_eq!(lost.len(), 1, "{lost:?}");
-        assert_eq!(lost[0].namespace, "a");
-        let b = TaskId::from_parts("b", "fr", "s", None);
-        assert_eq!(
-            q.check(&b, 1, "w-1"),
-            Ok(()),
-            "the other namespace's worker keeps its attempt"
-        );
-        assert_eq!(q.demand("b/p", at(1)).in_flight, 1);
-        assert_eq!(q.take_worker("b/p", "w-1").len(), 1);
-    }
-
-    #[test]
-    fn worker_registry_tracks_polls_heartbeats_and_load() {
-        let mut q = TaskQueue::new();
-        assert!(q.workers("p").is_empty());
-        q.poll_started("p", "w1", &handlers(&["h", "g"]), at(0));
-        q.poll_started("p", "w2", &handlers(&["h"]), at(0));
-        q.offer(task("a", "h", 1), at(1));
-        q.claim("p", &handlers(&["h"]), 1, "w1", at(1));
-        q.poll_ended("p", "w1", at(1));
-        let workers = q.workers("p");
-        assert_eq!(workers.len(), 2);
-        let w1 = &workers[0];
-        assert_eq!(
-            (w1.name.as_str(), w1.polling, w1.in_flight, w1.last_seen),
-            ("w1", false, 1, at(1))
-        );
-        assert_eq!(
-            w1.handlers,
-            ["g", "h"].iter().map(|s| s.to_string()).collect()
-        );
-        assert!(workers[1].polling, "w2 is still in its long poll");
-        assert!(workers[1].is_live(at(1000), Duration::from_secs(1)));
-
-        let a = TaskId::from_parts("ns", "fr", "a", None);
-        q.heartbeat(&a, 1, "w1", at(20)).unwrap();
-        let w1 = q.workers("p").remove(0);
-        assert_eq!(w1.last_seen, at(20), "a heartbeat refreshes the worker");
-        assert!(w1.is_live(at(50), Duration::from_secs(30)));
-        assert!(!w1.is_live(at(51), Duration::from_secs(30)));
-        assert!(q.workers("other").is_empty(), "registries are per pool");
-
-        q.finish(&a, 1);
-        q.forget_worker("p", "w1");
-        assert_eq!(q.workers("p").len(), 1);
-    }
-
-    #[test]
-    fn adopted_attempts_name_their_worker_before_it_is_heard_of() {
-        let mut q = TaskQueue::new();
-        q.adopt_running(task("a", "h", 1), "w9", at(5));
-        let workers = q.workers("p");
-        assert_eq!(workers.len(), 1);
-        assert_eq!((workers[0].in_flight, workers[0].last_seen), (1, at(5)));
-    }
-
-    #[test]
-    fn retain_drops_queued_and_cancels_claimed() {
-        let mut q = TaskQueue::new();
-        q.offer(task("a", "h", 1), t0());
-        q.offer(task("b", "h", 1), t0());
-        q.claim("p", &handlers(&["h"]), 1, "w", t0());
-        let cancelled = q.retain_flow_run("ns", "fr", |_, _| false);
-        assert_eq!(cancelled, vec![TaskId::from_parts("ns", "fr", "a", None)]);
-        assert!(!q.has_work("p", &handlers(&["h"])));
-        let a = TaskId::from_parts("ns", "fr", "a", None);
-        assert_eq!(q.heartbeat(&a, 1, "w", t0()), Ok(true));
-    }
-}
+mod tests;

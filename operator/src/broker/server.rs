@@ -18,12 +18,13 @@ use sluice_wire::{
     ErrorCode, FAIL_PATH, FailRequest, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse,
     MAX_ERROR_MESSAGE_BYTES, TaskId, truncate_message,
 };
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::auth::{AuthError, Authenticator, WorkerIdentity};
 use super::queue::{Fenced, LostAttempt, Offer, PoolDemand, QueuedTask, TaskQueue, WorkerInfo};
 use super::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError, TaskRef};
+use super::waiters::PollWaiters;
 
 /// Largest request body the broker reads. Step outputs are capped far lower by the engine (64 KiB by default);
 /// this only keeps a misbehaving worker from making the operator buffer without bound.
@@ -54,15 +55,34 @@ pub struct Broker {
 }
 
 struct Shared {
-    queue: Mutex<TaskQueue>,
-    /// Woken whenever tasks are offered, so long polls re-check the queue.
-    wake: Notify,
+    /// The queue and the requests waiting on it, under one lock: a request registers in the same critical
+    /// section in which it found nothing to do, so no wake-up falls in between.
+    state: Mutex<Inner>,
     sink: Arc<dyn ResultSink>,
     auth: Arc<dyn Authenticator>,
     /// False until this replica leads and has rebuilt its queue from statuses.
     ready: AtomicBool,
     /// Where claims report how long their attempts waited in the queue.
     dispatch_latency: Option<Histogram>,
+}
+
+/// What the broker's lock guards.
+#[derive(Default)]
+struct Inner {
+    queue: TaskQueue,
+    /// Long polls waiting for a task, per pool, oldest first.
+    polls: PollWaiters,
+}
+
+impl Inner {
+    /// Wakes one waiting poll per handler of `pool` with queued tasks: a poll that was woken but went away
+    /// before it claimed passes its wake-up on, so the task it was woken for is not left waiting for the
+    /// next offer.
+    fn pass_on_wakeup(&mut self, pool: &str) {
+        for (handler, _) in self.queue.queued_handlers(pool) {
+            self.polls.wake_one(pool, &handler);
+        }
+    }
 }
 
 /// The qualified name of a pool: namespace and name.
@@ -76,8 +96,7 @@ impl Broker {
     pub fn new(sink: Arc<dyn ResultSink>, auth: Arc<dyn Authenticator>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                queue: Mutex::new(TaskQueue::new()),
-                wake: Notify::new(),
+                state: Mutex::new(Inner::default()),
                 sink,
                 auth,
                 ready: AtomicBool::new(false),
@@ -112,10 +131,16 @@ impl Broker {
             .with_state(self.clone())
     }
 
-    /// Opens or closes the broker to workers (leadership gained or lost).
+    /// Opens or closes the broker to workers (leadership gained or lost). Closing answers every waiting long
+    /// poll with 503 at once.
     pub fn set_ready(&self, ready: bool) {
         self.shared.ready.store(ready, Ordering::SeqCst);
-        self.shared.wake.notify_waiters();
+        if !ready {
+            // Under the lock, after the store: a request either registered before (and is woken here) or
+            // checks readiness after (and sees false).
+            let mut inner = self.inner();
+            inner.polls.wake_all();
+        }
     }
 
     /// Whether the broker serves workers.
@@ -123,36 +148,35 @@ impl Broker {
         self.shared.ready.load(Ordering::SeqCst)
     }
 
-    fn queue(&self) -> MutexGuard<'_, TaskQueue> {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the index consistent (every method finishes its own changes
         // before anything can panic), so a poisoned lock is taken over rather than propagated.
-        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues attempts already recorded in status, waking waiting workers. `pool` of each task must be the
-    /// qualified `namespace/name` of its WorkerPool.
+    /// Queues attempts already recorded in status. Each newly queued task wakes the one oldest long poll that
+    /// serves its handler. `pool` of each task must be the qualified `namespace/name` of its WorkerPool.
     pub fn offer(&self, tasks: impl IntoIterator<Item = QueuedTask>) {
         let now = Timestamp::now();
-        let mut queued = 0;
-        {
-            let mut queue = self.queue();
-            for task in tasks {
-                if matches!(queue.offer(task, now), Offer::Queued | Offer::Replaced) {
-                    queued += 1;
-                }
+        let mut guard = self.inner();
+        let inner = &mut *guard;
+        for task in tasks {
+            let id = task.task.id.clone();
+            let outcome = inner.queue.offer(task, now);
+            if matches!(outcome, Offer::Queued | Offer::Replaced)
+                && let Some((pool, handler)) = inner.queue.route(&id)
+            {
+                inner.polls.wake_one(pool, handler);
             }
-        }
-        if queued > 0 {
-            self.shared.wake.notify_waiters();
         }
     }
 
     /// Records attempts that status shows running (after a restart), with a fresh heartbeat window.
     pub fn adopt_running(&self, tasks: impl IntoIterator<Item = (QueuedTask, String)>) {
         let now = Timestamp::now();
-        let mut queue = self.queue();
+        let mut inner = self.inner();
         for (task, worker) in tasks {
-            queue.adopt_running(task, &worker, now);
+            inner.queue.adopt_running(task, &worker, now);
         }
     }
 
@@ -163,24 +187,26 @@ impl Broker {
         name: &str,
         keep: impl FnMut(&TaskId, u32) -> bool,
     ) -> Vec<TaskId> {
-        self.queue().retain_flow_run(namespace, name, keep)
+        self.inner().queue.retain_flow_run(namespace, name, keep)
     }
 
     /// Asks the worker of one task to stop.
     pub fn cancel(&self, id: &TaskId) {
-        self.queue().cancel(id);
+        self.inner().queue.cancel(id);
     }
 
     /// Demand of a pool (qualified `namespace/name`).
     pub fn demand(&self, namespace: &str, pool: &str) -> PoolDemand {
-        self.queue()
+        self.inner()
+            .queue
             .demand(&pool_key(namespace, pool), Timestamp::now())
     }
 
     /// The pools of `namespace` with a known task or worker, by name.
     pub fn pools(&self, namespace: &str) -> std::collections::BTreeSet<String> {
         let prefix = format!("{namespace}/");
-        self.queue()
+        self.inner()
+            .queue
             .pools()
             .into_iter()
             .filter_map(|p| p.strip_prefix(&prefix).map(str::to_owned))
@@ -189,12 +215,13 @@ impl Broker {
 
     /// The workers of a pool heard of (qualified by `namespace`), with the attempts each holds.
     pub fn workers(&self, namespace: &str, pool: &str) -> Vec<WorkerInfo> {
-        self.queue().workers(&pool_key(namespace, pool))
+        self.inner().queue.workers(&pool_key(namespace, pool))
     }
 
     /// Forgets a worker of a pool whose pod is gone.
     pub fn forget_worker(&self, namespace: &str, pool: &str, worker: &str) {
-        self.queue()
+        self.inner()
+            .queue
             .forget_worker(&pool_key(namespace, pool), worker);
     }
 
@@ -206,7 +233,10 @@ impl Broker {
         pool: &str,
         worker: &str,
     ) -> Vec<LostAttempt> {
-        let lost = self.queue().take_worker(&pool_key(namespace, pool), worker);
+        let lost = self
+            .inner()
+            .queue
+            .take_worker(&pool_key(namespace, pool), worker);
         self.release(lost.clone()).await;
         lost
     }
@@ -216,9 +246,9 @@ impl Broker {
     pub async fn run_loss_detector(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            let lost = self.queue().take_lost(Timestamp::now());
+            let lost = self.inner().queue.take_lost(Timestamp::now());
             self.release(lost).await;
-            let next = self.queue().next_loss_check();
+            let next = self.inner().queue.next_loss_check();
             let wait = next
                 .map(|t| {
                     let d = t.duration_since(Timestamp::now());
@@ -247,15 +277,28 @@ impl Broker {
             };
             match self.shared.sink.record(report).await {
                 Ok(_) | Err(SinkError::Stale(_)) | Err(SinkError::Unknown(_)) => {
-                    self.queue().finish(&attempt.id, attempt.attempt);
+                    self.inner().queue.finish(&attempt.id, attempt.attempt);
                 }
                 Err(SinkError::Unavailable(e)) => {
                     // Put it back as claimed-and-silent so the next round tries again.
                     warn!(task = %attempt.id, error = %e, "could not persist a lost attempt yet");
-                    self.queue().retry_release(attempt);
+                    self.inner().queue.retry_release(attempt);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl Broker {
+    /// Long polls of pool `namespace/pool` waiting in line.
+    pub(crate) fn waiting_polls(&self, namespace: &str, pool: &str) -> usize {
+        self.inner().polls.waiting(&pool_key(namespace, pool))
+    }
+
+    /// Wake-ups delivered to long polls so far.
+    pub(crate) fn poll_wakeups(&self) -> u64 {
+        self.inner().polls.wakeups()
     }
 }
 
@@ -423,7 +466,7 @@ fn authorize_task(
             format!("task {id} is not in this worker's namespace"),
         ));
     }
-    if let (Some(own), Some(pool)) = (&caller.pool, broker.queue().pool_of(id))
+    if let (Some(own), Some(pool)) = (&caller.pool, broker.inner().queue.pool_of(id))
         && pool != pool_key(&task.namespace, own)
     {
         return Err(ApiError::new(
@@ -446,57 +489,115 @@ async fn claim(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(req.wait_seconds));
     // The worker registry sees the poll open now and close when this future ends, however it ends.
     broker
-        .queue()
+        .inner()
+        .queue
         .poll_started(&key, &req.worker, &req.handlers, Timestamp::now());
     let _poll = PollGuard {
         broker: broker.clone(),
         pool: key.clone(),
         worker: req.worker.clone(),
     };
+    let mut place = PlaceInLine {
+        broker: broker.clone(),
+        pool: key.clone(),
+        ticket: None,
+        waiting: false,
+    };
     loop {
-        // Register interest before looking, so an offer between the look and the wait is not missed.
-        let notified = broker.shared.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        let woken = match look(&broker, &mut place, &req)? {
+            Look::Claimed(tasks) => return Ok(Json(ClaimResponse { tasks })),
+            Look::Wait(woken) => woken,
+        };
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return Ok(Json(ClaimResponse { tasks: Vec::new() }));
+        }
+    }
+}
+
+/// What a long poll found when it looked at the queue.
+enum Look {
+    /// Tasks it claimed.
+    Claimed(Vec<sluice_wire::Task>),
+    /// Nothing: it waits in line for this wake-up.
+    Wait(oneshot::Receiver<()>),
+}
+
+/// One look at the queue for a long poll: the tasks it claims or, when there are none, a place in line,
+/// registered in the same critical section so that no offer falls in between.
+fn look(broker: &Broker, place: &mut PlaceInLine, req: &ClaimRequest) -> Result<Look, ApiError> {
+    let (tasks, waits) = {
+        let mut guard = broker.inner();
+        let inner = &mut *guard;
+        // Out of line while looking: a wake-up meant for this poll is consumed by this look.
+        if place.waiting {
+            inner
+                .polls
+                .unregister(&place.pool, place.ticket.unwrap_or_default());
+            place.waiting = false;
+        }
         if !broker.is_ready() {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
                 "this operator replica stopped serving workers",
             ));
         }
-        let (tasks, waits) = {
-            let mut queue = broker.queue();
-            let tasks = queue.claim(
-                &key,
-                &req.handlers,
-                req.capacity,
-                &req.worker,
-                Timestamp::now(),
-            );
-            (tasks, queue.take_dispatch_waits())
+        let tasks = inner.queue.claim(
+            &place.pool,
+            &req.handlers,
+            req.capacity,
+            &req.worker,
+            Timestamp::now(),
+        );
+        if tasks.is_empty() {
+            let (wake, woken) = oneshot::channel();
+            let ticket = *place.ticket.get_or_insert_with(|| inner.polls.ticket());
+            inner
+                .polls
+                .register(&place.pool, ticket, &req.handlers, wake);
+            place.waiting = true;
+            return Ok(Look::Wait(woken));
+        }
+        (tasks, inner.queue.take_dispatch_waits())
+    };
+    if let Some(histogram) = &broker.shared.dispatch_latency {
+        for wait in waits {
+            histogram.observe(wait.as_secs_f64());
+        }
+    }
+    let claims = tasks
+        .iter()
+        .filter_map(|t| {
+            Some(Claimed {
+                task: TaskRef::parse(&t.id)?,
+                attempt: t.attempt,
+                worker: req.worker.clone(),
+            })
+        })
+        .collect();
+    broker.shared.sink.claimed(claims);
+    debug!(pool = %place.pool, worker = %req.worker, tasks = tasks.len(), "tasks claimed");
+    Ok(Look::Claimed(tasks))
+}
+
+/// A long poll's place in its pool's line. Dropped while registered (the poll timed out or its worker went
+/// away), it leaves the line; if it was woken in the meantime, it passes the wake-up on.
+struct PlaceInLine {
+    broker: Broker,
+    pool: String,
+    /// Assigned at the first registration and kept, so a poll woken for nothing keeps its place.
+    ticket: Option<u64>,
+    /// Registered, or woken and not yet looked.
+    waiting: bool,
+}
+
+impl Drop for PlaceInLine {
+    fn drop(&mut self) {
+        let (true, Some(ticket)) = (self.waiting, self.ticket) else {
+            return;
         };
-        if let Some(histogram) = &broker.shared.dispatch_latency {
-            for wait in waits {
-                histogram.observe(wait.as_secs_f64());
-            }
-        }
-        if !tasks.is_empty() {
-            let claims = tasks
-                .iter()
-                .filter_map(|t| {
-                    Some(Claimed {
-                        task: TaskRef::parse(&t.id)?,
-                        attempt: t.attempt,
-                        worker: req.worker.clone(),
-                    })
-                })
-                .collect();
-            broker.shared.sink.claimed(claims);
-            debug!(pool = %key, worker = %req.worker, tasks = tasks.len(), "tasks claimed");
-            return Ok(Json(ClaimResponse { tasks }));
-        }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Ok(Json(ClaimResponse { tasks: Vec::new() }));
+        let mut inner = self.broker.inner();
+        if !inner.polls.unregister(&self.pool, ticket) {
+            inner.pass_on_wakeup(&self.pool);
         }
     }
 }
@@ -511,7 +612,8 @@ struct PollGuard {
 impl Drop for PollGuard {
     fn drop(&mut self) {
         self.broker
-            .queue()
+            .inner()
+            .queue
             .poll_ended(&self.pool, &self.worker, Timestamp::now());
     }
 }
@@ -541,9 +643,11 @@ async fn heartbeat(
     Body(req): Body<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     authorize_task(&broker, &caller, &req.id)?;
-    let cancel = broker
-        .queue()
-        .heartbeat(&req.id, req.attempt, &req.worker, Timestamp::now())?;
+    let cancel =
+        broker
+            .inner()
+            .queue
+            .heartbeat(&req.id, req.attempt, &req.worker, Timestamp::now())?;
     Ok(Json(HeartbeatResponse { cancel }))
 }
 
@@ -592,13 +696,17 @@ async fn fail(
 /// Persists a result, then acknowledges it. The queue answers stale attempts at once; a task the queue no
 /// longer knows goes to the sink anyway, which tells a repeated report (acknowledged again) from a stale one.
 async fn report(broker: &Broker, report: Report, id: &TaskId) -> Result<Json<Ack>, ApiError> {
-    match broker.queue().check(id, report.attempt, &report.worker) {
+    match broker
+        .inner()
+        .queue
+        .check(id, report.attempt, &report.worker)
+    {
         Ok(()) | Err(Fenced::UnknownTask(_)) => {}
         Err(fenced) => return Err(fenced.into()),
     }
     let attempt = report.attempt;
     let recorded = broker.shared.sink.record(report).await?;
-    broker.queue().finish(id, attempt);
+    broker.inner().queue.finish(id, attempt);
     if recorded == Recorded::Duplicate {
         info!(task = %id, attempt, "repeated report acknowledged again");
     }

@@ -2,7 +2,7 @@
 //! codes; the persistence behind the sink is tested with the FlowRun status writer on a real API server).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -410,4 +410,116 @@ async fn claims_observe_how_long_attempts_waited() {
     registry.register("dispatch", "test", histogram);
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(text.contains("dispatch_count 2"), "{text}");
+}
+
+/// Waits (at most 5 s) until `condition` holds; panics naming `what` otherwise.
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A long poll of worker `worker` for handler `h` of pool `ns/p`, in the background; it answers its status,
+/// body and how long it took.
+fn spawn_poll(
+    broker: &Broker,
+    worker: &str,
+    wait: u32,
+) -> tokio::task::JoinHandle<(StatusCode, Value, Duration)> {
+    let broker = broker.clone();
+    let body = json!({"pool": "ns/p", "worker": worker, "handlers": ["h"], "capacity": 1, "waitSeconds": wait});
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let (status, body) = post(&broker, "/v1/claim", None, body).await;
+        (status, body, started.elapsed())
+    })
+}
+
+fn claimed_by(sink: &ScriptedSink) -> Vec<String> {
+    sink.claims
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.worker.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn one_offer_wakes_exactly_one_of_many_waiting_polls() {
+    let (broker, sink) = broker_with(TrustAll);
+    let polls: Vec<_> = (0..5)
+        .map(|i| spawn_poll(&broker, &format!("w{i}"), 1))
+        .collect();
+    wait_until("five waiting polls", || {
+        broker.waiting_polls("ns", "p") == 5
+    })
+    .await;
+
+    // A task for a handler none of them serves wakes nobody.
+    let mut other = queued("x", 1, "p");
+    other.task.handler = "g".into();
+    broker.offer([other]);
+    assert_eq!(broker.poll_wakeups(), 0);
+
+    broker.offer([queued("a", 1, "p")]);
+    wait_until("one poll to claim the task", || {
+        !sink.claims.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(broker.poll_wakeups(), 1, "one offer, one wake-up");
+    assert_eq!(
+        broker.waiting_polls("ns", "p"),
+        4,
+        "the other polls keep waiting"
+    );
+    let mut handed_out = 0;
+    for poll in polls {
+        let (status, body, took) = poll.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        match body["tasks"].as_array().unwrap().len() {
+            0 => assert!(
+                took >= Duration::from_millis(900),
+                "an empty poll returned after {took:?}, before its 1 s wait"
+            ),
+            n => handed_out += n,
+        }
+    }
+    assert_eq!(handed_out, 1);
+    assert_eq!(broker.poll_wakeups(), 1, "timeouts wake nobody else");
+    assert_eq!(broker.waiting_polls("ns", "p"), 0);
+}
+
+#[tokio::test]
+async fn waiting_polls_are_served_oldest_first() {
+    let (broker, sink) = broker_with(TrustAll);
+    let mut polls = Vec::new();
+    for (i, worker) in ["first", "second", "third"].into_iter().enumerate() {
+        polls.push(spawn_poll(&broker, worker, 1));
+        wait_until(&format!("{worker} to wait"), || {
+            broker.waiting_polls("ns", "p") == i + 1
+        })
+        .await;
+    }
+    broker.offer([queued("a", 1, "p")]);
+    wait_until("a claim", || sink.claims.lock().unwrap().len() == 1).await;
+    broker.offer([queued("b", 1, "p")]);
+    wait_until("a second claim", || sink.claims.lock().unwrap().len() == 2).await;
+    assert_eq!(claimed_by(&sink), ["first", "second"]);
+    let (_, body, _) = polls.pop().unwrap().await.unwrap();
+    assert_eq!(body["tasks"], json!([]), "the youngest poll timed out");
+}
+
+#[tokio::test]
+async fn closing_the_broker_answers_waiting_polls_with_503() {
+    let (broker, _) = broker_with(TrustAll);
+    let poll = spawn_poll(&broker, "w2", 10);
+    wait_until("a waiting poll", || broker.waiting_polls("ns", "p") == 1).await;
+    broker.set_ready(false);
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the poll is answered")
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
