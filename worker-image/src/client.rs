@@ -46,10 +46,11 @@ impl BrokerClient {
         self.post(CLAIM_PATH, request, timeout).await
     }
 
-    /// `POST /v1/tasks/heartbeat`: the answer says whether to cancel.
+    /// `POST /v1/tasks/heartbeat`: the answer says whether to cancel; the broker may hold it up to
+    /// `request.wait_seconds`.
     pub async fn heartbeat(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse, Error> {
-        self.post(HEARTBEAT_PATH, request, self.request_timeout)
-            .await
+        let timeout = self.request_timeout + Duration::from_secs(request.wait_seconds.into());
+        self.post(HEARTBEAT_PATH, request, timeout).await
     }
 
     /// `POST /v1/tasks/complete`: answered only once the output is persisted.

@@ -19,6 +19,9 @@ use crate::context::{CancelReason, StepContext};
 use crate::error::{StepError, chain};
 use crate::handler::ErasedHandler;
 
+/// How long after the start of an attempt its first heartbeat goes out.
+const FIRST_HEARTBEAT_DELAY: Duration = Duration::from_millis(200);
+
 /// What a running attempt shares with the worker loop.
 pub(crate) struct TaskEnv {
     pub(crate) client: BrokerClient,
@@ -132,16 +135,26 @@ async fn supervise(
     }
 }
 
-/// Heartbeats at the task's interval; returns when the broker asks to cancel or fences the attempt.
+/// Heartbeats until the broker asks to cancel or fences the attempt. Each heartbeat asks the broker to hold it
+/// for one interval (a long poll that the broker answers at once on a cancel), and the next one goes out as
+/// soon as it is answered, so a cancel reaches the handler within a round trip. Heartbeats never go out more
+/// often than one per interval, so a broker that answers at once (an error, or one that predates held
+/// heartbeats) sees the plain cadence of one per interval.
 async fn heartbeats(env: &TaskEnv, task: &Task) -> CancelReason {
-    let interval = Duration::from_secs(task.heartbeat_interval_seconds.max(1).into());
+    let interval_seconds = task.heartbeat_interval_seconds.max(1);
+    let interval = Duration::from_secs(interval_seconds.into());
     let request = HeartbeatRequest {
         id: task.id.clone(),
         attempt: task.attempt,
         worker: env.config.worker_name.clone(),
+        wait_seconds: interval_seconds,
     };
+    // The claim counts as heard of: the first heartbeat waits a moment, so handlers that finish at once cost
+    // none, yet a cancel right after the start still arrives well within a second.
+    let mut next = tokio::time::Instant::now() + interval.min(FIRST_HEARTBEAT_DELAY);
     loop {
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep_until(next).await;
+        next = tokio::time::Instant::now() + interval;
         match env.client.heartbeat(&request).await {
             Ok(answer) if answer.cancel => {
                 info!("broker asked to cancel");

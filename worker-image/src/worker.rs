@@ -48,8 +48,9 @@ use crate::task::{TaskEnv, run_task};
 /// The loop:
 /// * long-polls `/v1/claim` with as many free slots as it has (see [`Config::concurrency`]), backing off on
 ///   broker errors;
-/// * runs each task's handler in its own tokio task, heartbeating at the task's interval; a heartbeat answered
-///   `cancel: true` (or a passed deadline) cancels the handler's [`StepContext`];
+/// * runs each task's handler in its own tokio task, next to one held heartbeat at a time (the broker holds
+///   each for up to the task's interval and answers at once when the attempt is cancelled); a heartbeat
+///   answered `cancel: true` (or a passed deadline) cancels the handler's [`StepContext`];
 /// * reports the result, retrying with backoff until the broker acknowledges it; a 409 (stale attempt) ends
 ///   the attempt silently;
 /// * on shutdown (SIGTERM/SIGINT for [`Worker::run`], or a [`ShutdownHandle`]): stops claiming, lets in-flight

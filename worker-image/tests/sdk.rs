@@ -241,6 +241,84 @@ async fn heartbeat_cancel_cancels_the_context() {
 }
 
 #[tokio::test]
+async fn a_cancel_reaches_the_handler_through_its_held_heartbeat_at_once() {
+    let broker = FakeBroker::start().await;
+    // An interval of 20 s: a worker that only heartbeats once per interval would notice the cancel after 20 s.
+    let mut long = task("wait", "s", empty());
+    long.heartbeat_interval_seconds = 20;
+    broker.push(long);
+    let (cancelled_tx, mut cancelled_rx) = mpsc::unbounded_channel();
+    let worker = Worker::new(config(&broker)).handler("wait", move |ctx: StepContext, _: Value| {
+        let cancelled = cancelled_tx.clone();
+        async move {
+            ctx.cancelled().await;
+            cancelled.send(Instant::now()).unwrap();
+            Err::<Value, _>(ctx.cancellation_error())
+        }
+    });
+    let running = spawn(worker);
+    let state = broker
+        .wait_for("a held heartbeat", |s| !s.heartbeats.is_empty())
+        .await;
+    assert_eq!(
+        state.heartbeats[0].wait_seconds, 20,
+        "the heartbeat asks to be held for one interval"
+    );
+    let cancel_sent = Instant::now();
+    broker.program(|s| s.heartbeat_cancel = true);
+    let noticed = tokio::time::timeout(BOUND, cancelled_rx.recv())
+        .await
+        .expect("the handler's context is cancelled")
+        .unwrap();
+    let latency = noticed - cancel_sent;
+    assert!(
+        latency < Duration::from_millis(500),
+        "the cancel reached the handler after {latency:?}"
+    );
+    let state = broker
+        .wait_for("the cancelled failure", |s| !s.fails.is_empty())
+        .await;
+    assert_eq!(state.fails[0].error.error_type, error_types::CANCELLED);
+    assert_eq!(state.heartbeats.len(), 1, "one heartbeat was enough");
+    stop(running).await;
+}
+
+#[tokio::test]
+async fn heartbeats_follow_each_other_as_soon_as_one_is_answered() {
+    let broker = FakeBroker::start().await;
+    // Held for one second each by the fake broker: the next goes out at once, not a second later.
+    let mut long = task("wait", "s", empty());
+    long.heartbeat_interval_seconds = 1;
+    broker.push(long);
+    let release = Arc::new(Notify::new());
+    let gate = Arc::clone(&release);
+    let worker =
+        Worker::new(config(&broker)).handler("wait", move |_ctx: StepContext, _: Value| {
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.notified().await;
+                Ok::<_, StepError>(json!("done"))
+            }
+        });
+    let running = spawn(worker);
+    let started = Instant::now();
+    broker
+        .wait_for("a fourth heartbeat", |s| s.heartbeats.len() >= 4)
+        .await;
+    let took = started.elapsed();
+    // Three holds of one second plus the first heartbeat's short delay, with no gap between them.
+    assert!(
+        took < Duration::from_millis(3800),
+        "four heartbeats took {took:?}"
+    );
+    release.notify_one();
+    broker
+        .wait_for("the completion", |s| !s.completes.is_empty())
+        .await;
+    stop(running).await;
+}
+
+#[tokio::test]
 async fn fenced_heartbeat_cancels_and_reports_nothing() {
     let broker = FakeBroker::start().await;
     broker.program(|s| s.heartbeat_error = Some(ErrorCode::StaleAttempt));

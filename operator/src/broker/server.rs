@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use sluice_wire::{
     Ack, CLAIM_PATH, COMPLETE_PATH, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody,
     ErrorCode, FAIL_PATH, FailRequest, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse,
-    MAX_ERROR_MESSAGE_BYTES, TaskId, truncate_message,
+    MAX_ERROR_MESSAGE_BYTES, MAX_WAIT_SECONDS, TaskId, truncate_message,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::auth::{AuthError, Authenticator, WorkerIdentity};
 use super::queue::{Fenced, LostAttempt, Offer, PoolDemand, QueuedTask, TaskQueue, WorkerInfo};
 use super::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError, TaskRef};
-use super::waiters::PollWaiters;
+use super::waiters::{HeldHeartbeats, PollWaiters};
 
 /// Largest request body the broker reads. Step outputs are capped far lower by the engine (64 KiB by default);
 /// this only keeps a misbehaving worker from making the operator buffer without bound.
@@ -72,6 +72,8 @@ struct Inner {
     queue: TaskQueue,
     /// Long polls waiting for a task, per pool, oldest first.
     polls: PollWaiters,
+    /// Heartbeats held until their attempt is cancelled.
+    heartbeats: HeldHeartbeats,
 }
 
 impl Inner {
@@ -132,7 +134,7 @@ impl Broker {
     }
 
     /// Opens or closes the broker to workers (leadership gained or lost). Closing answers every waiting long
-    /// poll with 503 at once.
+    /// poll and held heartbeat with 503 at once.
     pub fn set_ready(&self, ready: bool) {
         self.shared.ready.store(ready, Ordering::SeqCst);
         if !ready {
@@ -140,6 +142,7 @@ impl Broker {
             // checks readiness after (and sees false).
             let mut inner = self.inner();
             inner.polls.wake_all();
+            inner.heartbeats.wake_all();
         }
     }
 
@@ -163,6 +166,10 @@ impl Broker {
         for task in tasks {
             let id = task.task.id.clone();
             let outcome = inner.queue.offer(task, now);
+            if outcome == Offer::Replaced {
+                // The older attempt's worker, if any, learns at once that it is fenced.
+                inner.heartbeats.wake(&id);
+            }
             if matches!(outcome, Offer::Queued | Offer::Replaced)
                 && let Some((pool, handler)) = inner.queue.route(&id)
             {
@@ -180,19 +187,28 @@ impl Broker {
         }
     }
 
-    /// Drops the queued tasks of a FlowRun that `keep` rejects and asks workers of its claimed ones to stop.
+    /// Drops the queued tasks of a FlowRun that `keep` rejects and asks workers of its claimed ones to stop,
+    /// answering their held heartbeats at once.
     pub fn retain_flow_run(
         &self,
         namespace: &str,
         name: &str,
         keep: impl FnMut(&TaskId, u32) -> bool,
     ) -> Vec<TaskId> {
-        self.inner().queue.retain_flow_run(namespace, name, keep)
+        let mut inner = self.inner();
+        let cancelled = inner.queue.retain_flow_run(namespace, name, keep);
+        for id in &cancelled {
+            inner.heartbeats.wake(id);
+        }
+        cancelled
     }
 
-    /// Asks the worker of one task to stop.
+    /// Asks the worker of one task to stop, answering its held heartbeats at once.
     pub fn cancel(&self, id: &TaskId) {
-        self.inner().queue.cancel(id);
+        let mut inner = self.inner();
+        if inner.queue.cancel(id) {
+            inner.heartbeats.wake(id);
+        }
     }
 
     /// Demand of a pool (qualified `namespace/name`).
@@ -233,10 +249,12 @@ impl Broker {
         pool: &str,
         worker: &str,
     ) -> Vec<LostAttempt> {
-        let lost = self
-            .inner()
-            .queue
-            .take_worker(&pool_key(namespace, pool), worker);
+        let lost = {
+            let mut inner = self.inner();
+            let lost = inner.queue.take_worker(&pool_key(namespace, pool), worker);
+            wake_released(&mut inner, &lost);
+            lost
+        };
         self.release(lost.clone()).await;
         lost
     }
@@ -246,7 +264,12 @@ impl Broker {
     pub async fn run_loss_detector(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            let lost = self.inner().queue.take_lost(Timestamp::now());
+            let lost = {
+                let mut inner = self.inner();
+                let lost = inner.queue.take_lost(Timestamp::now());
+                wake_released(&mut inner, &lost);
+                lost
+            };
             self.release(lost).await;
             let next = self.inner().queue.next_loss_check();
             let wait = next
@@ -289,6 +312,13 @@ impl Broker {
     }
 }
 
+/// Answers the held heartbeats of released attempts: their workers are fenced (409) at once.
+fn wake_released(inner: &mut Inner, lost: &[LostAttempt]) {
+    for attempt in lost {
+        inner.heartbeats.wake(&attempt.id);
+    }
+}
+
 #[cfg(test)]
 impl Broker {
     /// Long polls of pool `namespace/pool` waiting in line.
@@ -299,6 +329,11 @@ impl Broker {
     /// Wake-ups delivered to long polls so far.
     pub(crate) fn poll_wakeups(&self) -> u64 {
         self.inner().polls.wakeups()
+    }
+
+    /// Heartbeats held now.
+    pub(crate) fn held_heartbeats(&self) -> usize {
+        self.inner().heartbeats.len()
     }
 }
 
@@ -643,12 +678,64 @@ async fn heartbeat(
     Body(req): Body<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     authorize_task(&broker, &caller, &req.id)?;
+    // The attempt is refreshed when the heartbeat arrives ...
+    let (woken, ticket, hold) = {
+        let mut guard = broker.inner();
+        let inner = &mut *guard;
+        let cancel = inner
+            .queue
+            .heartbeat(&req.id, req.attempt, &req.worker, Timestamp::now())?;
+        let hold = heartbeat_hold(req.wait_seconds, inner.queue.heartbeat_timeout(&req.id));
+        if cancel || hold.is_zero() {
+            return Ok(Json(HeartbeatResponse { cancel }));
+        }
+        let (wake, woken) = oneshot::channel();
+        (woken, inner.heartbeats.hold(&req.id, wake), hold)
+    };
+    let held = HeldHeartbeat {
+        broker: broker.clone(),
+        id: req.id.clone(),
+        ticket,
+    };
+    let _ = tokio::time::timeout(hold, woken).await;
+    drop(held);
+    if !broker.is_ready() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "this operator replica stopped serving workers",
+        ));
+    }
+    // ... and again when it is answered: the worker was there all along.
     let cancel =
         broker
             .inner()
             .queue
             .heartbeat(&req.id, req.attempt, &req.worker, Timestamp::now())?;
     Ok(Json(HeartbeatResponse { cancel }))
+}
+
+/// How long to hold a heartbeat that asked to wait `wait_seconds`. At most half the attempt's heartbeat
+/// timeout: while a heartbeat is held the attempt counts as last seen at its arrival, so the other half is left
+/// for the answer to travel and the next heartbeat to arrive before the loss detector would call it lost.
+fn heartbeat_hold(wait_seconds: u32, heartbeat_timeout: Option<Duration>) -> Duration {
+    let asked = Duration::from_secs(u64::from(wait_seconds.min(MAX_WAIT_SECONDS)));
+    asked.min(heartbeat_timeout.unwrap_or_default() / 2)
+}
+
+/// A held heartbeat; dropped (answered, or its worker went away), it is no longer held.
+struct HeldHeartbeat {
+    broker: Broker,
+    id: TaskId,
+    ticket: u64,
+}
+
+impl Drop for HeldHeartbeat {
+    fn drop(&mut self) {
+        self.broker
+            .inner()
+            .heartbeats
+            .release(&self.id, self.ticket);
+    }
 }
 
 async fn complete(

@@ -512,14 +512,130 @@ async fn waiting_polls_are_served_oldest_first() {
 }
 
 #[tokio::test]
-async fn closing_the_broker_answers_waiting_polls_with_503() {
+async fn closing_the_broker_answers_waiting_polls_and_held_heartbeats_with_503() {
     let (broker, _) = broker_with(TrustAll);
+    let mut task = queued("a", 1, "p");
+    task.heartbeat_timeout = Duration::from_secs(20);
+    broker.offer([task]);
+    post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
     let poll = spawn_poll(&broker, "w2", 10);
-    wait_until("a waiting poll", || broker.waiting_polls("ns", "p") == 1).await;
+    let heartbeat = spawn_heartbeat(&broker, 10);
+    wait_until("a waiting poll and a held heartbeat", || {
+        broker.waiting_polls("ns", "p") == 1 && broker.held_heartbeats() == 1
+    })
+    .await;
     broker.set_ready(false);
-    let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), poll)
+    let (status, _, took) = tokio::time::timeout(Duration::from_secs(5), poll)
         .await
         .expect("the poll is answered")
         .unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), heartbeat)
+        .await
+        .expect("the heartbeat is answered")
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A heartbeat of attempt 1 of `ns/fr/a` by `w1` asking to be held `wait` seconds, in the background; it
+/// answers its status, body and how long it took.
+fn spawn_heartbeat(
+    broker: &Broker,
+    wait: u32,
+) -> tokio::task::JoinHandle<(StatusCode, Value, Duration)> {
+    let broker = broker.clone();
+    let body = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1", "waitSeconds": wait});
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let (status, body) = post(&broker, "/v1/tasks/heartbeat", None, body).await;
+        (status, body, started.elapsed())
+    })
+}
+
+#[tokio::test]
+async fn a_held_heartbeat_is_answered_within_100ms_of_a_cancel() {
+    type Cancel = fn(&Broker);
+    let sources: [(&str, Cancel); 2] = [
+        ("Broker::cancel", |b| b.cancel(&TaskId::new("ns/fr/a"))),
+        ("retain_flow_run", |b| {
+            b.retain_flow_run("ns", "fr", |_, _| false);
+        }),
+    ];
+    for (source, cancel) in sources {
+        let (broker, _) = broker_with(TrustAll);
+        let mut task = queued("a", 1, "p");
+        task.heartbeat_timeout = Duration::from_secs(20);
+        broker.offer([task]);
+        post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
+        let heartbeat = spawn_heartbeat(&broker, 5);
+        wait_until("the heartbeat to be held", || broker.held_heartbeats() == 1).await;
+        let cancelled_at = Instant::now();
+        cancel(&broker);
+        let (status, body, _) = tokio::time::timeout(Duration::from_secs(5), heartbeat)
+            .await
+            .unwrap_or_else(|_| panic!("{source}: the held heartbeat was not answered"))
+            .unwrap();
+        let latency = cancelled_at.elapsed();
+        assert_eq!(
+            (status, &body["cancel"]),
+            (StatusCode::OK, &json!(true)),
+            "{source}"
+        );
+        assert!(
+            latency < Duration::from_millis(100),
+            "{source}: answered {latency:?} after the cancel"
+        );
+        assert_eq!(broker.held_heartbeats(), 0);
+    }
+}
+
+#[tokio::test]
+async fn held_heartbeats_keep_their_attempt_alive() {
+    let (broker, sink) = broker_with(TrustAll);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    *sink.notify.lock().unwrap() = Some(tx);
+    // Heartbeat timeout 300 ms: a heartbeat asking to be held 1 s is held 150 ms at most.
+    broker.offer([queued("a", 1, "p")]);
+    post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let detector = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            broker
+                .run_loss_detector(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        })
+    };
+    // A worker that sends the next heartbeat as soon as one is answered, for four heartbeat timeouts.
+    let started = Instant::now();
+    let mut heartbeats = 0;
+    while started.elapsed() < Duration::from_millis(1200) {
+        let (status, body, took) = spawn_heartbeat(&broker, 1).await.unwrap();
+        assert_eq!(
+            (status, &body["cancel"]),
+            (StatusCode::OK, &json!(false)),
+            "{body}"
+        );
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_millis(300),
+            "held {took:?}: more than 100 ms, less than the 300 ms heartbeat timeout"
+        );
+        heartbeats += 1;
+    }
+    assert!(heartbeats >= 4, "{heartbeats} heartbeats");
+    assert!(
+        sink.reports.lock().unwrap().is_empty(),
+        "an attempt with held heartbeats was declared lost"
+    );
+    // Silence now: the detector, which was running all along, releases it.
+    let report = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the silent attempt is released")
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Lost);
+    let _ = stop_tx.send(());
+    detector.await.unwrap();
 }

@@ -1,11 +1,14 @@
-//! Long polls (claims) the broker holds open until a task for them is queued.
+//! Requests the broker holds open until its queue changes: long polls (claims) waiting for a task, and
+//! heartbeats waiting for their attempt to be cancelled.
 //!
-//! They are woken by name, not broadcast: an offered task wakes the one oldest poll that serves its handler,
-//! so an offer does not make every open poll race for the queue's lock. The broker keeps these registries under the same lock as the queue, so a
+//! Both are woken by name, not broadcast: an offered task wakes the one oldest poll that serves its handler,
+//! and a cancelled attempt wakes only its own heartbeats, so neither an offer nor a cancel makes every open
+//! request race for the queue's lock. The broker keeps these registries under the same lock as the queue, so a
 //! wake-up can never fall between a request's look at the queue and its registration.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use sluice_wire::TaskId;
 use tokio::sync::oneshot;
 
 /// The sending half of one waiting request's wake-up.
@@ -121,6 +124,57 @@ impl PollWaiters {
     }
 }
 
+/// Heartbeats held until their attempt is cancelled, per task.
+#[derive(Debug, Default)]
+pub(super) struct HeldHeartbeats {
+    last_ticket: u64,
+    held: HashMap<TaskId, Vec<(u64, Wake)>>,
+}
+
+impl HeldHeartbeats {
+    /// Holds a heartbeat of task `id`; the ticket names it to [`HeldHeartbeats::release`].
+    pub(super) fn hold(&mut self, id: &TaskId, wake: Wake) -> u64 {
+        self.last_ticket += 1;
+        self.held
+            .entry(id.clone())
+            .or_default()
+            .push((self.last_ticket, wake));
+        self.last_ticket
+    }
+
+    /// Forgets a held heartbeat that ends on its own (its wait elapsed, or the worker went away).
+    pub(super) fn release(&mut self, id: &TaskId, ticket: u64) {
+        if let Some(held) = self.held.get_mut(id) {
+            held.retain(|(t, _)| *t != ticket);
+            if held.is_empty() {
+                self.held.remove(id);
+            }
+        }
+    }
+
+    /// Answers every held heartbeat of task `id` now.
+    pub(super) fn wake(&mut self, id: &TaskId) {
+        for (_, wake) in self.held.remove(id).into_iter().flatten() {
+            let _ = wake.send(());
+        }
+    }
+
+    /// Answers every held heartbeat now.
+    pub(super) fn wake_all(&mut self) {
+        for (_, held) in self.held.drain() {
+            for (_, wake) in held {
+                let _ = wake.send(());
+            }
+        }
+    }
+
+    #[cfg(test)]
+    /// How many heartbeats are held.
+    pub(super) fn len(&self) -> usize {
+        self.held.values().map(Vec::len).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +228,21 @@ mod tests {
         assert!(!polls.unregister("p", newer), "already gone");
         assert_eq!(polls.waiting("p"), 0);
         assert!(polls.pools.is_empty());
+    }
+
+    #[test]
+    fn held_heartbeats_are_woken_per_task() {
+        let mut held = HeldHeartbeats::default();
+        let a = TaskId::new("ns/fr/a");
+        let b = TaskId::new("ns/fr/b");
+        let (tx, mut a_rx) = oneshot::channel();
+        held.hold(&a, tx);
+        let (tx, mut b_rx) = oneshot::channel();
+        let b_ticket = held.hold(&b, tx);
+        held.wake(&a);
+        assert_eq!(a_rx.try_recv(), Ok(()));
+        assert!(b_rx.try_recv().is_err());
+        held.release(&b, b_ticket);
+        assert_eq!(held.len(), 0);
     }
 }

@@ -156,19 +156,28 @@ async fn claim(
     Json(ClaimResponse { tasks }).into_response()
 }
 
+/// Holds a heartbeat that asks to wait until `heartbeat_cancel` or `heartbeat_error` is set or the wait is
+/// over, as the real broker does.
 async fn heartbeat(
     AxumState(state): AxumState<Shared>,
     headers: HeaderMap,
     Json(request): Json<HeartbeatRequest>,
 ) -> Response {
-    let mut answer = None;
-    let mut cancel = false;
+    let wait = Duration::from_secs(request.wait_seconds.into());
     state.send_modify(|s| {
         s.heartbeats.push(request);
         s.authorizations.push(authorization(&headers));
-        answer = s.heartbeat_error;
-        cancel = s.heartbeat_cancel;
     });
+    let mut receiver = state.subscribe();
+    let _ = tokio::time::timeout(
+        wait,
+        receiver.wait_for(|s| s.heartbeat_cancel || s.heartbeat_error.is_some()),
+    )
+    .await;
+    let (answer, cancel) = {
+        let s = state.borrow();
+        (s.heartbeat_error, s.heartbeat_cancel)
+    };
     match answer {
         Some(code) => error(code),
         None => Json(HeartbeatResponse { cancel }).into_response(),

@@ -23,6 +23,9 @@
 //! * **heartbeat** keeps an attempt alive. The worker sends one every [`Task::heartbeat_interval_seconds`];
 //!   the broker declares the attempt lost when it has been silent for a few intervals (its choice). The answer
 //!   says whether the worker must stop ([`HeartbeatResponse::cancel`], e.g. the FlowRun was cancelled).
+//!   A heartbeat may also be a long poll ([`HeartbeatRequest::wait_seconds`]): the broker holds it until the
+//!   attempt is cancelled (and answers `cancel: true` at once) or the wait is over, so a worker that sends the
+//!   next heartbeat as soon as one is answered learns of a cancellation within a round trip.
 //! * **complete** / **fail** report the attempt's result. The broker acknowledges (200) only after the result is
 //!   persisted in the FlowRun status, so a worker retries (with backoff) until it gets an answer. Repeating a
 //!   report of the same attempt is harmless: the broker answers 200 again ([`Ack::duplicate`]).
@@ -320,6 +323,16 @@ pub struct HeartbeatRequest {
     pub attempt: u32,
     /// The worker's name.
     pub worker: String,
+    /// How long the broker may hold the request while the attempt goes on, in seconds: it answers as soon as
+    /// the attempt is cancelled, else when the wait is over. `0` (the default, and what workers that predate
+    /// this field send) answers at once. The broker caps the wait (at [`MAX_WAIT_SECONDS`], and below the
+    /// attempt's heartbeat timeout), so the answer may come sooner; a held heartbeat keeps the attempt alive.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wait_seconds: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Answer to [`HeartbeatRequest`].

@@ -118,12 +118,23 @@ fn heartbeat_shapes() {
         id: "ns/f/s".into(),
         attempt: 1,
         worker: "w-1".into(),
+        wait_seconds: 0,
     };
     assert_eq!(
         serde_json::to_value(&request).unwrap(),
-        json!({"id": "ns/f/s", "attempt": 1, "worker": "w-1"})
+        json!({"id": "ns/f/s", "attempt": 1, "worker": "w-1"}),
+        "no wait: the shape workers always sent"
     );
     assert_eq!(round_trip(&request), request);
+    let held = HeartbeatRequest {
+        wait_seconds: 10,
+        ..request
+    };
+    assert_eq!(
+        serde_json::to_value(&held).unwrap(),
+        json!({"id": "ns/f/s", "attempt": 1, "worker": "w-1", "waitSeconds": 10})
+    );
+    assert_eq!(round_trip(&held), held);
     let response: HeartbeatResponse = serde_json::from_str(r#"{"cancel":true}"#).unwrap();
     assert!(response.cancel);
     // Forward compatible: an empty object means "keep going".
