@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator: leader election, the FlowRun controllers, the worker broker and the health port.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Print the CustomResourceDefinitions of FlowRun and WorkerPool as YAML.
     Crd {
         /// Write one file per CRD (`<plural>.<group>.yaml`) into this directory instead of printing a
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("building the async runtime")?;
-            let result = runtime.block_on(run::run(args));
+            let result = runtime.block_on(run::run(*args));
             // Do not wait for stray tasks (long polls, watches) of a process that is leaving.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             result

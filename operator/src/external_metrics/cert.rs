@@ -55,7 +55,8 @@ pub struct CertStore {
 
 enum Source {
     Generated {
-        issuer: Issuer,
+        // Boxed: the CA's certificate and key are large next to a directory's path.
+        issuer: Box<Issuer>,
         /// When the served certificate expires.
         not_after: Mutex<OffsetDateTime>,
     },
@@ -94,7 +95,7 @@ impl CertStore {
     fn new_at(source: CertificateSource, now: OffsetDateTime) -> Result<Arc<Self>, Error> {
         let store = match source {
             CertificateSource::Generate { service, namespace } => {
-                let issuer = Issuer::new(&service, &namespace, now)?;
+                let issuer = Box::new(Issuer::new(&service, &namespace, now)?);
                 let (key, not_after) = issuer.sign(now)?;
                 Self {
                     current: RwLock::new(Arc::new(key)),

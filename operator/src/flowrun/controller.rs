@@ -56,7 +56,7 @@ async fn reconcile(fr: Arc<FlowRun>, ctx: Arc<Context>) -> Result<Action, Error>
     let namespace = fr.namespace().unwrap_or_default();
     let wake = ctx
         .writer
-        .reconcile(&namespace, &fr.name_any(), fr.resource_version().as_deref())
+        .reconcile(&namespace, &fr.name_any(), Some(fr.clone()))
         .await?;
     Ok(match wake {
         Some(at) => {

@@ -1,6 +1,7 @@
 //! Running FlowRuns: the controller that drives the engine, the status writer that is the single writer of
 //! step state, the side effects of decisions, and the runtime that ties them to the broker.
 
+pub mod batch;
 pub mod controller;
 pub mod effects;
 pub mod writer;
@@ -133,8 +134,10 @@ impl FlowRunRuntime {
                     continue;
                 }
                 let namespace = kube::ResourceExt::namespace(&fr).unwrap_or_default();
+                let name = kube::ResourceExt::name_any(&fr);
+                // The listed object is current: the lane starts from it without another read.
                 self.writer
-                    .reconcile(&namespace, &kube::ResourceExt::name_any(&fr), None)
+                    .reconcile(&namespace, &name, Some(Arc::new(fr)))
                     .await?;
                 n += 1;
             }

@@ -1,12 +1,26 @@
 //! The status writer: the one place that changes a FlowRun's step state (design invariant 8).
 //!
-//! Each FlowRun gets a small actor. Everything that can change its status — worker results from the broker,
-//! claims, losses, and the controller's reconciles — becomes a job in the actor's mailbox; the actor takes all
-//! jobs waiting at once as one batch, folds them through the engine, writes one field-granular merge patch of
-//! the status, and only then answers the waiting workers (invariant 2) and hands newly reserved attempts to the
-//! broker (invariant 1). Different FlowRuns are written concurrently by their own actors.
+//! Each FlowRun gets a small actor, its lane. Everything that can change its status — worker results from the
+//! broker, claims, losses, and the controller's reconciles — becomes a job in the lane's mailbox; the lane takes
+//! all jobs waiting at once as one batch, plans it with the pure [`super::batch::plan`], writes one
+//! field-granular merge patch of the status, and only then answers the waiting workers (invariant 2) and hands
+//! the reserved attempts to the broker (invariant 1). One PATCH at most is in flight per FlowRun; whatever
+//! arrives meanwhile goes into the next one (group commit). Different FlowRuns are written concurrently.
+//!
+//! What keeps a chain step at one write and no read:
+//! - **Claims ride along.** A worker's claim (its name and start time) is not written on its own: it waits for
+//!   the lane's next write, or is written after [`CLAIM_FLUSH`] if nothing else was. The attempt was reserved
+//!   in status before the claim (invariant 1), so a crash before the claim is written only re-dispatches the
+//!   same attempt, which fencing (invariant 4) handles.
+//! - **Our own echoes cost nothing.** The watch event of a patch this lane wrote carries a resourceVersion the
+//!   lane remembers; such a reconcile is answered from memory without deciding, unless a timer is due.
+//! - **Reconciles read the controller's cache, not the API.** The object the watch delivered is used when it is
+//!   newer than the lane's copy (someone else wrote: a spec change, a signal); a GET happens only when the lane
+//!   has nothing (a FlowRun seen for the first time without an object) or versions cannot be compared.
+//! - **Side effects run off the lane.** Child FlowRuns and Kubernetes Events are written by a spawned task after
+//!   the status write and never delay the next one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -17,14 +31,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, instrument, warn};
 
 use super::Error;
+use super::batch::{self, Reply};
 use super::effects::Effects;
-use crate::api::FlowRun;
+use crate::api::{FlowRun, StepPhase};
 use crate::broker::Broker;
 use crate::broker::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError};
 use crate::context::FIELD_MANAGER;
-use crate::engine::{
-    self, AttemptRef, ChildOutcome, Event, EventOutcome, FlowMeta, FlowRunInput, TaskFailure,
-};
+use crate::engine::{self, AttemptRef, ChildOutcome, Event, TaskFailure};
 use crate::telemetry::Metrics;
 
 /// How long an actor with nothing to do stays alive.
@@ -33,16 +46,88 @@ const IDLE: Duration = Duration::from_secs(120);
 /// Most jobs folded into one patch.
 const MAX_BATCH: usize = 512;
 
+/// How long a claim waits for another write to ride on before it is written on its own.
+pub const CLAIM_FLUSH: Duration = Duration::from_secs(1);
+
+/// How many of its own resourceVersions a lane remembers, to recognise the watch echoes of its writes.
+const REMEMBERED_WRITES: usize = 16;
+
 type Key = (String, String);
+
+/// Where the answer to a worker's report goes.
+type ReplyTo = Option<oneshot::Sender<Result<Recorded, SinkError>>>;
+
+/// What a lane keeps between batches.
+#[derive(Default)]
+struct Lane {
+    /// The newest FlowRun the lane knows: its last patch's response, or a newer object a reconcile brought.
+    current: Option<FlowRun>,
+    /// resourceVersions produced by the lane's recent writes, newest last.
+    written: VecDeque<String>,
+    /// The last decision's wake-up.
+    wake_at: Option<Timestamp>,
+    /// Claims waiting to ride on the next write.
+    pending_claims: Vec<Event>,
+    /// When the pending claims are written on their own.
+    flush_at: Option<tokio::time::Instant>,
+}
+
+impl Lane {
+    fn remember_write(&mut self, fr: &FlowRun) {
+        if let Some(rv) = fr.metadata.resource_version.clone() {
+            if self.written.len() == REMEMBERED_WRITES {
+                self.written.pop_front();
+            }
+            self.written.push_back(rv);
+        }
+    }
+
+    /// Whether `fr` is a version this lane wrote (the watch echo of its own patch) or already holds.
+    fn knows(&self, fr: &FlowRun) -> bool {
+        let Some(rv) = fr.metadata.resource_version.as_deref() else {
+            return false;
+        };
+        self.written.iter().any(|w| w == rv)
+            || self
+                .current
+                .as_ref()
+                .and_then(|c| c.metadata.resource_version.as_deref())
+                == Some(rv)
+    }
+
+    /// Whether a step of the run waits on a child FlowRun (its end arrives as a reconcile, not an event).
+    fn has_running_children(&self) -> bool {
+        self.current
+            .as_ref()
+            .and_then(|fr| fr.status.as_ref())
+            .is_some_and(|s| {
+                s.steps
+                    .values()
+                    .any(|st| st.child.is_some() && st.phase == StepPhase::Running)
+            })
+    }
+}
+
+/// Which of two versions of one object is newer, when their resourceVersions say so. The API server hands out
+/// etcd revisions, which grow; anything else is not compared (`None`), and the lane reads the object instead.
+fn newer(a: &FlowRun, b: &FlowRun) -> Option<bool> {
+    let version = |fr: &FlowRun| {
+        fr.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some(version(a)? > version(b)?)
+}
 
 enum Job {
     Event {
         event: Event,
-        reply: Option<oneshot::Sender<Result<Recorded, SinkError>>>,
+        reply: ReplyTo,
     },
     Reconcile {
-        /// The resourceVersion the caller saw (its watch event), if any.
-        seen: Option<String>,
+        /// The object the caller saw (the controller's cache), if any.
+        observed: Option<Arc<FlowRun>>,
         reply: oneshot::Sender<Result<Option<Timestamp>, Error>>,
     },
 }
@@ -50,7 +135,7 @@ enum Job {
 /// Writes FlowRun statuses; shared by the controller and the broker.
 pub struct StatusWriter {
     client: Client,
-    effects: Effects,
+    effects: Arc<Effects>,
     broker: OnceLock<Broker>,
     metrics: Metrics,
     actors: Mutex<HashMap<Key, mpsc::UnboundedSender<Job>>>,
@@ -61,7 +146,7 @@ impl StatusWriter {
     pub fn new(client: Client, effects: Effects, metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
             client,
-            effects,
+            effects: Arc::new(effects),
             broker: OnceLock::new(),
             metrics,
             actors: Mutex::new(HashMap::new()),
@@ -80,20 +165,19 @@ impl StatusWriter {
     /// Brings a FlowRun's status up to date with its spec, signals, children and the clock; returns when the
     /// engine wants to look again.
     ///
-    /// `seen` is the resourceVersion the caller observed. When it is the version this writer's own last patch
-    /// produced (the watch echoing our write, or a timer requeue), nobody has written since, so the object the
-    /// patch returned is current and no read is needed.
+    /// `observed` is the object the caller saw (the controller's cache, a listed object): the lane starts from
+    /// it when it is newer than its own copy, and reads the API only when it has neither.
     pub async fn reconcile(
         self: &Arc<Self>,
         namespace: &str,
         name: &str,
-        seen: Option<&str>,
+        observed: Option<Arc<FlowRun>>,
     ) -> Result<Option<Timestamp>, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(
             (namespace.to_owned(), name.to_owned()),
             Job::Reconcile {
-                seen: seen.map(str::to_owned),
+                observed,
                 reply: tx,
             },
         );
@@ -119,15 +203,21 @@ impl StatusWriter {
     }
 
     async fn actor(self: Arc<Self>, key: Key, mut rx: mpsc::UnboundedReceiver<Job>) {
-        let mut cache: Option<FlowRun> = None;
+        let mut lane = Lane::default();
         loop {
-            let first = match tokio::time::timeout(IDLE, rx.recv()).await {
-                Ok(Some(job)) => job,
+            let wait = match lane.flush_at {
+                Some(at) => at,
+                None => tokio::time::Instant::now() + IDLE,
+            };
+            let first = match tokio::time::timeout_at(wait, rx.recv()).await {
+                Ok(Some(job)) => Some(job),
                 Ok(None) => return,
+                // Claims waited long enough for a write to ride on: write them now.
+                Err(_) if lane.flush_at.is_some() => None,
                 Err(_) => {
                     let mut actors = self.actors.lock().unwrap_or_else(|p| p.into_inner());
                     match rx.try_recv() {
-                        Ok(job) => job,
+                        Ok(job) => Some(job),
                         Err(_) => {
                             actors.remove(&key);
                             return;
@@ -135,49 +225,95 @@ impl StatusWriter {
                     }
                 }
             };
-            let mut jobs = vec![first];
+            let flush = first.is_none();
+            let mut jobs: Vec<Job> = first.into_iter().collect();
             while jobs.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(job) => jobs.push(job),
                     Err(_) => break,
                 }
             }
-            self.batch(&key, jobs, &mut cache).await;
+            self.batch(&key, jobs, &mut lane, flush).await;
         }
     }
 
-    /// Folds one batch of jobs into one status patch.
+    /// Carries out one batch of jobs: at most one status patch.
     #[instrument(skip_all, fields(namespace = %key.0, flowrun = %key.1, jobs = jobs.len()))]
-    async fn batch(&self, key: &Key, jobs: Vec<Job>, cache: &mut Option<FlowRun>) {
-        let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
+    async fn batch(&self, key: &Key, jobs: Vec<Job>, lane: &mut Lane, flush: bool) {
         let mut events = Vec::new();
         let mut reconciles = Vec::new();
-        // Whether every reconcile in the batch saw exactly the version our last patch returned.
-        let mut all_seen_ours = true;
-        let ours = cache
-            .as_ref()
-            .and_then(|fr| fr.metadata.resource_version.clone());
+        let mut observed: Option<Arc<FlowRun>> = None;
+        let mut all_known = true;
         for job in jobs {
             match job {
                 Job::Event { event, reply } => events.push((event, reply)),
-                Job::Reconcile { seen, reply } => {
-                    all_seen_ours &= seen.is_some() && seen == ours;
+                Job::Reconcile {
+                    observed: seen,
+                    reply,
+                } => {
+                    match &seen {
+                        Some(fr) if lane.knows(fr) => {}
+                        Some(fr) => {
+                            all_known = false;
+                            // Keep the newest object the reconciles brought.
+                            if observed
+                                .as_ref()
+                                .is_none_or(|o| newer(fr, o).unwrap_or(true))
+                            {
+                                observed = Some(fr.clone());
+                            }
+                        }
+                        None => all_known = false,
+                    }
                     reconciles.push(reply);
                 }
             }
         }
+        let now = Timestamp::now();
 
-        // A reconcile must see the latest spec and the signals users wrote, so it reads afresh — unless what
-        // it saw is our own last write, which the cache holds. Batches of worker events may start from the
-        // cache too, because only this actor writes steps.
-        let base = match cache.take() {
-            Some(fr) if reconciles.is_empty() || all_seen_ours => {
-                if !reconciles.is_empty() {
-                    self.metrics.own_write_reconciles.inc();
-                }
-                Ok(Some(fr))
+        // Only claims: they wait for a write to ride on (or for the flush).
+        if !flush
+            && reconciles.is_empty()
+            && !events.is_empty()
+            && events
+                .iter()
+                .all(|(e, _)| matches!(e, Event::Claimed { .. }))
+        {
+            lane.pending_claims
+                .extend(events.into_iter().map(|(e, _)| e));
+            lane.flush_at
+                .get_or_insert_with(|| tokio::time::Instant::now() + CLAIM_FLUSH);
+            return;
+        }
+
+        // Only echoes of our own writes (or requeues of the version we hold) with nothing due: answered from
+        // memory.
+        let due = lane.wake_at.is_some_and(|at| at <= now);
+        if !flush
+            && events.is_empty()
+            && all_known
+            && lane.current.is_some()
+            && !due
+            && !lane.has_running_children()
+        {
+            self.metrics.own_write_reconciles.inc();
+            for reply in reconciles {
+                let _ = reply.send(Ok(lane.wake_at));
             }
-            _ => api.get_opt(&key.1).await,
+            return;
+        }
+
+        // The base: the newest of the lane's copy and what the reconciles saw; the API only when neither
+        // exists or they cannot be compared.
+        let base = match (lane.current.take(), observed) {
+            (Some(current), Some(seen)) => match newer(&seen, &current) {
+                Some(true) => Ok(Some((*seen).clone())),
+                Some(false) => Ok(Some(current)),
+                None => self.read(key).await,
+            },
+            (Some(current), None) => Ok(Some(current)),
+            (None, Some(seen)) => Ok(Some((*seen).clone())),
+            (None, None) => self.read(key).await,
         };
         let fr = match base {
             Ok(Some(fr)) => fr,
@@ -194,6 +330,8 @@ impl StatusWriter {
                 for reply in reconciles {
                     let _ = reply.send(Ok(None));
                 }
+                lane.pending_claims.clear();
+                lane.flush_at = None;
                 if let Some(broker) = self.broker() {
                     broker.retain_flow_run(&key.0, &key.1, |_, _| false);
                 }
@@ -212,82 +350,69 @@ impl StatusWriter {
             }
         };
 
-        let now = Timestamp::now();
-        let meta = FlowMeta::of(&fr);
-        let before = fr.status.clone().unwrap_or_default();
-        let mut status = before.clone();
-        let mut notes = Vec::new();
-        let mut applied = Vec::new();
-
-        // Children that ended become events too, so the parent's step finishes in this same patch.
+        // Pending claims first (they happened before anything in this batch), then the batch's events, then
+        // children that ended, so the parent's step finishes in this same patch.
+        let mut all: Vec<(Event, ReplyTo)> =
+            lane.pending_claims.drain(..).map(|e| (e, None)).collect();
+        lane.flush_at = None;
+        all.extend(events);
         if !reconciles.is_empty() {
+            let status = fr.status.clone().unwrap_or_default();
             for event in self.effects.finished_children(&fr, &status).await {
-                events.push((event, None));
+                all.push((event, None));
             }
         }
+        let (events, replies): (Vec<Event>, Vec<_>) = all.into_iter().unzip();
+        let plan = batch::plan(&fr, &events, now);
 
-        for (event, reply) in events {
-            let input = FlowRunInput {
-                meta: &meta,
-                spec: &fr.spec,
-                status: &status,
-            };
-            match engine::apply_event(&input, &event, now) {
-                Ok(EventOutcome::Applied {
-                    status: next,
-                    notes: more,
-                }) => {
-                    count_outcome(&self.metrics, &event);
-                    status = *next;
-                    notes.extend(more);
-                    applied.push(reply);
+        // Refusals and duplicates are answered now; applied events wait for the write.
+        let mut waiting = Vec::new();
+        for ((event, reply), outcome) in events.iter().zip(replies).zip(&plan.replies) {
+            match outcome {
+                Reply::Applied => {
+                    count_outcome(&self.metrics, event);
+                    waiting.push(reply);
                 }
-                Ok(EventOutcome::Duplicate) => answer(reply, Ok(Recorded::Duplicate)),
-                Err(refusal) => {
-                    debug!(%refusal, "event refused");
+                Reply::Duplicate => answer(reply, Ok(Recorded::Duplicate)),
+                Reply::Stale(why) => {
+                    debug!(refusal = %why, "event refused");
                     self.metrics.outcome("refused");
-                    let err = if refusal.is_stale() {
-                        SinkError::Stale(refusal.to_string())
-                    } else {
-                        SinkError::Unknown(refusal.to_string())
-                    };
-                    answer(reply, Err(err));
+                    answer(reply, Err(SinkError::Stale(why.clone())));
+                }
+                Reply::Unknown(why) => {
+                    debug!(refusal = %why, "event refused");
+                    self.metrics.outcome("refused");
+                    answer(reply, Err(SinkError::Unknown(why.clone())));
                 }
             }
         }
 
-        let input = FlowRunInput {
-            meta: &meta,
-            spec: &fr.spec,
-            status: &status,
-        };
-        let decision = engine::decide(&input, now);
-        notes.extend(decision.notes.iter().cloned());
-        let patch = engine::status_patch(&before, &decision.status);
-
-        let written = if engine::patch::is_empty(&patch) {
-            let mut fr = fr;
-            fr.status = Some(decision.status.clone());
-            Ok(fr)
-        } else {
+        let written = if plan.needs_write() {
+            let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
             let result = api
                 .patch_status(
                     &key.1,
                     &PatchParams::apply(FIELD_MANAGER),
-                    &Patch::Merge(&patch),
+                    &Patch::Merge(&plan.patch),
                 )
                 .await;
-            if result.is_ok() {
+            if let Ok(fr) = &result {
                 self.metrics.status_patches.inc();
+                lane.remember_write(fr);
             }
             result
+        } else {
+            let mut fr = fr;
+            fr.status = Some(plan.decision.status.clone());
+            Ok(fr)
         };
         let fr = match written {
             Ok(fr) => fr,
             Err(e) => {
+                // The lane's copy may be what the API server refused: read afresh next time.
                 warn!(error = %e, "status patch failed; the batch will be retried by its senders");
                 let msg = e.to_string();
-                for reply in applied {
+                for reply in waiting {
                     answer(reply, Err(SinkError::Unavailable(msg.clone())));
                 }
                 for reply in reconciles {
@@ -298,24 +423,32 @@ impl StatusWriter {
         };
 
         // Persisted: now, and only now, acknowledge workers and hand out the attempts this status records.
-        for reply in applied {
+        for reply in waiting {
             answer(reply, Ok(Recorded::Applied));
         }
         if let Some(broker) = self.broker() {
-            sync_broker(broker, &fr, &decision);
+            sync_broker(broker, &fr, &plan.decision);
         }
-        self.effects.apply(&fr, &decision, &notes).await;
+        if plan.has_side_effects() {
+            let effects = self.effects.clone();
+            let (object, decision, notes) = (fr.clone(), plan.decision.clone(), plan.notes.clone());
+            tokio::spawn(async move { effects.apply(&object, &decision, &notes).await });
+        }
+        lane.wake_at = plan.decision.wake_at;
         for reply in reconciles {
-            let _ = reply.send(Ok(decision.wake_at));
+            let _ = reply.send(Ok(lane.wake_at));
         }
-        *cache = Some(fr);
+        lane.current = Some(fr);
+    }
+
+    async fn read(&self, key: &Key) -> Result<Option<FlowRun>, kube::Error> {
+        let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
+        self.metrics.flowrun_reads.inc();
+        api.get_opt(&key.1).await
     }
 }
 
-fn answer(
-    reply: Option<oneshot::Sender<Result<Recorded, SinkError>>>,
-    result: Result<Recorded, SinkError>,
-) {
+fn answer(reply: ReplyTo, result: Result<Recorded, SinkError>) {
     if let Some(reply) = reply {
         let _ = reply.send(result);
     }

@@ -29,6 +29,7 @@ use sluice_operator::broker::auth::TrustAll;
 use sluice_operator::context::{Scope, pod_name};
 use sluice_operator::runtime::{ExternalMetricsConfig, Operator};
 use sluice_operator::telemetry::Metrics;
+use sluice_operator::telemetry::api_calls::counted_client;
 use sluice_operator::telemetry::health::Health;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -176,11 +177,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
         .context("loading the Kubernetes client configuration")?;
-    let client = Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    let metrics = Metrics::new();
+    let client =
+        counted_client(config.clone(), &metrics).context("building the Kubernetes client")?;
     let lease_client = Client::try_from(lease_client_config(config))
         .context("building the Kubernetes client for the lease")?;
 
-    let metrics = Metrics::new();
     let mut builder = Operator::builder(client)
         .scope(scope)
         .metrics(metrics.clone())

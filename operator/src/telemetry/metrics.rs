@@ -52,6 +52,10 @@ pub struct Metrics {
     /// FlowRun reconciles that started from the writer's own last patch instead of a read, because the
     /// version they saw was that patch's (`sluice_flowrun_reads_saved_total`).
     pub own_write_reconciles: Counter,
+    /// FlowRun reads by the status writer (`sluice_flowrun_reads_total`): only when it has no copy of a run.
+    pub flowrun_reads: Counter,
+    /// Requests sent to the API server, by verb (`sluice_api_requests_total`).
+    pub api_requests: Family<super::api_calls::ApiRequestLabels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -103,7 +107,21 @@ impl Metrics {
             "FlowRun reconciles that reused the status writer's own last patch instead of reading the object",
             own_write_reconciles.clone(),
         );
+        let flowrun_reads = Counter::default();
+        registry.register(
+            "flowrun_reads",
+            "FlowRun reads by the status writer (it reads only when it has no copy of the run)",
+            flowrun_reads.clone(),
+        );
+        let api_requests = Family::<super::api_calls::ApiRequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests the operator sent to the API server, by verb",
+            api_requests.clone(),
+        );
         Self {
+            flowrun_reads,
+            api_requests,
             queue_depth,
             in_flight,
             dispatch_latency,
@@ -122,6 +140,19 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Requests sent to the API server so far, by verb (see [`super::api_calls::verb_of`]).
+    pub fn api_requests_by_verb(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        ["get", "watch", "patch", "post", "put", "delete"]
+            .into_iter()
+            .map(|verb| {
+                let labels = super::api_calls::ApiRequestLabels {
+                    verb: verb.to_owned(),
+                };
+                (verb, self.api_requests.get_or_create(&labels).get())
+            })
+            .collect()
     }
 
     /// Counts one reconcile error.

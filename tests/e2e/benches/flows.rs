@@ -1,25 +1,34 @@
 //! `make bench`: how fast flows run on the local control plane, against the raw speed of that API server.
 //!
-//! Every figure is measured in the same run as its baseline, so the ratios stay meaningful on any machine:
-//! - **baseline**: status PATCHes per second the API server takes (sequential, and from 8 concurrent writers);
-//! - **steps/s**: many small chain flows run by in-process SDK workers through the operator's FlowRun runtime
-//!   (status writer, controller, broker over real HTTP on loopback), and its ratio to the concurrent PATCH rate
-//!   (each step needs at least two status writes: its Ready attempt and its result);
-//! - **dispatch latency**: from a step's handler returning to the next step's handler starting (the result is
-//!   reported, persisted, the engine decides, the next attempt is persisted as Ready, queued, claimed), p50/p99.
+//! Every figure is measured in the same run as its baseline, so the ratios stay meaningful on any machine. The
+//! operator (status writer, controller, broker over real HTTP on loopback) runs in this process through the
+//! same wiring as `sluice-operator run`; four in-process SDK workers with 16 slots each run the handlers, which
+//! return at once. Phases, one after the other:
+//! - **baseline**: status PATCHes per second the API server takes (1 writer, and 8 concurrent writers);
+//! - **latency**: 1 flow, then 4 flows, of 20 chained steps: from a handler starting to the next step's handler
+//!   starting (result reported, persisted, next attempt decided and persisted, handed to a worker), p50/p99;
+//! - **throughput**: `SLUICE_BENCH_FLOWS` (40) chains of `SLUICE_BENCH_STEPS` (5) steps, counted only after the
+//!   last FlowRun was created: steps/s and its ratio to the 8-writer PATCH rate (a chain step needs at least
+//!   one status write);
+//! - **fan-out**: one forEach of `SLUICE_BENCH_FANOUT` (1,000) instances: instances/s and its ratio (many
+//!   instance results share one write);
+//! - **cost**: the operator's own API requests per step during the throughput phase (PATCH, GET, other),
+//!   counted by its client.
 //!
-//! Sizes can be set with `SLUICE_BENCH_FLOWS` (default 40) and `SLUICE_BENCH_STEPS` (default 5).
+//! Prints one table and writes it as JSON to `target/bench/flows.json` for comparison across commits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use futures::future::join_all;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use sluice_e2e::{InProcessOperator, TestNamespace, cluster, install_crds, wait_for_list};
+use sluice_e2e::{
+    InProcessOperator, TestNamespace, cluster, install_crds, repo_root, wait_for_list,
+};
 use sluice_operator::api::{FlowPhase, FlowRun};
 use sluice_worker::{Config, StepContext, Worker};
 
@@ -30,7 +39,8 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Status PATCHes per second on one FlowRun object, from `writers` concurrent writers for `window`.
+/// Status PATCHes per second on FlowRun objects, from `writers` concurrent writers (one object each) for
+/// `window`.
 async fn patch_rate(api: &Api<FlowRun>, writers: usize, window: Duration) -> Result<f64> {
     let mut names = Vec::new();
     for i in 0..writers {
@@ -60,10 +70,22 @@ async fn patch_rate(api: &Api<FlowRun>, writers: usize, window: Duration) -> Res
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
+/// When each handler ran: (FlowRun, step name or forEach index) → (start, end).
 #[derive(Default)]
 struct Timings {
-    /// (flow, step index) → (handler start, handler end)
-    spans: Mutex<HashMap<(String, usize), (Instant, Instant)>>,
+    spans: Mutex<HashMap<(String, String), (Instant, Instant)>>,
+}
+
+impl Timings {
+    fn of(&self, flow: &str) -> Vec<(Instant, Instant)> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((f, _), _)| f == flow)
+            .map(|(_, span)| *span)
+            .collect()
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -74,10 +96,97 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn chain(prefix: &str, flows: usize, steps: usize, label: &str) -> Result<Vec<FlowRun>> {
+    let step_list: Vec<Value> = (0..steps)
+        .map(|i| {
+            let mut s = json!({"name": format!("s{i}"), "handler": "step", "input": {"key": format!("s{i}")}});
+            if i > 0 {
+                s["dependsOn"] = json!([format!("s{}", i - 1)]);
+            }
+            s
+        })
+        .collect();
+    (0..flows)
+        .map(|f| {
+            Ok(serde_json::from_value(json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+                "metadata": {"name": format!("{prefix}-{f}"), "labels": {"sluice.dev/bench": label}},
+                "spec": {"pool": "pool", "steps": step_list}
+            }))?)
+        })
+        .collect()
+}
+
+/// Creates `runs` and waits until every one Succeeded; returns when the last create returned.
+async fn run_all(api: &Api<FlowRun>, runs: Vec<FlowRun>, label: &str) -> Result<Instant> {
+    let n = runs.len();
+    for fr in &runs {
+        api.create(&PostParams::default(), fr).await?;
+    }
+    let created = Instant::now();
+    let done = wait_for_list(
+        api,
+        kube::runtime::watcher::Config::default().labels(&format!("sluice.dev/bench={label}")),
+        move |frs: &[FlowRun]| {
+            frs.len() == n
+                && frs.iter().all(|fr| {
+                    fr.status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .is_some_and(|p| p.is_terminal())
+                })
+        },
+        Duration::from_secs(600),
+        &format!("every {label} flow to finish"),
+    )
+    .await?;
+    let failed = done
+        .iter()
+        .filter(|fr| fr.status.as_ref().and_then(|s| s.phase) != Some(FlowPhase::Succeeded))
+        .count();
+    if failed > 0 {
+        bail!("{failed} {label} flows did not succeed");
+    }
+    Ok(created)
+}
+
+/// Start-to-start gaps between consecutive steps of the chains `prefix-0..flows`.
+fn chain_gaps(timings: &Timings, prefix: &str, flows: usize, steps: usize) -> Vec<Duration> {
+    let spans = timings.spans.lock().unwrap();
+    let mut gaps = Vec::new();
+    for f in 0..flows {
+        let name = format!("{prefix}-{f}");
+        for i in 1..steps {
+            if let (Some((prev, _)), Some((next, _))) = (
+                spans.get(&(name.clone(), format!("s{}", i - 1))),
+                spans.get(&(name.clone(), format!("s{i}"))),
+            ) {
+                gaps.push(next.saturating_duration_since(*prev));
+            }
+        }
+    }
+    gaps.sort();
+    gaps
+}
+
+#[derive(serde::Serialize)]
+struct Latency {
+    flows: usize,
+    steps: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    samples: usize,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let flows = env_or("SLUICE_BENCH_FLOWS", 40);
     let steps = env_or("SLUICE_BENCH_STEPS", 5);
+    let fanout = env_or("SLUICE_BENCH_FANOUT", 1000);
     let client = cluster().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::new("bench").await?;
@@ -88,10 +197,8 @@ async fn main() -> Result<()> {
     let seq_rate = patch_rate(&api, 1, window).await?;
     let conc_rate = patch_rate(&api, 8, window).await?;
 
-    // The operator's FlowRun runtime and its broker, in this process, watching only this namespace.
     let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
     let url = operator.broker_url().to_owned();
-
     let timings = Arc::new(Timings::default());
     let mut shutdowns = Vec::new();
     for w in 0..4 {
@@ -106,103 +213,137 @@ async fn main() -> Result<()> {
             let t = t.clone();
             async move {
                 let start = Instant::now();
-                let index = input["index"].as_u64().unwrap_or(0) as usize;
-                let out = json!({"index": index});
+                let key = match ctx.instance() {
+                    Some(i) => format!("{}[{i}]", ctx.step()),
+                    None => input["key"].as_str().unwrap_or_default().to_owned(),
+                };
                 t.spans.lock().unwrap().insert(
-                    (ctx.flow_run_name().to_owned(), index),
+                    (ctx.flow_run_name().to_owned(), key),
                     (start, Instant::now()),
                 );
-                Ok(out)
+                Ok(json!({"ok": true}))
             }
         });
         shutdowns.push(worker.shutdown_handle());
         tokio::spawn(async move { worker.run_until(std::future::pending()).await });
     }
 
-    let step_list: Vec<Value> = (0..steps)
-        .map(|i| {
-            let mut s = json!({"name": format!("s{i}"), "handler": "step", "input": {"index": i}});
-            if i > 0 {
-                s["dependsOn"] = json!([format!("s{}", i - 1)]);
-            }
-            s
-        })
-        .collect();
-    let start = Instant::now();
-    for f in 0..flows {
-        let fr: FlowRun = serde_json::from_value(json!({
-            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
-            "metadata": {"name": format!("flow-{f}"), "labels": {"sluice.dev/bench": "flows"}},
-            "spec": {"pool": "pool", "steps": step_list}
-        }))?;
-        api.create(&PostParams::default(), &fr).await?;
-    }
-    let done = wait_for_list(
-        &api,
-        kube::runtime::watcher::Config::default().labels("sluice.dev/bench=flows"),
-        move |frs: &[FlowRun]| {
-            frs.len() == flows
-                && frs.iter().all(|fr| {
-                    fr.status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .is_some_and(|p| p.is_terminal())
-                })
-        },
-        Duration::from_secs(600),
-        "every benchmark flow to finish",
-    )
-    .await?;
-    let elapsed = start.elapsed();
-    let failed = done
-        .iter()
-        .filter(|fr| fr.status.as_ref().and_then(|s| s.phase) != Some(FlowPhase::Succeeded))
-        .count();
-    if failed > 0 {
-        bail!("{failed} benchmark flows did not succeed");
+    // Latency: 1 flow, then 4, of 20 chained steps.
+    let mut latency = Vec::new();
+    for (n, label) in [(1usize, "lat1"), (4, "lat4")] {
+        run_all(&api, chain(label, n, 20, label)?, label).await?;
+        let gaps = chain_gaps(&timings, label, n, 20);
+        latency.push(Latency {
+            flows: n,
+            steps: 20,
+            p50_ms: ms(percentile(&gaps, 50.0)),
+            p99_ms: ms(percentile(&gaps, 99.0)),
+            samples: gaps.len(),
+        });
     }
 
-    let spans = timings.spans.lock().unwrap().clone();
-    let mut gaps: Vec<Duration> = Vec::new();
+    // Throughput: many chains; steps that start after the last create, until the last one ends.
+    let requests_before = operator.metrics().api_requests_by_verb();
+    let created = run_all(&api, chain("tput", flows, steps, "tput")?, "tput").await?;
+    let requests_after = operator.metrics().api_requests_by_verb();
+    let mut in_window = 0usize;
+    let mut last_end = created;
     for f in 0..flows {
-        let name = format!("flow-{f}");
-        for i in 1..steps {
-            if let (Some((_, end)), Some((start, _))) = (
-                spans.get(&(name.clone(), i - 1)),
-                spans.get(&(name.clone(), i)),
-            ) {
-                gaps.push(start.saturating_duration_since(*end));
+        for (start, end) in timings.of(&format!("tput-{f}")) {
+            if start >= created {
+                in_window += 1;
+                last_end = last_end.max(end);
             }
         }
     }
-    gaps.sort();
-    let total_steps = flows * steps;
-    let steps_per_s = total_steps as f64 / elapsed.as_secs_f64();
+    let window_s = last_end.duration_since(created).as_secs_f64().max(1e-3);
+    let steps_per_s = in_window as f64 / window_s;
+    let total_steps = (flows * steps) as f64;
+    let cost: BTreeMap<&str, f64> = requests_after
+        .iter()
+        .map(|(verb, after)| {
+            let before = requests_before.get(verb).copied().unwrap_or(0);
+            (*verb, (after - before) as f64 / total_steps)
+        })
+        .collect();
+    let patch_per_step = cost.get("patch").copied().unwrap_or(0.0);
+    let get_per_step = cost.get("get").copied().unwrap_or(0.0);
+    let other_per_step: f64 = cost
+        .iter()
+        .filter(|(v, _)| !matches!(**v, "patch" | "get" | "watch"))
+        .map(|(_, c)| c)
+        .sum();
+
+    // Fan-out: one forEach.
+    let fan: FlowRun = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": "fanout-0", "labels": {"sluice.dev/bench": "fanout"}},
+        "spec": {"pool": "pool", "input": {"items": (0..fanout).collect::<Vec<_>>()}, "steps": [{
+            "name": "each", "handler": "step", "maxParallel": 64,
+            "forEach": "${{ input.items }}",
+            "input": {"i": "${{ item }}"}
+        }]}
+    }))
+    .context("the fan-out FlowRun")?;
+    run_all(&api, vec![fan], "fanout").await?;
+    let spans = timings.of("fanout-0");
+    let first = spans
+        .iter()
+        .map(|(s, _)| *s)
+        .min()
+        .context("no instance ran")?;
+    let last = spans
+        .iter()
+        .map(|(_, e)| *e)
+        .max()
+        .context("no instance ran")?;
+    let instances_per_s = spans.len() as f64 / last.duration_since(first).as_secs_f64().max(1e-3);
 
     println!(
-        "sluice bench: {flows} flows x {steps} steps, 4 in-process workers x 16 slots, one API server"
+        "sluice bench: 4 in-process workers x 16 slots, handlers return at once, one API server"
     );
-    println!("baseline  status PATCH, 1 writer         {seq_rate:>9.1} /s");
-    println!("baseline  status PATCH, 8 writers        {conc_rate:>9.1} /s");
+    println!("| phase | figure | value | ratio |");
+    println!("|---|---|---|---|");
+    println!("| baseline | status PATCH, 1 writer | {seq_rate:.1}/s | |");
+    println!("| baseline | status PATCH, 8 writers | {conc_rate:.1}/s | 1 |");
+    for l in &latency {
+        println!(
+            "| latency | {} flow(s) x {} steps, handler start to next start | p50 {:.1} ms / p99 {:.1} ms | p50 = {:.2} sequential PATCHes |",
+            l.flows,
+            l.steps,
+            l.p50_ms,
+            l.p99_ms,
+            l.p50_ms / 1000.0 * seq_rate
+        );
+    }
     println!(
-        "flows     steps completed                 {steps_per_s:>9.1} /s   ({:.3} of the concurrent PATCH rate)",
+        "| throughput | {flows} chains x {steps} steps, after the last create | {steps_per_s:.1} steps/s | {:.3} |",
         steps_per_s / conc_rate
     );
     println!(
-        "dispatch  step-to-step latency p50        {:>9.1} ms  ({:.2} x one sequential PATCH)",
-        percentile(&gaps, 50.0).as_secs_f64() * 1000.0,
-        percentile(&gaps, 50.0).as_secs_f64() * seq_rate
+        "| fan-out | forEach of {fanout} | {instances_per_s:.1} instances/s | {:.3} |",
+        instances_per_s / conc_rate
     );
     println!(
-        "dispatch  step-to-step latency p99        {:>9.1} ms  ({:.2} x one sequential PATCH)",
-        percentile(&gaps, 99.0).as_secs_f64() * 1000.0,
-        percentile(&gaps, 99.0).as_secs_f64() * seq_rate
+        "| cost | API requests per chain step | PATCH {patch_per_step:.2}, GET {get_per_step:.2}, other {other_per_step:.2} | |"
     );
-    println!(
-        "(latency samples: {}; wall time {:.1} s)",
-        gaps.len(),
-        elapsed.as_secs_f64()
-    );
+
+    let report = json!({
+        "baseline": {"patchPerSecond1Writer": seq_rate, "patchPerSecond8Writers": conc_rate},
+        "latency": latency,
+        "throughput": {"flows": flows, "steps": steps, "stepsPerSecond": steps_per_s,
+                       "ratio": steps_per_s / conc_rate, "stepsInWindow": in_window},
+        "fanout": {"instances": fanout, "instancesPerSecond": instances_per_s,
+                   "ratio": instances_per_s / conc_rate},
+        "cost": {"requestsPerStep": cost},
+    });
+    let dir = repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("flows.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("(written to target/bench/flows.json)");
 
     drop(operator);
     for s in shutdowns {

@@ -127,18 +127,33 @@ pub async fn cluster() -> Result<Client> {
     client_for(&path).await
 }
 
+/// The client configuration of this run's cluster (see [`kubeconfig_path`]), for clients built with layers of
+/// their own (the in-process operator counts its requests).
+pub async fn cluster_config() -> Result<kube::Config> {
+    let path = tokio::task::spawn_blocking(kubeconfig_path)
+        .await
+        .map_err(|e| HarnessError::ClusterStart {
+            script: cluster_script(),
+            reason: e.to_string(),
+        })??;
+    config_for(&path).await
+}
+
 pub(crate) async fn client_for(path: &Path) -> Result<Client> {
+    Client::try_from(config_for(path).await?).map_err(HarnessError::Client)
+}
+
+async fn config_for(path: &Path) -> Result<kube::Config> {
     // Several rustls providers may be compiled into a workspace build (kube: ring, reqwest: aws-lc-rs).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kubeconfig = Kubeconfig::read_from(path).map_err(|source| HarnessError::Kubeconfig {
         path: path.to_path_buf(),
         source,
     })?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|source| HarnessError::Kubeconfig {
             path: path.to_path_buf(),
             source,
-        })?;
-    Client::try_from(config).map_err(HarnessError::Client)
+        })
 }

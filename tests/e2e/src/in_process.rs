@@ -13,6 +13,8 @@ use sluice_operator::broker::auth::{Authenticator, TrustAll};
 use sluice_operator::context::Scope;
 use sluice_operator::external_metrics::{self, tls};
 use sluice_operator::runtime::{ExternalMetricsConfig, Operator};
+use sluice_operator::telemetry::Metrics;
+use sluice_operator::telemetry::api_calls::counted_client;
 use sluice_operator::workerpool::WriteCounts;
 use tokio::sync::watch;
 
@@ -94,7 +96,12 @@ impl InProcessOperator {
             .local_addr()
             .map_err(HarnessError::io("reading the broker address"))?;
         let url = format!("http://{addr}");
-        let mut builder = Operator::builder(client.clone())
+        // The operator's own client counts its requests, as in `sluice-operator run`.
+        let metrics = Metrics::new();
+        let counted = counted_client(crate::cluster_config().await?, &metrics)
+            .map_err(HarnessError::Client)?;
+        let mut builder = Operator::builder(counted)
+            .metrics(metrics)
             .scope(Scope::Namespaces(vec![namespace.to_owned()]))
             .authenticator(options.auth);
         if options.worker_pools {
@@ -135,6 +142,11 @@ impl InProcessOperator {
     /// The broker, to read its memory (queue depth, workers) directly.
     pub fn broker(&self) -> Broker {
         self.operator.broker()
+    }
+
+    /// The operator's metrics (API requests by verb, status patches, ...).
+    pub fn metrics(&self) -> Metrics {
+        self.operator.metrics()
     }
 
     /// The WorkerPool controller's API writes so far; `None` when it does not run

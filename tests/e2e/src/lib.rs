@@ -24,7 +24,7 @@ mod operator;
 mod release;
 mod wait;
 
-pub use cluster::{cluster, cluster_dir, kubeconfig_path, pod_log, repo_root};
+pub use cluster::{cluster, cluster_config, cluster_dir, kubeconfig_path, pod_log, repo_root};
 pub use error::HarnessError;
 pub use http::{HttpResponse, http_request};
 pub use in_process::{InProcessOperator, InProcessOptions, METRICS_SERVICE};
