@@ -95,6 +95,13 @@ impl Lane {
                 == Some(rv)
     }
 
+    /// Whether the lane's copy is newer than `fr`.
+    fn is_newer_than(&self, fr: &FlowRun) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|current| newer(current, fr) == Some(true))
+    }
+
     /// Whether a step of the run waits on a child FlowRun (its end arrives as a reconcile, not an event).
     fn has_running_children(&self) -> bool {
         self.current
@@ -252,7 +259,9 @@ impl StatusWriter {
                     reply,
                 } => {
                     match &seen {
-                        Some(fr) if lane.knows(fr) => {}
+                        // Our own write, or an older version than the lane's (a watch running behind):
+                        // nothing the lane does not know.
+                        Some(fr) if lane.knows(fr) || lane.is_newer_than(fr) => {}
                         Some(fr) => {
                             all_known = false;
                             // Keep the newest object the reconciles brought.
@@ -271,18 +280,17 @@ impl StatusWriter {
         }
         let now = Timestamp::now();
 
-        // Only claims: they wait for a write to ride on (or for the flush).
-        if !flush
-            && reconciles.is_empty()
-            && !events.is_empty()
-            && events
-                .iter()
-                .all(|(e, _)| matches!(e, Event::Claimed { .. }))
-        {
+        // Claims wait for a write to ride on (or for the flush).
+        let (claims, events): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|(e, _)| matches!(e, Event::Claimed { .. }));
+        if !claims.is_empty() {
             lane.pending_claims
-                .extend(events.into_iter().map(|(e, _)| e));
+                .extend(claims.into_iter().map(|(e, _)| e));
             lane.flush_at
                 .get_or_insert_with(|| tokio::time::Instant::now() + CLAIM_FLUSH);
+        }
+        if !flush && events.is_empty() && reconciles.is_empty() {
             return;
         }
 
@@ -350,16 +358,22 @@ impl StatusWriter {
             }
         };
 
-        // Pending claims first (they happened before anything in this batch), then the batch's events, then
-        // children that ended, so the parent's step finishes in this same patch.
-        let mut all: Vec<(Event, ReplyTo)> =
-            lane.pending_claims.drain(..).map(|e| (e, None)).collect();
-        lane.flush_at = None;
-        all.extend(events);
+        // The batch's events, then children that ended, so the parent's step finishes in this same patch.
+        let mut all: Vec<(Event, ReplyTo)> = events;
         if !reconciles.is_empty() {
             let status = fr.status.clone().unwrap_or_default();
             for event in self.effects.finished_children(&fr, &status).await {
                 all.push((event, None));
+            }
+        }
+        // Pending claims ride along only on a write that happens anyway (or when their time is up); they
+        // happened before anything in this batch, so they go first.
+        if !lane.pending_claims.is_empty() {
+            let others: Vec<Event> = all.iter().map(|(e, _)| e.clone()).collect();
+            if flush || batch::plan(&fr, &others, now).needs_write() {
+                let claims = lane.pending_claims.drain(..).map(|e| (e, None));
+                all = claims.chain(all).collect();
+                lane.flush_at = None;
             }
         }
         let (events, replies): (Vec<Event>, Vec<_>) = all.into_iter().unzip();
@@ -388,6 +402,13 @@ impl StatusWriter {
         }
 
         let written = if plan.needs_write() {
+            debug!(
+                events = events.len(),
+                reconciles = reconciles.len(),
+                flush,
+                patch = %plan.patch,
+                "writing the status"
+            );
             let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
             let result = api
                 .patch_status(

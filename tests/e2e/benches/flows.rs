@@ -184,6 +184,12 @@ struct Latency {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let flows = env_or("SLUICE_BENCH_FLOWS", 40);
     let steps = env_or("SLUICE_BENCH_STEPS", 5);
     let fanout = env_or("SLUICE_BENCH_FANOUT", 1000);
