@@ -410,6 +410,7 @@ impl StatusWriter {
                 "writing the status"
             );
             let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
+            let started = std::time::Instant::now();
             let result = api
                 .patch_status(
                     &key.1,
@@ -417,6 +418,9 @@ impl StatusWriter {
                     &Patch::Merge(&plan.patch),
                 )
                 .await;
+            self.metrics
+                .status_patch_seconds
+                .observe(started.elapsed().as_secs_f64());
             if let Ok(fr) = &result {
                 self.metrics.status_patches.inc();
                 lane.remember_write(fr);

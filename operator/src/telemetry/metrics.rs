@@ -52,10 +52,14 @@ pub struct Metrics {
     /// FlowRun reconciles that started from the writer's own last patch instead of a read, because the
     /// version they saw was that patch's (`sluice_flowrun_reads_saved_total`).
     pub own_write_reconciles: Counter,
+    /// Seconds one FlowRun status PATCH takes, request to response (`sluice_status_patch_seconds`).
+    pub status_patch_seconds: Histogram,
     /// FlowRun reads by the status writer (`sluice_flowrun_reads_total`): only when it has no copy of a run.
     pub flowrun_reads: Counter,
     /// Requests sent to the API server, by verb (`sluice_api_requests_total`).
     pub api_requests: Family<super::api_calls::ApiRequestLabels, Counter>,
+    /// Finished FlowRuns deleted because their time to live had passed (`sluice_flowruns_deleted_total`).
+    pub flowruns_deleted: Counter,
     registry: Arc<Registry>,
 }
 
@@ -107,6 +111,14 @@ impl Metrics {
             "FlowRun reconciles that reused the status writer's own last patch instead of reading the object",
             own_write_reconciles.clone(),
         );
+        let status_patch_seconds = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
+        registry.register(
+            "status_patch_seconds",
+            "Time one FlowRun status PATCH takes, request to response",
+            status_patch_seconds.clone(),
+        );
         let flowrun_reads = Counter::default();
         registry.register(
             "flowrun_reads",
@@ -119,7 +131,15 @@ impl Metrics {
             "Requests the operator sent to the API server, by verb",
             api_requests.clone(),
         );
+        let flowruns_deleted = Counter::default();
+        registry.register(
+            "flowruns_deleted",
+            "Finished FlowRuns the operator deleted because their ttlSecondsAfterFinished (or the operator's default) had passed; their child FlowRuns go with them",
+            flowruns_deleted.clone(),
+        );
         Self {
+            flowruns_deleted,
+            status_patch_seconds,
             flowrun_reads,
             api_requests,
             queue_depth,
@@ -195,6 +215,7 @@ mod tests {
             .set(7);
         m.outcome("succeeded");
         m.dispatch_latency.observe(0.002);
+        m.flowruns_deleted.inc();
         let text = m.encode();
         assert!(
             text.contains(r#"sluice_queue_depth{namespace="ns",pool="orders"} 7"#),
@@ -208,6 +229,7 @@ mod tests {
             text.contains("sluice_dispatch_latency_seconds_count 1"),
             "{text}"
         );
+        assert!(text.contains("sluice_flowruns_deleted_total 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

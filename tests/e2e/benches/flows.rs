@@ -70,6 +70,54 @@ async fn patch_rate(api: &Api<FlowRun>, writers: usize, window: Duration) -> Res
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Sequential status PATCHes per second on a FlowRun shaped like the latency phase's runs: 20 steps in the
+/// spec, a status with 20 step entries and the four conditions, each PATCH changing one step and the
+/// progress, written with a field manager as the operator writes. The API server's cost for the objects the
+/// benchmark really writes, next to the raw rate on a small object.
+async fn realistic_patch_rate(api: &Api<FlowRun>, window: Duration) -> Result<f64> {
+    let steps: Vec<Value> = (0..20)
+        .map(|i| json!({"name": format!("s{i}"), "sleep": "1000h"}))
+        .collect();
+    let fr: FlowRun = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": "baseline-realistic", "annotations": {"sluice.dev/bench": "baseline"}},
+        "spec": {"steps": steps}
+    }))?;
+    api.create(&PostParams::default(), &fr).await?;
+    let now = "2026-01-01T00:00:00Z";
+    let entries: serde_json::Map<String, Value> = (0..20)
+        .map(|i| {
+            (
+                format!("s{i}"),
+                json!({"phase": "Succeeded", "attempts": 1, "output": {"ok": true},
+                       "startedAt": now, "finishedAt": now, "worker": "bench-0"}),
+            )
+        })
+        .collect();
+    let conditions: Vec<Value> = ["Ready", "Succeeded", "Invalid", "Suspended"]
+        .iter()
+        .map(|t| {
+            json!({"type": t, "status": "False", "reason": "Running", "message": "0/20",
+                        "lastTransitionTime": now, "observedGeneration": 1})
+        })
+        .collect();
+    let params = PatchParams::apply("sluice-bench");
+    let initial =
+        json!({"status": {"phase": "Running", "steps": entries, "conditions": conditions}});
+    api.patch_status("baseline-realistic", &params, &Patch::Merge(&initial))
+        .await?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < window {
+        let body = json!({"status": {"progress": format!("{n}/20"),
+                                     "steps": {format!("s{}", n % 20): {"attempts": n + 2}}}});
+        api.patch_status("baseline-realistic", &params, &Patch::Merge(&body))
+            .await?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
 /// When each handler ran: (FlowRun, step name or forEach index) → (start, end).
 #[derive(Default)]
 struct Timings {
@@ -77,6 +125,17 @@ struct Timings {
 }
 
 impl Timings {
+    /// How many handler runs of FlowRuns named `prefix-*` were seen.
+    fn count_prefix(&self, prefix: &str) -> usize {
+        let prefix = format!("{prefix}-");
+        self.spans
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(f, _)| f.starts_with(&prefix))
+            .count()
+    }
+
     fn of(&self, flow: &str) -> Vec<(Instant, Instant)> {
         self.spans
             .lock()
@@ -85,6 +144,53 @@ impl Timings {
             .filter(|((f, _), _)| f == flow)
             .map(|(_, span)| *span)
             .collect()
+    }
+}
+
+/// (sum, count) of a histogram in the Prometheus text the operator serves.
+fn histogram(metrics: &str, name: &str) -> (f64, f64) {
+    let value = |suffix: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (value("sum"), value("count"))
+}
+
+/// The bucket bound (ms) under which half of a histogram's observations between two snapshots fall.
+fn median_bound_ms(before: &str, after: &str, name: &str) -> f64 {
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let (b0, b1) = (buckets(before), buckets(after));
+    let total = b1.last().map_or(0.0, |(_, c)| *c) - b0.last().map_or(0.0, |(_, c)| *c);
+    b1.iter()
+        .zip(b0.iter().map(|(_, c)| *c).chain(std::iter::repeat(0.0)))
+        .find(|((_, c1), c0)| c1 - c0 >= total / 2.0)
+        .map_or(0.0, |((le, _), _)| le * 1000.0)
+}
+
+/// Mean of a histogram's observations between two snapshots, in ms.
+fn mean_ms(before: &str, after: &str, name: &str) -> f64 {
+    let (s0, c0) = histogram(before, name);
+    let (s1, c1) = histogram(after, name);
+    if c1 > c0 {
+        (s1 - s0) / (c1 - c0) * 1000.0
+    } else {
+        0.0
     }
 }
 
@@ -121,13 +227,32 @@ fn chain(prefix: &str, flows: usize, steps: usize, label: &str) -> Result<Vec<Fl
         .collect()
 }
 
-/// Creates `runs` and waits until every one Succeeded; returns when the last create returned.
-async fn run_all(api: &Api<FlowRun>, runs: Vec<FlowRun>, label: &str) -> Result<Instant> {
+/// Creates `runs`, waits until `handlers` handler runs were seen, then until every run Succeeded; returns
+/// when the last create returned. The wait for the handlers is in memory, so the benchmark adds no watch of
+/// its own to the API server while the flows run (the watch below starts once the last handler ran).
+async fn run_all(
+    api: &Api<FlowRun>,
+    timings: &Timings,
+    runs: Vec<FlowRun>,
+    label: &str,
+    handlers: usize,
+) -> Result<Instant> {
     let n = runs.len();
+    let seen_before = timings.count_prefix(label);
     for fr in &runs {
         api.create(&PostParams::default(), fr).await?;
     }
     let created = Instant::now();
+    let deadline = created + Duration::from_secs(600);
+    while timings.count_prefix(label) < seen_before + handlers {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {handlers} {label} handlers ran within 600 s",
+                timings.count_prefix(label) - seen_before
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let done = wait_for_list(
         api,
         kube::runtime::watcher::Config::default().labels(&format!("sluice.dev/bench={label}")),
@@ -180,6 +305,12 @@ struct Latency {
     p50_ms: f64,
     p99_ms: f64,
     samples: usize,
+    /// Mean status PATCH round trip in the phase.
+    patch_mean_ms: f64,
+    /// The histogram bucket bound under which half of the phase's PATCHes took.
+    patch_median_bound_ms: f64,
+    /// Mean wait of an attempt in the broker's queue, from being queued to being claimed.
+    queue_wait_mean_ms: f64,
 }
 
 #[tokio::main]
@@ -202,6 +333,7 @@ async fn main() -> Result<()> {
     let window = Duration::from_secs(5);
     let seq_rate = patch_rate(&api, 1, window).await?;
     let conc_rate = patch_rate(&api, 8, window).await?;
+    let realistic_rate = realistic_patch_rate(&api, window).await?;
 
     let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
     let url = operator.broker_url().to_owned();
@@ -237,7 +369,9 @@ async fn main() -> Result<()> {
     // Latency: 1 flow, then 4, of 20 chained steps.
     let mut latency = Vec::new();
     for (n, label) in [(1usize, "lat1"), (4, "lat4")] {
-        run_all(&api, chain(label, n, 20, label)?, label).await?;
+        let before = operator.metrics().encode();
+        run_all(&api, &timings, chain(label, n, 20, label)?, label, n * 20).await?;
+        let after = operator.metrics().encode();
         let gaps = chain_gaps(&timings, label, n, 20);
         latency.push(Latency {
             flows: n,
@@ -245,12 +379,22 @@ async fn main() -> Result<()> {
             p50_ms: ms(percentile(&gaps, 50.0)),
             p99_ms: ms(percentile(&gaps, 99.0)),
             samples: gaps.len(),
+            patch_mean_ms: mean_ms(&before, &after, "sluice_status_patch_seconds"),
+            patch_median_bound_ms: median_bound_ms(&before, &after, "sluice_status_patch_seconds"),
+            queue_wait_mean_ms: mean_ms(&before, &after, "sluice_dispatch_latency_seconds"),
         });
     }
 
     // Throughput: many chains; steps that start after the last create, until the last one ends.
     let requests_before = operator.metrics().api_requests_by_verb();
-    let created = run_all(&api, chain("tput", flows, steps, "tput")?, "tput").await?;
+    let created = run_all(
+        &api,
+        &timings,
+        chain("tput", flows, steps, "tput")?,
+        "tput",
+        flows * steps,
+    )
+    .await?;
     let requests_after = operator.metrics().api_requests_by_verb();
     let mut in_window = 0usize;
     let mut last_end = created;
@@ -291,7 +435,7 @@ async fn main() -> Result<()> {
         }]}
     }))
     .context("the fan-out FlowRun")?;
-    run_all(&api, vec![fan], "fanout").await?;
+    run_all(&api, &timings, vec![fan], "fanout", fanout).await?;
     let spans = timings.of("fanout-0");
     let first = spans
         .iter()
@@ -312,14 +456,21 @@ async fn main() -> Result<()> {
     println!("|---|---|---|---|");
     println!("| baseline | status PATCH, 1 writer | {seq_rate:.1}/s | |");
     println!("| baseline | status PATCH, 8 writers | {conc_rate:.1}/s | 1 |");
+    println!(
+        "| baseline | status PATCH of a 20-step run, 1 writer | {realistic_rate:.1}/s ({:.1} ms each) | |",
+        1000.0 / realistic_rate
+    );
     for l in &latency {
         println!(
-            "| latency | {} flow(s) x {} steps, handler start to next start | p50 {:.1} ms / p99 {:.1} ms | p50 = {:.2} sequential PATCHes |",
+            "| latency | {} flow(s) x {} steps, handler start to next start | p50 {:.1} ms / p99 {:.1} ms | p50 = {:.2} sequential PATCHes (PATCH mean {:.1} ms, half under {} ms; mean queue wait {:.1} ms) |",
             l.flows,
             l.steps,
             l.p50_ms,
             l.p99_ms,
-            l.p50_ms / 1000.0 * seq_rate
+            l.p50_ms / 1000.0 * seq_rate,
+            l.patch_mean_ms,
+            l.patch_median_bound_ms,
+            l.queue_wait_mean_ms
         );
     }
     println!(
@@ -331,11 +482,13 @@ async fn main() -> Result<()> {
         instances_per_s / conc_rate
     );
     println!(
-        "| cost | API requests per chain step | PATCH {patch_per_step:.2}, GET {get_per_step:.2}, other {other_per_step:.2} | |"
+        "| cost | API requests per chain step | PATCH {patch_per_step:.2}, GET {get_per_step:.2}, other {other_per_step:.2} | PATCH per run of {steps} steps: {:.2} |",
+        patch_per_step * steps as f64
     );
 
     let report = json!({
-        "baseline": {"patchPerSecond1Writer": seq_rate, "patchPerSecond8Writers": conc_rate},
+        "baseline": {"patchPerSecond1Writer": seq_rate, "patchPerSecond8Writers": conc_rate,
+                     "patchPerSecond20StepRun": realistic_rate},
         "latency": latency,
         "throughput": {"flows": flows, "steps": steps, "stepsPerSecond": steps_per_s,
                        "ratio": steps_per_s / conc_rate, "stepsInWindow": in_window},
