@@ -108,7 +108,7 @@ impl Metrics {
         let own_write_reconciles = Counter::default();
         registry.register(
             "flowrun_reads_saved",
-            "FlowRun reconciles that reused the status writer's own last patch instead of reading the object",
+            "FlowRun reconciles answered from the status writer's memory (watch echoes of its own writes)",
             own_write_reconciles.clone(),
         );
         let status_patch_seconds = Histogram::new([
