@@ -463,6 +463,9 @@ impl StatusWriter {
         for reply in reconciles {
             let _ = reply.send(Ok(lane.wake_at));
         }
+        // The lane never reads managedFields (often the larger half of the object): don't keep them.
+        let mut fr = fr;
+        fr.metadata.managed_fields = None;
         lane.current = Some(fr);
     }
 
