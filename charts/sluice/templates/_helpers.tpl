@@ -130,3 +130,18 @@ Role in each watched namespace.
 {{- define "sluice.externalMetricsServiceName" -}}
 {{- printf "%s-external-metrics" (include "sluice.fullname" .) }}
 {{- end }}
+
+{{/*
+Where the admission policies apply (their bindings' matchResources): the watched namespaces, or every
+namespace when watchNamespaces is empty.
+*/}}
+{{- define "sluice.admissionPolicyNamespaces" -}}
+{{- if .Values.watchNamespaces }}
+matchResources:
+  namespaceSelector:
+    matchExpressions:
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values: {{ toJson .Values.watchNamespaces }}
+{{- end }}
+{{- end }}

@@ -4,6 +4,9 @@
 //! - `deploy/sluice.yaml` is exactly what the chart renders (drift test);
 //! - the rendered manifests (default, namespaced mode, NetworkPolicy on) pass a server-side dry-run on the local
 //!   control plane, and the ServiceMonitor (whose CRD the cluster lacks) renders to select the metrics Service;
+//!   the admission policies (status integrity, WorkerPool rights) compile on the API server, exempt the
+//!   operator's ServiceAccount (and `admissionPolicy.operatorUsernames`), are bound to every namespace or to the
+//!   watched ones, and go away with `admissionPolicy.enabled=false`;
 //! - a real `helm install` into a namespace enforcing the `restricted` Pod Security Standard: the operator pod,
 //!   run by the process kubelet from the mapped `sluice/operator:dev` image, reaches the API server with its own
 //!   service account, wins the Lease, turns Ready through its probes and, with worker authentication on, runs
@@ -98,6 +101,18 @@ async fn the_chart_lints_strictly() -> Result<()> {
         "replicas=2",
         "--set",
         "externalMetrics.enabled=true",
+        "--set",
+        "admissionPolicy.operatorUsernames={sluice-admin,system:serviceaccount:ops:runner}",
+    ])
+    .ok()
+    .await?;
+    ensure!(out.contains("0 chart(s) failed"), "helm lint: {out}");
+    let out = helm([
+        "lint",
+        CHART,
+        "--strict",
+        "--set",
+        "admissionPolicy.enabled=false",
     ])
     .ok()
     .await?;
@@ -153,6 +168,13 @@ async fn deploy_manifests_are_what_the_chart_renders() -> Result<()> {
         ("Service", "sluice-broker"),
         ("Service", "sluice-metrics"),
         ("Deployment", "sluice"),
+        ("ValidatingAdmissionPolicy", "sluice-flowrun-status"),
+        ("ValidatingAdmissionPolicyBinding", "sluice-flowrun-status"),
+        ("ValidatingAdmissionPolicy", "sluice-workerpool-rights"),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "sluice-workerpool-rights",
+        ),
     ] {
         ensure!(
             kinds.contains(&(wanted.0.to_owned(), wanted.1.to_owned())),
@@ -266,7 +288,91 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
             .iter()
             .any(|(k, _)| k == "NetworkPolicy" || k == "ServiceMonitor")
     );
-    dry_run(&docs).await?;
+    // The admission policies (the dry run compiles their CEL), bound cluster-wide, exempting the operator's
+    // ServiceAccount alone.
+    let operator = format!("system:serviceaccount:{}:{release}", ns.name());
+    for name in ["flowrun-status", "workerpool-rights"] {
+        let name = format!("{release}-{name}");
+        let policy = docs
+            .iter()
+            .find(|(_, d)| {
+                d["kind"] == "ValidatingAdmissionPolicy" && d["metadata"]["name"] == name
+            })
+            .map(|(_, d)| d)
+            .with_context(|| format!("no ValidatingAdmissionPolicy {name}"))?;
+        ensure!(
+            policy["spec"]["matchConditions"][0]["expression"]
+                == format!("!(request.userInfo.username in [\"{operator}\"])").as_str(),
+            "policy {name} exempts {}",
+            policy["spec"]["matchConditions"][0]["expression"]
+        );
+        let binding = docs
+            .iter()
+            .find(|(_, d)| {
+                d["kind"] == "ValidatingAdmissionPolicyBinding" && d["metadata"]["name"] == name
+            })
+            .map(|(_, d)| d)
+            .with_context(|| format!("no ValidatingAdmissionPolicyBinding {name}"))?;
+        ensure!(
+            binding["spec"]["policyName"] == name.as_str()
+                && binding["spec"]["validationActions"] == json!(["Deny"])
+                && binding["spec"].get("matchResources").is_none(),
+            "binding {name}: {binding}"
+        );
+    }
+    let status_policy = docs
+        .iter()
+        .find(|(_, d)| {
+            d["kind"] == "ValidatingAdmissionPolicy"
+                && d["metadata"]["name"] == format!("{release}-flowrun-status").as_str()
+        })
+        .map(|(_, d)| d)
+        .context("no status policy")?;
+    ensure!(
+        status_policy["spec"]["matchConstraints"]["resourceRules"]
+            == json!([{"apiGroups": ["sluice.dev"], "apiVersions": ["*"], "operations": ["UPDATE"],
+                       "resources": ["flowruns/status"]}]),
+        "the status policy matches {}",
+        status_policy["spec"]["matchConstraints"]
+    );
+    let out = dry_run(&docs).await?;
+    ensure!(
+        out.contains(&format!(
+            "validatingadmissionpolicy.admissionregistration.k8s.io/{release}-flowrun-status "
+        )),
+        "{out}"
+    );
+    // Turned off, and with further operator identities.
+    let docs = documents(&render(release, ns.name(), &["admissionPolicy.enabled=false"]).await?)?;
+    ensure!(
+        !docs.iter().any(|(_, d)| d["kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))),
+        "admissionPolicy.enabled=false still renders a policy"
+    );
+    let docs = documents(
+        &render(
+            release,
+            ns.name(),
+            &["admissionPolicy.operatorUsernames={sluice-admin}"],
+        )
+        .await?,
+    )?;
+    let exempt = docs
+        .iter()
+        .filter(|(_, d)| d["kind"] == "ValidatingAdmissionPolicy")
+        .map(|(_, d)| {
+            d["spec"]["matchConditions"][0]["expression"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>();
+    ensure!(
+        exempt.len() == 2
+            && exempt.iter().all(|e| *e
+                == format!("!(request.userInfo.username in [\"{operator}\",\"sluice-admin\"])")),
+        "operatorUsernames: {exempt:?}"
+    );
 
     // Namespaced mode with the NetworkPolicy and ServiceMonitor on: a Role and RoleBinding in each watched
     // namespace, no cluster-wide workload rights (only TokenReview).
@@ -292,6 +398,23 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
         roles == BTreeSet::from([ns.name(), other.name()]),
         "Roles in {roles:?}"
     );
+    // The admission policies apply in the watched namespaces only.
+    let bindings: Vec<&Value> = docs
+        .iter()
+        .filter(|(_, d)| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .map(|(_, d)| d)
+        .collect();
+    ensure!(bindings.len() == 2, "{} bindings", bindings.len());
+    for binding in bindings {
+        ensure!(
+            binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+                == json!([{"key": "kubernetes.io/metadata.name", "operator": "In",
+                           "values": [ns.name(), other.name()]}]),
+            "binding {} applies to {}",
+            binding["metadata"]["name"],
+            binding["spec"]["matchResources"]
+        );
+    }
     let cluster_roles: Vec<&Value> = docs
         .iter()
         .filter(|(_, d)| d["kind"] == "ClusterRole")
