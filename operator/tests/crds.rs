@@ -186,6 +186,14 @@ fn crd_names_columns_and_subresources() {
         "FlowRun has the status subresource"
     );
     assert!(subresources.scale.is_none());
+    // The TTL controller watches finished runs by `status.phase` (a field selector needs it selectable).
+    let selectable: Vec<&str> = v
+        .selectable_fields
+        .iter()
+        .flatten()
+        .map(|f| f.json_path.as_str())
+        .collect();
+    assert_eq!(selectable, [".status.phase"]);
     let columns: Vec<(&str, &str, &str)> = v
         .additional_printer_columns
         .as_ref()
@@ -294,6 +302,12 @@ fn limits_refuse_zero_and_negative_values() {
             "minimum of {path}"
         );
     }
+    // 0 is a valid time to live (delete at once); negatives are not.
+    assert_eq!(
+        node(&fr, "spec.ttlSecondsAfterFinished")["minimum"].as_f64(),
+        Some(0.0)
+    );
+    assert_eq!(node(&fr, "spec.ttlSecondsAfterFinished")["type"], "integer");
     let wp = schema(&crd("WorkerPool"));
     for (path, min) in [
         ("spec.replicas", 0.0),

@@ -89,10 +89,11 @@ What the operator does in each watched namespace: the rules of its ClusterRole (
 Role in each watched namespace.
 */}}
 {{- define "sluice.rules" -}}
-# FlowRuns: the operator drives them and creates the child FlowRuns of `flow` steps.
+# FlowRuns: the operator drives them, creates the child FlowRuns of `flow` steps and deletes finished runs
+# whose ttlSecondsAfterFinished has passed.
 - apiGroups: ["sluice.dev"]
   resources: ["flowruns"]
-  verbs: ["get", "list", "watch", "create", "patch", "update"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: ["sluice.dev"]
   resources: ["flowruns/status"]
   verbs: ["get", "patch", "update"]

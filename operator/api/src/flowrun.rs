@@ -39,7 +39,10 @@ use super::schema::{
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    // `--field-selector status.phase=...`: the operator watches only finished runs for their time to live,
+    // and users can list runs by phase.
+    selectable = ".status.phase"
 )]
 #[x_kube(
     validation = Rule::new("self.steps.map(s, s.name).distinct().size() == self.steps.size()")
@@ -102,6 +105,15 @@ pub struct FlowRunSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub retry_request: Option<String>,
+
+    /// Seconds after the run finished (Succeeded, Failed or Cancelled) when the operator deletes it, with its
+    /// child FlowRuns. Counted from `status.finishedAt`; 0 deletes the run as soon as it finishes, and a run
+    /// retried before then counts again from its next end. Unset: the operator-wide default, if any (the
+    /// operator's `--default-ttl-seconds-after-finished`, Helm value `defaultTtlSecondsAfterFinished`); with
+    /// neither, the run is kept until it is deleted by hand. Ignored on child FlowRuns (of `flow` steps): they
+    /// are deleted with their parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds_after_finished: Option<u32>,
 }
 
 /// Settings every step inherits unless it sets its own.

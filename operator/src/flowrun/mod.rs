@@ -1,9 +1,11 @@
 //! Running FlowRuns: the controller that drives the engine, the status writer that is the single writer of
-//! step state, the side effects of decisions, and the runtime that ties them to the broker.
+//! step state, the side effects of decisions, the runtime that ties them to the broker, and the deletion of
+//! finished runs whose time to live has passed (`ttl`).
 
 pub mod batch;
 pub mod controller;
 pub mod effects;
+pub mod ttl;
 pub mod writer;
 
 use std::future::Future;

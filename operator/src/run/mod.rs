@@ -114,6 +114,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub external_metrics_cert_dir: Option<PathBuf>,
 
+    /// Delete a finished FlowRun (Succeeded, Failed or Cancelled) that sets no `spec.ttlSecondsAfterFinished`
+    /// this many seconds after it finished, with its child FlowRuns. Not given: such runs are kept until deleted
+    /// by hand.
+    #[arg(long, value_name = "SECONDS")]
+    pub default_ttl_seconds_after_finished: Option<u32>,
+
     /// Log format.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -187,7 +193,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .scope(scope)
         .metrics(metrics.clone())
         .instance(pod_name())
-        .worker_pools(args.broker_url());
+        .worker_pools(args.broker_url())
+        .default_ttl_seconds_after_finished(args.default_ttl_seconds_after_finished);
     if args.insecure_skip_worker_auth {
         warn!(
             "WORKER AUTHENTICATION IS DISABLED (--insecure-skip-worker-auth): anyone who reaches the broker port \
@@ -480,6 +487,28 @@ mod tests {
         );
         assert_eq!(args.external_metrics_service, "sluice-external-metrics");
         assert_eq!(args.external_metrics_cert_dir, None);
+        assert_eq!(
+            args.default_ttl_seconds_after_finished, None,
+            "finished runs are kept unless asked otherwise"
+        );
+    }
+
+    #[test]
+    fn the_default_ttl_is_whole_seconds_from_zero() {
+        for (given, want) in [("0", 0), ("3600", 3600), ("4294967295", u32::MAX)] {
+            let args = parse(&["--default-ttl-seconds-after-finished", given]);
+            assert_eq!(
+                args.default_ttl_seconds_after_finished,
+                Some(want),
+                "{given}"
+            );
+        }
+        let args = parse(&["--default-ttl-seconds-after-finished=86400"]);
+        assert_eq!(args.default_ttl_seconds_after_finished, Some(86400));
+        for bad in ["-1", "1.5", "1h", "", "4294967296"] {
+            let argv = ["run", "--default-ttl-seconds-after-finished", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]
@@ -508,7 +537,10 @@ mod tests {
             "metrics",
             "--external-metrics-cert-dir",
             "/certs",
+            "--default-ttl-seconds-after-finished",
+            "600",
         ]);
+        assert_eq!(args.default_ttl_seconds_after_finished, Some(600));
         assert_eq!(
             args.external_metrics_addr,
             Some("0.0.0.0:6443".parse().unwrap())

@@ -8,8 +8,8 @@
 //! operator.serve(listener, drain)  every replica: the worker broker (503 until it leads) and the external
 //!                                  metrics API, until `drain`
 //! operator.lead(shutdown)          the leader: rebuild the queue from FlowRun statuses → open the broker →
-//!                                  publish the metrics CA → FlowRun controllers, loss detector and WorkerPool
-//!                                  controller until `shutdown`
+//!                                  publish the metrics CA → FlowRun controllers, loss detector, deletion of
+//!                                  expired finished runs and WorkerPool controller until `shutdown`
 //! ```
 //! The WorkerPool controller starts only after the rebuild: before it the broker knows no demand and would
 //! scale every pool down.
@@ -30,6 +30,7 @@ use crate::broker::tokenreview::TokenReviewAuthenticator;
 use crate::context::Scope;
 use crate::external_metrics::cert::{CertStore, CertificateSource};
 use crate::external_metrics::{self, tls};
+use crate::flowrun::ttl::TtlController;
 use crate::flowrun::{self, FlowRunRuntime};
 use crate::telemetry::Metrics;
 use crate::workerpool::controller::WorkerPoolController;
@@ -82,6 +83,7 @@ pub struct OperatorBuilder {
     instance: Option<String>,
     worker_pools: Option<WorkerPoolConfig>,
     external_metrics: Option<ExternalMetricsConfig>,
+    default_ttl_seconds: Option<u32>,
 }
 
 impl OperatorBuilder {
@@ -123,6 +125,13 @@ impl OperatorBuilder {
         self
     }
 
+    /// Delete finished FlowRuns without a `spec.ttlSecondsAfterFinished` this many seconds after they
+    /// finished (default `None`: keep them).
+    pub fn default_ttl_seconds_after_finished(mut self, seconds: Option<u32>) -> Self {
+        self.default_ttl_seconds = seconds;
+        self
+    }
+
     /// Builds the operator. With the external metrics API this reads the API server's request-header
     /// authentication settings and loads or generates the serving certificate, and fails if either is missing.
     pub async fn build(self) -> Result<Operator, Error> {
@@ -137,6 +146,12 @@ impl OperatorBuilder {
             self.instance.clone(),
         );
         let broker = flowruns.broker();
+        let ttl = TtlController::new(
+            self.client.clone(),
+            self.scope.clone(),
+            self.default_ttl_seconds,
+            self.metrics.clone(),
+        );
         let pools = self.worker_pools.map(|config| {
             WorkerPoolController::new(
                 self.client.clone(),
@@ -159,6 +174,7 @@ impl OperatorBuilder {
             client: self.client,
             flowruns,
             broker,
+            ttl,
             pools,
             external: Mutex::new(external),
             publish_ca: publish,
@@ -227,6 +243,7 @@ pub struct Operator {
     client: Client,
     flowruns: FlowRunRuntime,
     broker: Broker,
+    ttl: TtlController,
     pools: Option<WorkerPoolController>,
     external: Mutex<Option<ExternalMetricsServer>>,
     publish_ca: Option<PublishCa>,
@@ -244,6 +261,7 @@ impl Operator {
             instance: None,
             worker_pools: None,
             external_metrics: None,
+            default_ttl_seconds: None,
         }
     }
 
@@ -318,7 +336,12 @@ impl Operator {
                 pools.run(shutdown.clone()).await;
             }
         };
-        tokio::join!(self.flowruns.run(shutdown.clone()), pools, publish);
+        tokio::join!(
+            self.flowruns.run(shutdown.clone()),
+            self.ttl.run(shutdown.clone()),
+            pools,
+            publish
+        );
         self.broker.set_ready(false);
         Ok(())
     }

@@ -145,6 +145,11 @@ async fn the_api_server_refuses_invalid_objects_with_the_rules_messages() -> Res
             "spec.steps[0].retry.maxAttempts: Invalid value: 0: spec.steps[0].retry.maxAttempts in body should be greater than or equal to 1",
         ),
         (
+            "a negative ttlSecondsAfterFinished",
+            flowrun("  steps:\n  - {name: a, sleep: 1s}\n  ttlSecondsAfterFinished: -1\n"),
+            "spec.ttlSecondsAfterFinished: Invalid value: -1: spec.ttlSecondsAfterFinished in body should be greater than or equal to 0",
+        ),
+        (
             "a handler step without a pool",
             flowrun("  steps:\n  - {name: a, handler: h}\n"),
             "spec.pool: Required value: spec.pool is required when a handler step sets no pool of its own",
@@ -357,6 +362,11 @@ async fn kubectl_explain_shows_descriptions_as_paragraphs() -> Result<()> {
             "flowruns.sluice.dev",
             "flowruns",
             "spec.defaults.maxOutputBytes",
+        ),
+        (
+            "flowruns.sluice.dev",
+            "flowruns",
+            "spec.ttlSecondsAfterFinished",
         ),
         (
             "workerpools.sluice.dev",

@@ -2,6 +2,8 @@
 //! - `helm lint --strict` passes with the default values and with every optional part on;
 //! - a typo in values fails `helm install` with a message naming it (values.schema.json), installing nothing;
 //! - `deploy/sluice.yaml` is exactly what the chart renders (drift test);
+//! - `defaultTtlSecondsAfterFinished` becomes the operator's `--default-ttl-seconds-after-finished`, and the
+//!   operator's role may delete FlowRuns;
 //! - the rendered manifests (default, namespaced mode, NetworkPolicy on) pass a server-side dry-run on the local
 //!   control plane, and the ServiceMonitor (whose CRD the cluster lacks) renders to select the metrics Service;
 //!   the admission policies (status integrity, WorkerPool rights) compile on the API server, exempt the
@@ -797,5 +799,105 @@ async fn helm_install_runs_a_flow_and_helm_uninstall_keeps_the_crds_and_flowruns
     ensure!(kept.status.and_then(|s| s.phase) == Some(FlowPhase::Succeeded));
 
     ns.cleanup().await?;
+    Ok(())
+}
+
+/// `defaultTtlSecondsAfterFinished` becomes `--default-ttl-seconds-after-finished` (0 included, and a number
+/// from a values file, which YAML and JSON make a float, in plain digits); unset or null passes no flag; the
+/// schema refuses what the flag would refuse; and the operator's role may delete the FlowRuns it cleans up.
+#[tokio::test]
+async fn the_default_ttl_value_becomes_the_operator_flag() -> Result<()> {
+    const FLAG: &str = "--default-ttl-seconds-after-finished";
+    fn operator_args(yaml: &str) -> Result<Vec<String>> {
+        let docs = documents(yaml)?;
+        let deployment = docs
+            .iter()
+            .find(|(_, d)| d["kind"] == "Deployment")
+            .map(|(_, d)| d)
+            .context("no Deployment")?;
+        Ok(
+            deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .context("no operator args")?
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
+
+    let default = render("sluice-ttl", "sluice-system", &[]).await?;
+    let args = operator_args(&default)?;
+    ensure!(
+        !args.iter().any(|a| a.starts_with(FLAG)),
+        "finished runs are kept by default, yet the operator gets {args:?}"
+    );
+    let null = render(
+        "sluice-ttl",
+        "sluice-system",
+        &["defaultTtlSecondsAfterFinished=null"],
+    )
+    .await?;
+    ensure!(!operator_args(&null)?.iter().any(|a| a.starts_with(FLAG)));
+    for (set, want) in [
+        ("defaultTtlSecondsAfterFinished=0", "0"),
+        ("defaultTtlSecondsAfterFinished=86400", "86400"),
+    ] {
+        let args = operator_args(&render("sluice-ttl", "sluice-system", &[set]).await?)?;
+        let wanted = format!("{FLAG}={want}");
+        ensure!(
+            args.contains(&wanted),
+            "--set {set}: {args:?} lack {wanted}"
+        );
+    }
+    let from_json = helm([
+        "template",
+        "sluice-ttl",
+        CHART,
+        "--set-json",
+        "defaultTtlSecondsAfterFinished=1000000",
+    ])
+    .ok()
+    .await?;
+    let args = operator_args(&from_json)?;
+    ensure!(
+        args.contains(&format!("{FLAG}=1000000")),
+        "a float-typed value is not passed in digits: {args:?}"
+    );
+
+    for bad in [
+        "defaultTtlSecondsAfterFinished=-1",
+        "defaultTtlSecondsAfterFinished=soon",
+        "defaultTtlSecondsAfterFinished=4294967296",
+    ] {
+        let out = helm(["template", "typo", CHART, "--set", bad])
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains("/defaultTtlSecondsAfterFinished"),
+            "--set {bad} should fail naming the value: {stderr}"
+        );
+    }
+
+    let docs = documents(&default)?;
+    let role = docs
+        .iter()
+        .find(|(_, d)| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "sluice-ttl")
+        .map(|(_, d)| d)
+        .context("no ClusterRole sluice-ttl")?;
+    let may_delete = role["rules"].as_array().into_iter().flatten().any(|rule| {
+        rule["apiGroups"] == json!(["sluice.dev"])
+            && rule["resources"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r == "flowruns"))
+            && rule["verbs"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|v| v == "delete"))
+    });
+    ensure!(
+        may_delete,
+        "the operator may not delete FlowRuns: {}",
+        role["rules"]
+    );
     Ok(())
 }
