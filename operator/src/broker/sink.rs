@@ -15,12 +15,22 @@ pub struct TaskRef {
     pub step: String,
     /// The forEach instance, if any.
     pub instance: Option<u32>,
+    /// The FlowRun's UID, telling it from a deleted run of the same name; `None` in ids of the older form, which
+    /// the sink cannot check.
+    pub uid: Option<String>,
 }
 
 impl TaskRef {
-    /// Decodes the broker's own `namespace/flowrun/step[/index]` task ids.
+    /// Decodes the broker's own `namespace/flowrun/step[/index][@uid]` task ids.
     pub fn parse(id: &TaskId) -> Option<Self> {
-        let mut parts = id.as_str().split('/');
+        let (path, uid) = match id.as_str().rsplit_once('@') {
+            Some((path, uid)) if !uid.is_empty() && !uid.contains('/') => {
+                (path, Some(uid.to_owned()))
+            }
+            Some(_) => return None,
+            None => (id.as_str(), None),
+        };
+        let mut parts = path.split('/');
         let namespace = parts.next().filter(|s| !s.is_empty())?.to_owned();
         let flow_run = parts.next().filter(|s| !s.is_empty())?.to_owned();
         let step = parts.next().filter(|s| !s.is_empty())?.to_owned();
@@ -36,12 +46,19 @@ impl TaskRef {
             flow_run,
             step,
             instance,
+            uid,
         })
     }
 
     /// The task id of this step or instance.
     pub fn id(&self) -> TaskId {
-        TaskId::from_parts(&self.namespace, &self.flow_run, &self.step, self.instance)
+        TaskId::for_run(
+            &self.namespace,
+            &self.flow_run,
+            self.uid.as_deref().unwrap_or_default(),
+            &self.step,
+            self.instance,
+        )
     }
 }
 
@@ -86,7 +103,8 @@ pub enum Recorded {
 /// Why the sink did not persist a report.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
-    /// The attempt is not the step's current one, or the step already ended.
+    /// The attempt is not the step's current one, or the step already ended, or the task belongs to a deleted
+    /// FlowRun of the same name.
     #[error("stale attempt: {0}")]
     Stale(String),
     /// The FlowRun or step does not exist.
@@ -126,15 +144,34 @@ mod tests {
     #[test]
     fn task_ids_round_trip() {
         for instance in [None, Some(7)] {
-            let r = TaskRef {
-                namespace: "ns".into(),
-                flow_run: "order-1".into(),
-                step: "cooling-off".into(),
-                instance,
-            };
-            assert_eq!(TaskRef::parse(&r.id()), Some(r));
+            for uid in [
+                None,
+                Some("7c9e6679-7425-40de-944b-e07fc1f90ae7".to_owned()),
+            ] {
+                let r = TaskRef {
+                    namespace: "ns".into(),
+                    flow_run: "order-1".into(),
+                    step: "cooling-off".into(),
+                    instance,
+                    uid,
+                };
+                assert_eq!(TaskRef::parse(&r.id()), Some(r));
+            }
         }
-        for bad in ["", "ns/fr", "ns//step", "ns/fr/step/x", "ns/fr/step/1/2"] {
+        assert_eq!(
+            TaskRef::parse(&TaskId::new("ns/fr/s/3@u")).map(|r| (r.instance, r.uid)),
+            Some((Some(3), Some("u".to_owned())))
+        );
+        for bad in [
+            "",
+            "ns/fr",
+            "ns//step",
+            "ns/fr/step/x",
+            "ns/fr/step/1/2",
+            "ns/fr/step@",
+            "ns/fr/step@a/b",
+            "ns/fr@u/step",
+        ] {
             assert_eq!(TaskRef::parse(&TaskId::new(bad)), None, "{bad:?}");
         }
     }

@@ -29,7 +29,13 @@ fn heartbeat_interval(timeout: Duration) -> u32 {
 pub fn queued_task(namespace: &str, name: &str, uid: &str, task: &engine::Task) -> QueuedTask {
     QueuedTask {
         task: WireTask {
-            id: TaskId::from_parts(namespace, name, &task.attempt.step, task.attempt.instance),
+            id: TaskId::for_run(
+                namespace,
+                name,
+                uid,
+                &task.attempt.step,
+                task.attempt.instance,
+            ),
             attempt: task.attempt.attempt,
             handler: task.handler.clone(),
             input: task.input.clone(),

@@ -131,6 +131,8 @@ enum Job {
     Event {
         event: Event,
         reply: ReplyTo,
+        /// The UID of the FlowRun the event is for, when known: refused as stale if the run now has another.
+        uid: Option<String>,
     },
     Reconcile {
         /// The object the caller saw (the controller's cache), if any.
@@ -253,7 +255,7 @@ impl StatusWriter {
         let mut all_known = true;
         for job in jobs {
             match job {
-                Job::Event { event, reply } => events.push((event, reply)),
+                Job::Event { event, reply, uid } => events.push((event, reply, uid)),
                 Job::Reconcile {
                     observed: seen,
                     reply,
@@ -283,10 +285,10 @@ impl StatusWriter {
         // Claims wait for a write to ride on (or for the flush).
         let (claims, events): (Vec<_>, Vec<_>) = events
             .into_iter()
-            .partition(|(e, _)| matches!(e, Event::Claimed { .. }));
+            .partition(|(e, _, _)| matches!(e, Event::Claimed { .. }));
         if !claims.is_empty() {
             lane.pending_claims
-                .extend(claims.into_iter().map(|(e, _)| e));
+                .extend(claims.into_iter().map(|(e, _, _)| e));
             lane.flush_at
                 .get_or_insert_with(|| tokio::time::Instant::now() + CLAIM_FLUSH);
         }
@@ -326,7 +328,7 @@ impl StatusWriter {
         let fr = match base {
             Ok(Some(fr)) => fr,
             Ok(None) => {
-                for (_, reply) in events {
+                for (_, reply, _) in events {
                     answer(
                         reply,
                         Err(SinkError::Unknown(format!(
@@ -348,7 +350,7 @@ impl StatusWriter {
             Err(e) => {
                 warn!(error = %e, "cannot read FlowRun");
                 let msg = e.to_string();
-                for (_, reply) in events {
+                for (_, reply, _) in events {
                     answer(reply, Err(SinkError::Unavailable(msg.clone())));
                 }
                 for reply in reconciles {
@@ -357,6 +359,26 @@ impl StatusWriter {
                 return;
             }
         };
+
+        // A report from a worker of a deleted FlowRun of the same name must not land in this one.
+        let run_uid = fr.uid();
+        let events: Vec<(Event, ReplyTo)> = events
+            .into_iter()
+            .filter_map(|(event, reply, uid)| match uid {
+                Some(uid) if run_uid.as_deref() != Some(uid.as_str()) => {
+                    self.metrics.outcome("refused");
+                    answer(
+                        reply,
+                        Err(SinkError::Stale(format!(
+                            "the task belongs to FlowRun {}/{} with UID {uid}, which no longer exists",
+                            key.0, key.1
+                        ))),
+                    );
+                    None
+                }
+                _ => Some((event, reply)),
+            })
+            .collect();
 
         // The batch's events, then children that ended, so the parent's step finishes in this same patch.
         let mut all: Vec<(Event, ReplyTo)> = events;
@@ -513,7 +535,7 @@ fn sync_broker(broker: &Broker, fr: &FlowRun, decision: &engine::Decision) {
         live.insert((q.task.id.clone(), q.task.attempt));
     }
     for attempt in &decision.cancel_workers {
-        broker.cancel(&attempt_id(&namespace, &name, attempt));
+        broker.cancel(&attempt_id(&namespace, &name, &uid, attempt));
     }
     broker.retain_flow_run(&namespace, &name, |id, attempt| {
         live.contains(&(id.clone(), attempt))
@@ -522,8 +544,8 @@ fn sync_broker(broker: &Broker, fr: &FlowRun, decision: &engine::Decision) {
     broker.offer(queued);
 }
 
-fn attempt_id(namespace: &str, name: &str, attempt: &AttemptRef) -> sluice_wire::TaskId {
-    sluice_wire::TaskId::from_parts(namespace, name, &attempt.step, attempt.instance)
+fn attempt_id(namespace: &str, name: &str, uid: &str, attempt: &AttemptRef) -> sluice_wire::TaskId {
+    sluice_wire::TaskId::for_run(namespace, name, uid, &attempt.step, attempt.instance)
 }
 
 impl ResultSink for Arc<StatusWriter> {
@@ -554,6 +576,7 @@ impl ResultSink for Arc<StatusWriter> {
             Job::Event {
                 event,
                 reply: Some(tx),
+                uid: report.task.uid,
             },
         );
         Box::pin(async move {
@@ -578,6 +601,8 @@ impl ResultSink for Arc<StatusWriter> {
                         at,
                     },
                     reply: None,
+                    // Claims come from the broker's queue, which holds only the live run's attempts.
+                    uid: None,
                 },
             );
         }
@@ -602,3 +627,7 @@ pub(crate) fn child_outcome(child: &FlowRun) -> Option<ChildOutcome> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;

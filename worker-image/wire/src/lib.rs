@@ -169,9 +169,9 @@ pub mod error_types {
 
 /// Opaque identity of a task (one step, or one forEach instance of a step, of one FlowRun).
 ///
-/// The broker builds it, by convention `namespace/flowrun/step` or `namespace/flowrun/step/index`
-/// ([`TaskId::from_parts`]); workers must treat it as an opaque string and send it back unchanged. Together with
-/// the attempt number it names one attempt.
+/// The broker builds it, by convention `namespace/flowrun/step[/index]@uid` ([`TaskId::for_run`]; ids without
+/// the `@uid` suffix, from [`TaskId::from_parts`], are the older form); workers must treat it as an opaque string
+/// and send it back unchanged. Together with the attempt number it names one attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TaskId(pub String);
@@ -182,7 +182,25 @@ impl TaskId {
         Self(id.into())
     }
 
-    /// Builds the conventional id `namespace/flowrun/step[/index]` (broker side).
+    /// Builds the id `namespace/flowrun/step[/index]@uid` of a task of the FlowRun with UID `uid` (broker side).
+    /// The UID tells a FlowRun from an earlier one of the same name: a worker of a deleted run must not report
+    /// into its re-created namesake. An empty `uid` gives the older form of [`TaskId::from_parts`].
+    pub fn for_run(
+        namespace: &str,
+        flow_run: &str,
+        uid: &str,
+        step: &str,
+        instance: Option<u32>,
+    ) -> Self {
+        let Self(id) = Self::from_parts(namespace, flow_run, step, instance);
+        if uid.is_empty() {
+            Self(id)
+        } else {
+            Self(format!("{id}@{uid}"))
+        }
+    }
+
+    /// Builds the older id `namespace/flowrun/step[/index]`, without the FlowRun's UID (broker side).
     pub fn from_parts(namespace: &str, flow_run: &str, step: &str, instance: Option<u32>) -> Self {
         match instance {
             Some(index) => Self(format!("{namespace}/{flow_run}/{step}/{index}")),

@@ -239,6 +239,19 @@ fn task_id_is_a_plain_string() {
 }
 
 #[test]
+fn task_ids_for_a_run_carry_its_uid() {
+    assert_eq!(
+        TaskId::for_run("a", "b", "u-1", "c", Some(2)).as_str(),
+        "a/b/c/2@u-1"
+    );
+    assert_eq!(
+        TaskId::for_run("a", "b", "", "c", None),
+        TaskId::from_parts("a", "b", "c", None),
+        "no uid: the older form"
+    );
+}
+
+#[test]
 fn truncate_message_keeps_the_end_on_a_char_boundary() {
     assert_eq!(truncate_message("short", 10), "short");
     let long = format!("{}tail", "x".repeat(100));
