@@ -171,6 +171,53 @@ pub struct TaskQueue {
     workers: BTreeMap<String, BTreeMap<String, Seen>>,
     /// How long each attempt claimed since the last [`TaskQueue::take_dispatch_waits`] had waited in the queue.
     dispatch_waits: Vec<Duration>,
+    /// Pools of the tasks that left the queue most recently.
+    finished: FinishedPools,
+}
+
+/// How many tasks that left the queue the broker still knows the pool of. A worker may report again after its
+/// task was finished (its acknowledgement was lost); its pool is still checked while the task is among these.
+/// At about a hundred bytes each, this bounds the memory to a few MiB.
+pub const REMEMBERED_FINISHED: usize = 16_384;
+
+/// The pools of the last tasks removed from the queue, oldest forgotten first.
+#[derive(Debug)]
+struct FinishedPools {
+    capacity: usize,
+    order: VecDeque<TaskId>,
+    pools: HashMap<TaskId, String>,
+}
+
+impl Default for FinishedPools {
+    fn default() -> Self {
+        Self::with_capacity(REMEMBERED_FINISHED)
+    }
+}
+
+impl FinishedPools {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            capacity,
+            order: VecDeque::new(),
+            pools: HashMap::new(),
+        }
+    }
+
+    fn remember(&mut self, id: &TaskId, pool: &str) {
+        // A task finished again (a later attempt) keeps its place: the pool of an id never changes.
+        if self.pools.insert(id.clone(), pool.to_owned()).is_none() {
+            self.order.push_back(id.clone());
+        }
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.pools.remove(&oldest);
+            }
+        }
+    }
+
+    fn get(&self, id: &TaskId) -> Option<&str> {
+        self.pools.get(id).map(String::as_str)
+    }
 }
 
 impl TaskQueue {
@@ -192,6 +239,7 @@ impl TaskQueue {
     fn remove(&mut self, id: &TaskId) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
         self.indexes.remove(id, &entry);
+        self.finished.remember(id, &entry.queued.pool);
         Some(entry)
     }
 
@@ -493,9 +541,13 @@ impl TaskQueue {
         })
     }
 
-    /// The (qualified) pool of a known task.
+    /// The (qualified) pool of a known task, or of one of the last [`REMEMBERED_FINISHED`] tasks that left the
+    /// queue.
     pub fn pool_of(&self, id: &TaskId) -> Option<String> {
-        self.entries.get(id).map(|e| e.queued.pool.clone())
+        match self.entries.get(id) {
+            Some(entry) => Some(entry.queued.pool.clone()),
+            None => self.finished.get(id).map(str::to_owned),
+        }
     }
 
     /// The earliest time a claimed attempt could be declared lost, to schedule the next check.

@@ -483,7 +483,8 @@ fn claim_pool(
 }
 
 /// Checks that the caller may report on a task: the task's FlowRun is in the caller's namespace, and (when
-/// the queue still knows it) the task belongs to the caller's pool.
+/// the queue knows it, or remembers it among the tasks that left it recently) the task belongs to the caller's
+/// pool.
 fn authorize_task(
     broker: &Broker,
     caller: &WorkerIdentity,

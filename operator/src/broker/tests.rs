@@ -275,6 +275,48 @@ async fn callers_only_touch_their_own_pool() {
 }
 
 #[tokio::test]
+async fn a_finished_task_is_still_reported_only_by_its_own_pool() {
+    let (broker, sink) = broker_with(PoolTokens);
+    broker.offer([queued("a", 1, "p")]);
+    let (status, _) = post(&broker, "/v1/claim", Some("pool-p"), claim_body("p", 0)).await;
+    assert_eq!(status, StatusCode::OK);
+    let report = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1", "output": null});
+    let (status, _) = post(
+        &broker,
+        "/v1/tasks/complete",
+        Some("pool-p"),
+        report.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // The queue forgot the task; a worker of another pool is refused all the same, before the sink is asked.
+    let (status, body) = post(
+        &broker,
+        "/v1/tasks/complete",
+        Some("pool-q"),
+        report.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = post(
+        &broker,
+        "/v1/tasks/heartbeat",
+        Some("pool-q"),
+        json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(sink.reports.lock().unwrap().len(), 1);
+    // Its own pool's repeated report still reaches the sink, which acknowledges it again.
+    sink.answers.lock().unwrap().push(Ok(Recorded::Duplicate));
+    let (status, body) = post(&broker, "/v1/tasks/complete", Some("pool-p"), report).await;
+    assert_eq!(
+        (status, body["duplicate"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+}
+
+#[tokio::test]
 async fn silent_workers_are_released_once_as_lost() {
     let (broker, sink) = broker_with(TrustAll);
     let (tx, mut rx) = mpsc::unbounded_channel();

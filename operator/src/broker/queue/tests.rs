@@ -80,6 +80,33 @@ fn claim_respects_pool_handlers_capacity_and_fills_deadline() {
 }
 
 #[test]
+fn the_pool_of_a_finished_task_is_remembered_for_a_while() {
+    let mut q = TaskQueue::new();
+    q.offer(task("a", "h", 1), t0());
+    let a = TaskId::from_parts("ns", "fr", "a", None);
+    q.claim("p", &handlers(&["h"]), 1, "w", t0());
+    q.finish(&a, 1);
+    assert!(q.check(&a, 1, "w").is_err(), "the queue forgot the task");
+    assert_eq!(q.pool_of(&a).as_deref(), Some("p"));
+    assert_eq!(q.pool_of(&TaskId::from_parts("ns", "fr", "b", None)), None);
+}
+
+#[test]
+fn finished_pools_forget_the_oldest_beyond_their_capacity() {
+    let mut pools = FinishedPools::with_capacity(2);
+    let id = |step: &str| TaskId::from_parts("ns", "fr", step, None);
+    pools.remember(&id("a"), "p");
+    pools.remember(&id("b"), "q");
+    // Remembering `a` again does not make it younger, nor count twice.
+    pools.remember(&id("a"), "p");
+    pools.remember(&id("c"), "r");
+    assert_eq!(pools.get(&id("a")), None);
+    assert_eq!(pools.get(&id("b")), Some("q"));
+    assert_eq!(pools.get(&id("c")), Some("r"));
+    assert_eq!((pools.order.len(), pools.pools.len()), (2, 2));
+}
+
+#[test]
 fn heartbeats_and_reports_are_fenced() {
     let mut q = TaskQueue::new();
     q.offer(task("a", "h", 1), t0());
