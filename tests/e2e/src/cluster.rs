@@ -118,25 +118,23 @@ fn lock_file(path: &Path) -> Result<File> {
 /// Each call builds a fresh client: a client is bound to the tokio runtime that created it, and every
 /// `#[tokio::test]` has its own runtime.
 pub async fn cluster() -> Result<Client> {
-    let path = tokio::task::spawn_blocking(kubeconfig_path)
+    client_for(&kubeconfig_path_async().await?).await
+}
+
+/// [`kubeconfig_path`] off the async runtime (it may start the cluster).
+async fn kubeconfig_path_async() -> Result<PathBuf> {
+    tokio::task::spawn_blocking(kubeconfig_path)
         .await
         .map_err(|e| HarnessError::ClusterStart {
             script: cluster_script(),
             reason: e.to_string(),
-        })??;
-    client_for(&path).await
+        })?
 }
 
 /// The client configuration of this run's cluster (see [`kubeconfig_path`]), for clients built with layers of
 /// their own (the in-process operator counts its requests).
 pub async fn cluster_config() -> Result<kube::Config> {
-    let path = tokio::task::spawn_blocking(kubeconfig_path)
-        .await
-        .map_err(|e| HarnessError::ClusterStart {
-            script: cluster_script(),
-            reason: e.to_string(),
-        })??;
-    config_for(&path).await
+    config_for(&kubeconfig_path_async().await?).await
 }
 
 pub(crate) async fn client_for(path: &Path) -> Result<Client> {

@@ -39,7 +39,19 @@ pub use release::{
     CHART, HOST_POD_IP_ANNOTATION, HelmRelease, OPERATOR_IMAGE_TAG, free_port, merge_values,
     pod_is_ready,
 };
-pub use wait::{hpa_condition_true, wait_deleted, wait_for, wait_for_list};
+pub use wait::{api_service_available, hpa_condition_true, wait_deleted, wait_for, wait_for_list};
 
 /// Result type of the harness.
 pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
+
+/// Logs of the test process (the in-process operator's among them) into the test's captured output, filtered
+/// by `RUST_LOG` (default: info, with the operator at debug). Safe to call from every test.
+pub fn init_test_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sluice_operator=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

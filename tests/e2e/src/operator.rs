@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{kubeconfig_path, repo_root};
 use crate::namespace::TestNamespace;
-use crate::{HarnessError, Result, wait_for};
+use crate::{HarnessError, Result, free_port, wait_for};
 
 /// The image of the example worker (`examples/worker`); `tests/kubelet/images.yaml` maps it to its binary.
 pub const EXAMPLE_WORKER_IMAGE: &str = "sluice/worker-example:dev";
@@ -157,15 +157,6 @@ fn build_blocking() -> Result<PathBuf> {
         }
     }
     Ok(dir)
-}
-
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(HarnessError::io("finding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(HarnessError::io("finding a free port"))?
-        .port())
 }
 
 /// One `sluice-operator run` process watching one test namespace (its Lease lives there too), with worker

@@ -160,3 +160,16 @@ pub fn hpa_condition_true(
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
     }
 }
+
+/// A [`wait_for`] condition: the aggregator reports the `APIService` `Available` (it reached its backend).
+pub fn api_service_available(
+    service: Option<&k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService>,
+) -> bool {
+    service
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Available" && c.status == "True")
+        })
+}

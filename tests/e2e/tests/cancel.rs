@@ -13,8 +13,8 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use serde_json::json;
 use sluice_e2e::{
-    InProcessOperator, InProcessOptions, TestNamespace, build_binaries, cluster, install_crds,
-    wait_for,
+    InProcessOperator, InProcessOptions, TestNamespace, build_binaries, cluster, init_test_logs,
+    install_crds, wait_for,
 };
 use sluice_operator::api::{FlowPhase, FlowRun, StepPhase, WorkerPool};
 
@@ -22,13 +22,7 @@ use sluice_operator::api::{FlowPhase, FlowRun, StepPhase, WorkerPool};
 const CANCEL_BOUND: Duration = Duration::from_secs(1);
 
 async fn setup(prefix: &str) -> Result<(TestNamespace, InProcessOperator)> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sluice_operator=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    init_test_logs();
     let client = cluster().await?;
     install_crds(&client).await?;
     // The worker image maps to the exec worker binary of this workspace (tests/kubelet/images.yaml).

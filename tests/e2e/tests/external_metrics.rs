@@ -16,8 +16,8 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice_e2e::{
-    InProcessOperator, InProcessOptions, TestNamespace, build_binaries, cluster,
-    hpa_condition_true, install_crds, kubeconfig_path, wait_for,
+    InProcessOperator, InProcessOptions, TestNamespace, api_service_available, build_binaries,
+    cluster, hpa_condition_true, init_test_logs, install_crds, kubeconfig_path, wait_for,
 };
 use sluice_operator::api::{FlowRun, WorkerPool};
 use sluice_operator::external_metrics::tls::api_service_name;
@@ -44,13 +44,7 @@ fn replicas_are(n: i32) -> impl Fn(Option<&Deployment>) -> bool {
 #[tokio::test]
 async fn an_hpa_scales_a_pool_on_its_queue_depth_from_the_operators_external_metrics_api()
 -> Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sluice_operator=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    init_test_logs();
     let client = cluster().await?;
     install_crds(&client).await?;
     build_binaries().await?;
@@ -76,14 +70,7 @@ async fn scale(client: &Client, ns: &TestNamespace, op: &InProcessOperator) -> R
     wait_for(
         &services,
         &api_service_name(),
-        |s: Option<&APIService>| {
-            s.and_then(|s| s.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Available" && c.status == "True")
-                })
-        },
+        api_service_available,
         Duration::from_secs(60),
         "the aggregator to find the external metrics API available",
     )

@@ -27,7 +27,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice_e2e::{
-    CHART, InProcessOperator, TestNamespace, cluster, cluster_config, helm, install_crds, wait_for,
+    CHART, InProcessOperator, TestNamespace, cluster, cluster_config, helm, init_test_logs,
+    install_crds, wait_for,
 };
 use sluice_operator::api::{FlowPhase, FlowRun, StepPhase, WorkerPool};
 use sluice_worker::{Config, StepContext, StepError, Worker};
@@ -281,13 +282,7 @@ fn status_of(fr: &FlowRun) -> Result<Value> {
 
 #[tokio::test]
 async fn a_status_writer_delivers_signals_and_cannot_forge_step_state() -> Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sluice_operator=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    init_test_logs();
     let client = cluster().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::new("integrity-status").await?;

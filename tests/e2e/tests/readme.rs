@@ -28,9 +28,10 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Api;
 use serde_json::{Value, json};
 use sluice_e2e::{
-    HOST_POD_IP_ANNOTATION, HelmRelease, OperatorProcess, TestNamespace, build_binaries,
-    cargo_test_env, cluster, cluster_dir, free_port, hpa_condition_true, install_crds,
-    kubeconfig_path, kubectl, kubectl_path, merge_values, repo_root, tool_path, wait_for,
+    HOST_POD_IP_ANNOTATION, HelmRelease, OperatorProcess, TestNamespace, api_service_available,
+    build_binaries, cargo_test_env, cluster, cluster_dir, free_port, hpa_condition_true,
+    install_crds, kubeconfig_path, kubectl, kubectl_path, merge_values, repo_root, tool_path,
+    wait_for,
 };
 use sluice_operator::api::FlowRun;
 
@@ -586,14 +587,7 @@ async fn hpa_story(client: &kube::Client, ns: &TestNamespace, blocks: &[Block]) 
     wait_for(
         &services,
         "v1beta1.external.metrics.k8s.io",
-        |s: Option<&APIService>| {
-            s.and_then(|s| s.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Available" && c.status == "True")
-                })
-        },
+        api_service_available,
         Duration::from_secs(90),
         "the chart's external metrics APIService to be Available",
     )

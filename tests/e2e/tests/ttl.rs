@@ -12,7 +12,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use sluice_e2e::{InProcessOperator, TestNamespace, cluster, install_crds, wait_deleted, wait_for};
+use sluice_e2e::{
+    InProcessOperator, TestNamespace, cluster, init_test_logs, install_crds, wait_deleted, wait_for,
+};
 use sluice_operator::api::{FlowPhase, FlowRun};
 use sluice_worker::{Config, StepContext, StepError, Worker};
 use tokio::time::Instant;
@@ -119,13 +121,7 @@ async fn garbage_collector_handles_flowruns(api: &Api<FlowRun>) -> Result<()> {
 async fn a_finished_run_goes_with_its_child_after_its_ttl_and_a_run_without_one_stays() -> Result<()>
 {
     // Operator and worker logs go to the test's captured output, shown when the test fails.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sluice_operator=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    init_test_logs();
     let client = cluster().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::new("ttl").await?;

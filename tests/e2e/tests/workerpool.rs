@@ -18,8 +18,8 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use sluice_e2e::{
     EXAMPLE_WORKER_IMAGE, InProcessOperator, InProcessOptions, TestNamespace, build_binaries,
-    cluster, hpa_condition_true, http_request, install_crds, kubectl, wait_deleted, wait_for,
-    wait_for_list,
+    cluster, hpa_condition_true, http_request, init_test_logs, install_crds, kubectl, wait_deleted,
+    wait_for, wait_for_list,
 };
 use sluice_operator::api::{FlowPhase, FlowRun, ScalingMode, WorkerPool};
 use sluice_operator::broker::tokenreview::TokenReviewAuthenticator;
@@ -43,13 +43,7 @@ async fn setup_with(
     prefix: &str,
     token_review: bool,
 ) -> Result<(TestNamespace, InProcessOperator)> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sluice_operator=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    init_test_logs();
     let client = cluster().await?;
     install_crds(&client).await?;
     // The worker images of these tests map to binaries of this workspace (tests/kubelet/images.yaml).
