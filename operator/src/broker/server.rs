@@ -482,14 +482,28 @@ fn claim_pool(
     Ok((namespace, name))
 }
 
-/// Checks that the caller may report on a task: the task's FlowRun is in the caller's namespace, and (when
-/// the queue knows it, or remembers it among the tasks that left it recently) the task belongs to the caller's
-/// pool.
+/// Refuses a request naming a `worker` other than the pod its token is bound to. Attempts are fenced by worker
+/// name, so a pod that could speak under another's name could heartbeat or report for that pod's attempts.
+fn check_worker(caller: &WorkerIdentity, worker: &str) -> Result<(), ApiError> {
+    match &caller.pod {
+        Some(pod) if pod != worker => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("worker: this token belongs to pod {pod}; a worker must use its pod's name"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that the caller may report on a task: it names itself as the pod of its token, the task's FlowRun is
+/// in the caller's namespace, and (when the queue knows it, or remembers it among the tasks that left it
+/// recently) the task belongs to the caller's pool.
 fn authorize_task(
     broker: &Broker,
     caller: &WorkerIdentity,
     id: &TaskId,
+    worker: &str,
 ) -> Result<TaskRef, ApiError> {
+    check_worker(caller, worker)?;
     let task = TaskRef::parse(id)
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownTask, format!("no task has the id {id}")))?;
     if caller
@@ -520,6 +534,7 @@ async fn claim(
 ) -> Result<Json<ClaimResponse>, ApiError> {
     req.validate()
         .map_err(|problems| ApiError::new(ErrorCode::BadRequest, problems))?;
+    check_worker(&caller, &req.worker)?;
     let (namespace, pool) = claim_pool(&caller, &req.pool, req.namespace.as_deref())?;
     let key = pool_key(&namespace, &pool);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(req.wait_seconds));
@@ -678,7 +693,7 @@ async fn heartbeat(
     Caller(caller): Caller,
     Body(req): Body<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    authorize_task(&broker, &caller, &req.id)?;
+    authorize_task(&broker, &caller, &req.id, &req.worker)?;
     // The attempt is refreshed when the heartbeat arrives ...
     let (woken, ticket, hold) = {
         let mut guard = broker.inner();
@@ -744,7 +759,7 @@ async fn complete(
     Caller(caller): Caller,
     Body(req): Body<CompleteRequest>,
 ) -> Result<Json<Ack>, ApiError> {
-    let task = authorize_task(&broker, &caller, &req.id)?;
+    let task = authorize_task(&broker, &caller, &req.id, &req.worker)?;
     report(
         &broker,
         Report {
@@ -763,7 +778,7 @@ async fn fail(
     Caller(caller): Caller,
     Body(mut req): Body<FailRequest>,
 ) -> Result<Json<Ack>, ApiError> {
-    let task = authorize_task(&broker, &caller, &req.id)?;
+    let task = authorize_task(&broker, &caller, &req.id, &req.worker)?;
     req.error.message = truncate_message(&req.error.message, MAX_ERROR_MESSAGE_BYTES);
     report(
         &broker,

@@ -47,7 +47,8 @@ impl ResultSink for Arc<ScriptedSink> {
     }
 }
 
-/// Authenticates the token `pool-<name>` as a pod of that pool in namespace `ns`; anything else is refused.
+/// Authenticates the token `pool-<name>` as the pod `w1` of that pool in namespace `ns`; anything else is
+/// refused.
 struct PoolTokens;
 
 impl Authenticator for PoolTokens {
@@ -58,7 +59,7 @@ impl Authenticator for PoolTokens {
         let result = match token.and_then(|t| t.strip_prefix("pool-")) {
             Some(pool) => Ok(WorkerIdentity {
                 namespace: Some("ns".into()),
-                pod: Some(format!("{pool}-pod")),
+                pod: Some("w1".into()),
                 pool: Some(pool.to_owned()),
             }),
             None => Err(AuthError::Unauthorized("no valid token".into())),
@@ -314,6 +315,57 @@ async fn a_finished_task_is_still_reported_only_by_its_own_pool() {
         (status, body["duplicate"].clone()),
         (StatusCode::OK, json!(true))
     );
+}
+
+#[tokio::test]
+async fn a_token_bound_to_a_pod_speaks_only_under_that_pods_name() {
+    let (broker, sink) = broker_with(PoolTokens);
+    broker.offer([queued("a", 1, "p")]);
+    let mut claim = claim_body("p", 0);
+    claim["worker"] = json!("w2");
+    let (status, body) = post(&broker, "/v1/claim", Some("pool-p"), claim).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("pod w1"),
+        "{body}"
+    );
+    let (status, body) = post(&broker, "/v1/claim", Some("pool-p"), claim_body("p", 0)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["tasks"].as_array().unwrap().len(), 1, "w1 claimed it");
+    // Another pod's token cannot heartbeat or report as w1 ... (PoolTokens' pods are all w1: name w2 instead)
+    let as_w2 = |body: Value| {
+        let mut body = body;
+        body["worker"] = json!("w2");
+        body
+    };
+    let hb = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1"});
+    let (status, _) = post(
+        &broker,
+        "/v1/tasks/heartbeat",
+        Some("pool-p"),
+        as_w2(hb.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let done = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1", "output": 1});
+    let (status, _) = post(
+        &broker,
+        "/v1/tasks/complete",
+        Some("pool-p"),
+        as_w2(done.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let failed = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1",
+        "error": {"type": "Boom", "message": "x"}, "retryable": true});
+    let (status, _) = post(&broker, "/v1/tasks/fail", Some("pool-p"), as_w2(failed)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(sink.reports.lock().unwrap().is_empty());
+    // ... while the pod itself can.
+    let (status, _) = post(&broker, "/v1/tasks/heartbeat", Some("pool-p"), hb).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post(&broker, "/v1/tasks/complete", Some("pool-p"), done).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -6,6 +6,10 @@
 //! cost one TokenReview and one pod GET per request. The cache is keyed by the SHA-256 digest of the token (the
 //! token itself is never stored or logged) and bounded in size. A consequence worth knowing: a token whose pod
 //! was deleted keeps working for at most the cache TTL; the reaper's fencing of attempts covers that window.
+//!
+//! Refusals (401 and 403, not an unreachable API server) are cached too, for a shorter while
+//! ([`DEFAULT_REFUSAL_TTL`]): otherwise every request with a garbage token would cost a TokenReview, and a flood
+//! of them would load the API server on the broker's behalf.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +39,10 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 /// How many tokens the cache remembers at most.
 pub const DEFAULT_CACHE_CAPACITY: usize = 4096;
 
+/// How long a refused token is refused again without asking the API server. Short, because some refusals
+/// heal by themselves (a pod not yet labelled with its pool).
+pub const DEFAULT_REFUSAL_TTL: Duration = Duration::from_secs(10);
+
 /// Bound on one TokenReview or pod GET; past it the worker is told to retry (503).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -48,7 +56,8 @@ pub struct TokenReviewAuthenticator {
 
 struct Inner {
     client: Client,
-    cache: Mutex<Cache>,
+    cache: Mutex<Cache<WorkerIdentity>>,
+    refusals: Mutex<Cache<AuthError>>,
     request_timeout: Duration,
 }
 
@@ -59,12 +68,25 @@ impl TokenReviewAuthenticator {
         Self::with_cache(client, DEFAULT_CACHE_TTL, DEFAULT_CACHE_CAPACITY)
     }
 
-    /// An authenticator whose cache keeps `capacity` tokens for `ttl` (a zero TTL or capacity disables it).
+    /// An authenticator whose cache keeps `capacity` tokens for `ttl` (a zero TTL or capacity disables it), and
+    /// as many refused tokens for [`DEFAULT_REFUSAL_TTL`].
     pub fn with_cache(client: Client, ttl: Duration, capacity: usize) -> Self {
+        Self::with_caches(client, ttl, DEFAULT_REFUSAL_TTL, capacity)
+    }
+
+    /// An authenticator whose caches keep `capacity` accepted tokens for `ttl` and as many refused ones for
+    /// `refusal_ttl` (a zero TTL or capacity disables a cache).
+    pub fn with_caches(
+        client: Client,
+        ttl: Duration,
+        refusal_ttl: Duration,
+        capacity: usize,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 client,
                 cache: Mutex::new(Cache::new(ttl, capacity)),
+                refusals: Mutex::new(Cache::new(refusal_ttl, capacity)),
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
             }),
         }
@@ -83,9 +105,13 @@ impl Authenticator for TokenReviewAuthenticator {
 }
 
 impl Inner {
-    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache<WorkerIdentity>> {
         // The cache holds no invariant a panic could break half-way.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refusals(&self) -> std::sync::MutexGuard<'_, Cache<AuthError>> {
+        self.refusals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn authenticate(&self, token: Option<String>) -> Result<WorkerIdentity, AuthError> {
@@ -96,6 +122,25 @@ impl Inner {
         if let Some(identity) = self.cache().get(&key, Instant::now()) {
             return Ok(identity);
         }
+        if let Some(refusal) = self.refusals().get(&key, Instant::now()) {
+            return Err(refusal);
+        }
+        let result = self.check(token).await;
+        match &result {
+            Ok(identity) => {
+                self.cache().insert(key, identity.clone(), Instant::now());
+            }
+            // Not an outage: the next request may well succeed.
+            Err(AuthError::Unavailable(_)) => {}
+            Err(refusal) => {
+                self.refusals().insert(key, refusal.clone(), Instant::now());
+            }
+        }
+        result
+    }
+
+    /// Authenticates a token with the API server.
+    async fn check(&self, token: String) -> Result<WorkerIdentity, AuthError> {
         let user = self.review(token).await?;
         let (namespace, service_account) = service_account_of(&user)?;
         let pod_name = single_extra(&user, POD_NAME_EXTRA).ok_or_else(|| {
@@ -125,7 +170,6 @@ impl Inner {
             pool: Some(pool),
         };
         debug!(namespace = ?identity.namespace, pod = ?identity.pod, pool = ?identity.pool, "worker authenticated");
-        self.cache().insert(key, identity.clone(), Instant::now());
         Ok(identity)
     }
 
@@ -157,11 +201,16 @@ impl Inner {
                 .unwrap_or_else(|| "token not authenticated".into());
             return Err(AuthError::Unauthorized(reason));
         }
-        if let Some(audiences) = &status.audiences
-            && !audiences.iter().any(|a| a == sluice_wire::TOKEN_AUDIENCE)
-        {
+        // An answer that names no audiences does not say the token is for ours (an API server or webhook that
+        // ignores the requested audiences would accept any token of the cluster, e.g. one meant for another
+        // service): only an explicit match is trusted.
+        let for_us = status
+            .audiences
+            .as_ref()
+            .is_some_and(|audiences| audiences.iter().any(|a| a == sluice_wire::TOKEN_AUDIENCE));
+        if !for_us {
             return Err(AuthError::Unauthorized(format!(
-                "token is not for audience {}",
+                "the TokenReview did not confirm that the token is for audience {}",
                 sluice_wire::TOKEN_AUDIENCE
             )));
         }
@@ -236,14 +285,14 @@ impl TokenDigest {
     }
 }
 
-/// Successful authentications by token digest, each valid until its deadline; bounded in size.
-struct Cache {
+/// Authentication results by token digest, each valid until its deadline; bounded in size.
+struct Cache<V> {
     ttl: Duration,
     capacity: usize,
-    entries: HashMap<TokenDigest, (Instant, WorkerIdentity)>,
+    entries: HashMap<TokenDigest, (Instant, V)>,
 }
 
-impl Cache {
+impl<V: Clone> Cache<V> {
     fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
             ttl,
@@ -252,7 +301,7 @@ impl Cache {
         }
     }
 
-    fn get(&mut self, key: &TokenDigest, now: Instant) -> Option<WorkerIdentity> {
+    fn get(&mut self, key: &TokenDigest, now: Instant) -> Option<V> {
         match self.entries.get(key) {
             Some((until, identity)) if *until > now => Some(identity.clone()),
             Some(_) => {
@@ -263,7 +312,7 @@ impl Cache {
         }
     }
 
-    fn insert(&mut self, key: TokenDigest, identity: WorkerIdentity, now: Instant) {
+    fn insert(&mut self, key: TokenDigest, value: V, now: Instant) {
         if self.ttl.is_zero() || self.capacity == 0 {
             return;
         }
@@ -282,7 +331,7 @@ impl Cache {
             };
             self.entries.remove(&oldest);
         }
-        self.entries.insert(key, (now + self.ttl, identity));
+        self.entries.insert(key, (now + self.ttl, value));
     }
 
     #[cfg(test)]
@@ -477,12 +526,35 @@ mod tests {
                 ("gone".to_owned(), pod_review("w-gone", "uid-3")),
                 (
                     "unbound".to_owned(),
-                    json!({ "authenticated": true, "user": { "username": "system:serviceaccount:team:worker" } }),
+                    json!({
+                        "authenticated": true,
+                        "audiences": [sluice_wire::TOKEN_AUDIENCE],
+                        "user": { "username": "system:serviceaccount:team:worker" }
+                    }),
                 ),
                 (
                     "human".to_owned(),
-                    json!({ "authenticated": true, "user": { "username": "alice" } }),
+                    json!({
+                        "authenticated": true,
+                        "audiences": [sluice_wire::TOKEN_AUDIENCE],
+                        "user": { "username": "alice" }
+                    }),
                 ),
+                ("no-audiences".to_owned(), {
+                    let mut review = pod_review("w-1", "uid-1");
+                    review.as_object_mut().unwrap().remove("audiences");
+                    review
+                }),
+                ("empty-audiences".to_owned(), {
+                    let mut review = pod_review("w-1", "uid-1");
+                    review["audiences"] = json!([]);
+                    review
+                }),
+                ("other-audience".to_owned(), {
+                    let mut review = pod_review("w-1", "uid-1");
+                    review["audiences"] = json!(["https://kubernetes.default.svc"]);
+                    review
+                }),
             ]
             .into(),
             pods: [
@@ -529,6 +601,9 @@ mod tests {
             (None, "unauthorized"),
             (Some(""), "unauthorized"),
             (Some("garbage"), "unauthorized"),
+            (Some("no-audiences"), "unauthorized"),
+            (Some("empty-audiences"), "unauthorized"),
+            (Some("other-audience"), "unauthorized"),
             (Some("unbound"), "forbidden"),
             (Some("human"), "forbidden"),
             (Some("unlabelled"), "forbidden"),
@@ -549,10 +624,48 @@ mod tests {
             err.to_string(),
             "forbidden: pod team/plain is not a worker of any WorkerPool (no sluice.dev/pool label)"
         );
-        // Refusals are not cached: each asks again.
-        let before = api.requests.load(Ordering::SeqCst);
+        let err = auth.authenticate(Some("no-audiences")).await.unwrap_err();
+        assert!(err.to_string().contains("audience"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn refusals_are_cached_briefly_so_garbage_cannot_flood_token_review() {
+        let api = Arc::new(fake());
+        let auth = TokenReviewAuthenticator::new(client(Arc::clone(&api)));
+        for token in ["garbage", "unlabelled"] {
+            let first = auth.authenticate(Some(token)).await.unwrap_err();
+            let before = api.requests.load(Ordering::SeqCst);
+            for _ in 0..100 {
+                assert_eq!(auth.authenticate(Some(token)).await.unwrap_err(), first);
+            }
+            assert_eq!(
+                api.requests.load(Ordering::SeqCst),
+                before,
+                "{token}: refused again from the cache"
+            );
+        }
+        // Without the refusal cache, each attempt asks again.
+        let api = Arc::new(fake());
+        let auth = TokenReviewAuthenticator::with_caches(
+            client(Arc::clone(&api)),
+            DEFAULT_CACHE_TTL,
+            Duration::ZERO,
+            DEFAULT_CACHE_CAPACITY,
+        );
         let _ = auth.authenticate(Some("garbage")).await;
-        assert_eq!(api.requests.load(Ordering::SeqCst), before + 1);
+        let _ = auth.authenticate(Some("garbage")).await;
+        assert_eq!(api.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_refusal_cache_expires_after_its_ttl() {
+        let now = Instant::now();
+        let mut cache = Cache::new(DEFAULT_REFUSAL_TTL, 2);
+        let refusal = AuthError::Unauthorized("invalid bearer token".into());
+        cache.insert(TokenDigest::of("x"), refusal.clone(), now);
+        let later = |secs| now + Duration::from_secs(secs);
+        assert_eq!(cache.get(&TokenDigest::of("x"), later(9)), Some(refusal));
+        assert_eq!(cache.get(&TokenDigest::of("x"), later(10)), None);
     }
 
     #[tokio::test]
@@ -561,8 +674,11 @@ mod tests {
             down: true,
             ..fake()
         });
-        let auth = TokenReviewAuthenticator::new(client(api));
+        let auth = TokenReviewAuthenticator::new(client(Arc::clone(&api)));
         let err = auth.authenticate(Some("good")).await.unwrap_err();
         assert!(matches!(err, AuthError::Unavailable(_)), "{err}");
+        // An outage is not remembered as a refusal: the next request asks again.
+        let _ = auth.authenticate(Some("good")).await;
+        assert_eq!(api.requests.load(Ordering::SeqCst), 2);
     }
 }
