@@ -58,15 +58,48 @@ async fn reconcile(fr: Arc<FlowRun>, ctx: Arc<Context>) -> Result<Action, Error>
         .writer
         .reconcile(&namespace, &fr.name_any(), Some(fr.clone()))
         .await?;
-    Ok(match wake {
+    let finished = fr
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p.is_terminal());
+    Ok(next_look(finished, wake, Timestamp::now()))
+}
+
+/// When to look at a run again: at the engine's wake-up (with a small floor, so a timer already due does not
+/// spin the controller), at the resync otherwise; a finished run only when it changes (a retry request, its
+/// deletion), so finished runs cost nothing while they are kept.
+fn next_look(finished: bool, wake: Option<Timestamp>, now: Timestamp) -> Action {
+    match wake {
         Some(at) => {
-            let wait =
-                Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO);
-            // A small floor keeps a timer that is already due from spinning the controller.
+            let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
             Action::requeue(wait.clamp(Duration::from_millis(100), RESYNC))
         }
+        None if finished => Action::await_change(),
         None => Action::requeue(RESYNC),
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_runs_are_looked_at_only_when_they_change() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(next_look(true, None, now), Action::await_change());
+        assert_eq!(next_look(false, None, now), Action::requeue(RESYNC));
+        let soon = now.checked_add(jiff::SignedDuration::from_secs(5)).unwrap();
+        assert_eq!(
+            next_look(false, Some(soon), now),
+            Action::requeue(Duration::from_secs(5))
+        );
+        assert_eq!(
+            next_look(false, Some(now), now),
+            Action::requeue(Duration::from_millis(100)),
+            "a timer already due waits a little"
+        );
+    }
 }
 
 fn error_policy(_fr: Arc<FlowRun>, error: &Error, ctx: Arc<Context>) -> Action {
