@@ -80,6 +80,11 @@ fn next_look(finished: bool, wake: Option<Timestamp>, now: Timestamp) -> Action 
     }
 }
 
+fn error_policy(_fr: Arc<FlowRun>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error("flowrun", error.metric_label());
+    Action::requeue(Duration::from_secs(2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,9 +105,4 @@ mod tests {
             "a timer already due waits a little"
         );
     }
-}
-
-fn error_policy(_fr: Arc<FlowRun>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error("flowrun", error.metric_label());
-    Action::requeue(Duration::from_secs(2))
 }
