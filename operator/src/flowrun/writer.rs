@@ -392,7 +392,8 @@ impl StatusWriter {
         // happened before anything in this batch, so they go first.
         if !lane.pending_claims.is_empty() {
             let others: Vec<Event> = all.iter().map(|(e, _)| e.clone()).collect();
-            if flush || batch::plan(&fr, &others, now).needs_write() {
+            // A batch with results writes anyway; only one of reconciles alone is planned twice to know.
+            if flush || !others.is_empty() || batch::plan(&fr, &others, now).needs_write() {
                 let claims = lane.pending_claims.drain(..).map(|e| (e, None));
                 all = claims.chain(all).collect();
                 lane.flush_at = None;
