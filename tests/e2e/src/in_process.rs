@@ -283,3 +283,30 @@ async fn install_external_metrics(
         cert_dir: None,
     })
 }
+
+/// An SDK worker in this process serving pool `pool` of `namespace` on `operator`'s broker with one handler,
+/// `double` (`{"n": n}` → `{"n": 2n}`; anything else fails fatally with `BadInput`), until its handle shuts it
+/// down.
+pub fn start_doubling_worker(
+    operator: &InProcessOperator,
+    namespace: &str,
+) -> sluice_worker::ShutdownHandle {
+    use sluice_worker::{Config, StepContext, StepError, Worker};
+    let config = Config::new(
+        operator.broker_url(),
+        format!("{namespace}/pool"),
+        "worker-1",
+    );
+    let worker = Worker::new(config).handler(
+        "double",
+        |_ctx: StepContext, input: serde_json::Value| async move {
+            let n = input["n"]
+                .as_i64()
+                .ok_or_else(|| StepError::fatal("BadInput", "n must be a number"))?;
+            Ok(json!({ "n": n * 2 }))
+        },
+    );
+    let handle = worker.shutdown_handle();
+    tokio::spawn(async move { worker.run_until(std::future::pending()).await });
+    handle
+}

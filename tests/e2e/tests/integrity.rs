@@ -28,10 +28,9 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice_e2e::{
     CHART, InProcessOperator, TestNamespace, cluster, cluster_config, helm, init_test_logs,
-    install_crds, wait_for,
+    install_crds, start_doubling_worker, wait_for,
 };
 use sluice_operator::api::{FlowPhase, FlowRun, StepPhase, WorkerPool};
-use sluice_worker::{Config, StepContext, StepError, Worker};
 use tokio::time::Instant;
 
 /// How long a new policy (or RBAC binding) may take to reach the API server's informers.
@@ -256,24 +255,6 @@ fn dry_run() -> PatchParams {
     }
 }
 
-fn start_worker(operator: &InProcessOperator, namespace: &str) -> sluice_worker::ShutdownHandle {
-    let config = Config::new(
-        operator.broker_url(),
-        format!("{namespace}/pool"),
-        "worker-1",
-    );
-    let worker =
-        Worker::new(config).handler("double", |_ctx: StepContext, input: Value| async move {
-            let n = input["n"]
-                .as_i64()
-                .ok_or_else(|| StepError::fatal("BadInput", "n must be a number"))?;
-            Ok(json!({ "n": n * 2 }))
-        });
-    let handle = worker.shutdown_handle();
-    tokio::spawn(async move { worker.run_until(std::future::pending()).await });
-    handle
-}
-
 fn status_of(fr: &FlowRun) -> Result<Value> {
     Ok(serde_json::to_value(
         fr.status.as_ref().context("no status")?,
@@ -309,7 +290,7 @@ async fn a_status_writer_delivers_signals_and_cannot_forge_step_state() -> Resul
     let as_approver: Api<FlowRun> = Api::namespaced(client_as(&approver).await?, ns.name());
 
     let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
-    let worker = start_worker(&operator, ns.name());
+    let worker = start_doubling_worker(&operator, ns.name());
     let runs: Api<FlowRun> = ns.api();
     let run: FlowRun = serde_json::from_value(json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",

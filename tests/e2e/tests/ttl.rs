@@ -11,12 +11,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice_e2e::{
-    InProcessOperator, TestNamespace, cluster, init_test_logs, install_crds, wait_deleted, wait_for,
+    InProcessOperator, TestNamespace, cluster, init_test_logs, install_crds, start_doubling_worker,
+    wait_deleted, wait_for,
 };
 use sluice_operator::api::{FlowPhase, FlowRun};
-use sluice_worker::{Config, StepContext, StepError, Worker};
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -24,24 +24,6 @@ const WAIT: Duration = Duration::from_secs(90);
 const TTL_SECONDS: i64 = 5;
 /// The bound of the issue: from finishing to the run and its child being gone.
 const GONE_WITHIN: Duration = Duration::from_secs(10);
-
-fn start_worker(operator: &InProcessOperator, namespace: &str) -> sluice_worker::ShutdownHandle {
-    let config = Config::new(
-        operator.broker_url(),
-        format!("{namespace}/pool"),
-        "worker-1",
-    );
-    let worker =
-        Worker::new(config).handler("double", |_ctx: StepContext, input: Value| async move {
-            let n = input["n"]
-                .as_i64()
-                .ok_or_else(|| StepError::fatal("BadInput", "n must be a number"))?;
-            Ok(json!({ "n": n * 2 }))
-        });
-    let handle = worker.shutdown_handle();
-    tokio::spawn(async move { worker.run_until(std::future::pending()).await });
-    handle
-}
 
 /// A run whose only step is a child flow of one handler step; `ttl` is the run's, `child_ttl` the child
 /// spec's.
@@ -128,7 +110,7 @@ async fn a_finished_run_goes_with_its_child_after_its_ttl_and_a_run_without_one_
     let api: Api<FlowRun> = ns.api();
     garbage_collector_handles_flowruns(&api).await?;
     let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
-    let worker = start_worker(&operator, ns.name());
+    let worker = start_doubling_worker(&operator, ns.name());
 
     // Created together, so they finish together. The kept run's child names a TTL of 0: children are never
     // deleted on their own (a child gone before its parent recorded its end would run again).
