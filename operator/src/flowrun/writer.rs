@@ -70,6 +70,31 @@ struct Lane {
     pending_claims: Vec<Event>,
     /// When the pending claims are written on their own.
     flush_at: Option<tokio::time::Instant>,
+    /// The lane's last write revealed a write by someone else that its decision did not see.
+    decide_again: bool,
+}
+
+/// What others than the operator write on a FlowRun and the engine reads: the spec (through its
+/// generation), the signals users send, and a pending deletion.
+#[derive(PartialEq)]
+struct OthersFields {
+    generation: Option<i64>,
+    deleting: bool,
+    signals: std::collections::BTreeMap<String, crate::api::Signal>,
+}
+
+impl OthersFields {
+    fn of(fr: &FlowRun) -> Self {
+        Self {
+            generation: fr.metadata.generation,
+            deleting: fr.metadata.deletion_timestamp.is_some(),
+            signals: fr
+                .status
+                .as_ref()
+                .map(|s| s.signals.clone())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl Lane {
@@ -243,6 +268,18 @@ impl StatusWriter {
                 }
             }
             self.batch(&key, jobs, &mut lane, flush).await;
+            // A bounded number of times: each round needs another foreign write to go again.
+            for _ in 0..3 {
+                if !std::mem::take(&mut lane.decide_again) {
+                    break;
+                }
+                let (reply, _) = oneshot::channel();
+                let again = Job::Reconcile {
+                    observed: None,
+                    reply,
+                };
+                self.batch(&key, vec![again], &mut lane, false).await;
+            }
         }
     }
 
@@ -424,6 +461,7 @@ impl StatusWriter {
             }
         }
 
+        let decided_on = OthersFields::of(&fr);
         let written = if plan.needs_write() {
             debug!(
                 events = events.len(),
@@ -447,6 +485,10 @@ impl StatusWriter {
             if let Ok(fr) = &result {
                 self.metrics.status_patches.inc();
                 lane.remember_write(fr);
+                // Someone else wrote between the version we decided on and our patch (a signal, a spec
+                // change): the response shows it, and the watch events of both writes will look known to the
+                // lane, so decide again on the response now.
+                lane.decide_again = OthersFields::of(fr) != decided_on;
             }
             result
         } else {

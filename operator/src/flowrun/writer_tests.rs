@@ -83,3 +83,81 @@ async fn a_report_for_a_deleted_run_of_the_same_name_is_stale() {
         );
     }
 }
+
+/// A fake API server holding one FlowRun `ns/s` that waits for a signal. The user's signal lands between the
+/// version the lane decides on and the lane's first patch: the first patch's response already carries it.
+/// Records every status patch.
+fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Value) {
+    let initial = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": "s", "namespace": "ns", "uid": "u", "generation": 1, "resourceVersion": "1"},
+        "spec": {"steps": [{"name": "approval", "waitForSignal": {"name": "go"}}]}
+    });
+    let stored = std::sync::Arc::new(Mutex::new(initial.clone()));
+    let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+        let (stored, patches) = (stored.clone(), patches.clone());
+        async move {
+            use http_body_util::BodyExt;
+            let is_patch = req.method() == Method::PATCH;
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let mut object = stored.lock().unwrap();
+            if is_patch {
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                let first = patches.lock().unwrap().is_empty();
+                patches.lock().unwrap().push(patch.clone());
+                crate::engine::patch::apply_merge_patch(&mut object, &patch);
+                if first {
+                    object["status"]["signals"] = json!({"go": {"payload": {"ok": true}}});
+                }
+                let rv: u64 = object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                object["metadata"]["resourceVersion"] = json!((rv + 2).to_string());
+            }
+            let response = Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(Body::from(object.to_string()))
+                .unwrap();
+            Ok::<_, Infallible>(response)
+        }
+    });
+    (Client::new(service, "default"), initial)
+}
+
+#[tokio::test]
+async fn a_signal_revealed_by_the_lanes_own_patch_is_acted_on_without_another_event() {
+    let patches = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let (client, initial) = signalled_client(patches.clone());
+    let writer = StatusWriter::new(
+        client.clone(),
+        Effects::new(client, None),
+        Metrics::default(),
+    );
+    let observed: FlowRun = serde_json::from_value(initial).unwrap();
+    writer
+        .reconcile("ns", "s", Some(Arc::new(observed)))
+        .await
+        .unwrap();
+    // The watch events of both writes (the user's and the lane's) would look known to the lane; the lane
+    // must have decided again on what its patch returned, without waiting for them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let consumed = patches
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p["status"]["steps"]["approval"]["phase"] == "Succeeded");
+        if consumed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the signal was never consumed; patches: {:?}",
+            patches.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
