@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy cargo-test crds manifests demo cluster-up cluster-down tools controlplane bench
+.PHONY: test fmt-check clippy cargo-test crds manifests demo cluster-up cluster-down tools controlplane bench bench-scale
 
 # Unit and cluster tests: the cluster (local control plane + process kubelet) is started for the
 # run, reused if one is already running, and torn down again if this run started it.
@@ -52,3 +52,8 @@ demo:
 # status-PATCH rate measured in the same run (sizes: SLUICE_BENCH_FLOWS, SLUICE_BENCH_STEPS).
 bench:
 	tests/scripts/with-cluster.sh $(CARGO) bench -p sluice-e2e --bench flows
+
+# Operator memory per live FlowRun, restart to first dispatch, and dispatch latency with many idle runs
+# present, on the release operator process (size: SLUICE_SCALE_RUNS, default 10000).
+bench-scale:
+	tests/scripts/with-cluster.sh $(CARGO) bench -p sluice-e2e --bench scale

@@ -17,12 +17,11 @@
 //!
 //! Prints one table and writes it as JSON to `target/bench/flows.json` for comparison across commits.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use futures::future::join_all;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -30,45 +29,9 @@ use sluice_e2e::{
     InProcessOperator, TestNamespace, cluster, install_crds, repo_root, wait_for_list,
 };
 use sluice_operator::api::{FlowPhase, FlowRun};
-use sluice_worker::{Config, StepContext, Worker};
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Status PATCHes per second on FlowRun objects, from `writers` concurrent writers (one object each) for
-/// `window`.
-async fn patch_rate(api: &Api<FlowRun>, writers: usize, window: Duration) -> Result<f64> {
-    let mut names = Vec::new();
-    for i in 0..writers {
-        let name = format!("baseline-{writers}-{i}");
-        let fr: FlowRun = serde_json::from_value(json!({
-            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
-            "metadata": {"name": name, "annotations": {"sluice.dev/bench": "baseline"}},
-            // A sleep far in the future: no operator runs in this phase, the object only takes writes.
-            "spec": {"steps": [{"name": "idle", "sleep": "1000h"}]}
-        }))?;
-        api.create(&PostParams::default(), &fr).await?;
-        names.push(name);
-    }
-    let start = Instant::now();
-    let counts = join_all(names.iter().map(|name| async move {
-        let mut n = 0u64;
-        while start.elapsed() < window {
-            let body = json!({"status": {"progress": format!("{n}")}});
-            api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
-                .await?;
-            n += 1;
-        }
-        Ok::<_, kube::Error>(n)
-    }))
-    .await;
-    let total: u64 = counts.into_iter().sum::<Result<u64, _>>()?;
-    Ok(total as f64 / start.elapsed().as_secs_f64())
-}
+mod common;
+use common::{Timings, chain, env_or, ms, patch_rate, percentile, start_workers};
 
 /// Sequential status PATCHes per second on a FlowRun shaped like the latency phase's runs: 20 steps in the
 /// spec, a status with 20 step entries and the four conditions, each PATCH changing one step and the
@@ -118,35 +81,6 @@ async fn realistic_patch_rate(api: &Api<FlowRun>, window: Duration) -> Result<f6
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-/// When each handler ran: (FlowRun, step name or forEach index) → (start, end).
-#[derive(Default)]
-struct Timings {
-    spans: Mutex<HashMap<(String, String), (Instant, Instant)>>,
-}
-
-impl Timings {
-    /// How many handler runs of FlowRuns named `prefix-*` were seen.
-    fn count_prefix(&self, prefix: &str) -> usize {
-        let prefix = format!("{prefix}-");
-        self.spans
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|(f, _)| f.starts_with(&prefix))
-            .count()
-    }
-
-    fn of(&self, flow: &str) -> Vec<(Instant, Instant)> {
-        self.spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|((f, _), _)| f == flow)
-            .map(|(_, span)| *span)
-            .collect()
-    }
-}
-
 /// (sum, count) of a histogram in the Prometheus text the operator serves.
 fn histogram(metrics: &str, name: &str) -> (f64, f64) {
     let value = |suffix: &str| {
@@ -192,39 +126,6 @@ fn mean_ms(before: &str, after: &str, name: &str) -> f64 {
     } else {
         0.0
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn chain(prefix: &str, flows: usize, steps: usize, label: &str) -> Result<Vec<FlowRun>> {
-    let step_list: Vec<Value> = (0..steps)
-        .map(|i| {
-            let mut s = json!({"name": format!("s{i}"), "handler": "step", "input": {"key": format!("s{i}")}});
-            if i > 0 {
-                s["dependsOn"] = json!([format!("s{}", i - 1)]);
-            }
-            s
-        })
-        .collect();
-    (0..flows)
-        .map(|f| {
-            Ok(serde_json::from_value(json!({
-                "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
-                "metadata": {"name": format!("{prefix}-{f}"), "labels": {"sluice.dev/bench": label}},
-                "spec": {"pool": "pool", "steps": step_list}
-            }))?)
-        })
-        .collect()
 }
 
 /// Creates `runs`, waits until `handlers` handler runs were seen, then until every run Succeeded; returns
@@ -279,25 +180,6 @@ async fn run_all(
     Ok(created)
 }
 
-/// Start-to-start gaps between consecutive steps of the chains `prefix-0..flows`.
-fn chain_gaps(timings: &Timings, prefix: &str, flows: usize, steps: usize) -> Vec<Duration> {
-    let spans = timings.spans.lock().unwrap();
-    let mut gaps = Vec::new();
-    for f in 0..flows {
-        let name = format!("{prefix}-{f}");
-        for i in 1..steps {
-            if let (Some((prev, _)), Some((next, _))) = (
-                spans.get(&(name.clone(), format!("s{}", i - 1))),
-                spans.get(&(name.clone(), format!("s{i}"))),
-            ) {
-                gaps.push(next.saturating_duration_since(*prev));
-            }
-        }
-    }
-    gaps.sort();
-    gaps
-}
-
 #[derive(serde::Serialize)]
 struct Latency {
     flows: usize,
@@ -338,33 +220,7 @@ async fn main() -> Result<()> {
     let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
     let url = operator.broker_url().to_owned();
     let timings = Arc::new(Timings::default());
-    let mut shutdowns = Vec::new();
-    for w in 0..4 {
-        let t = timings.clone();
-        let worker = Worker::new(Config::new(
-            &url,
-            format!("{}/pool", ns.name()),
-            format!("bench-{w}"),
-        ))
-        .concurrency(16)
-        .handler("step", move |ctx: StepContext, input: Value| {
-            let t = t.clone();
-            async move {
-                let start = Instant::now();
-                let key = match ctx.instance() {
-                    Some(i) => format!("{}[{i}]", ctx.step()),
-                    None => input["key"].as_str().unwrap_or_default().to_owned(),
-                };
-                t.spans.lock().unwrap().insert(
-                    (ctx.flow_run_name().to_owned(), key),
-                    (start, Instant::now()),
-                );
-                Ok(json!({"ok": true}))
-            }
-        });
-        shutdowns.push(worker.shutdown_handle());
-        tokio::spawn(async move { worker.run_until(std::future::pending()).await });
-    }
+    let workers = start_workers(&url, &format!("{}/pool", ns.name()), 4, 16, &timings);
 
     // Latency: 1 flow, then 4, of 20 chained steps.
     let mut latency = Vec::new();
@@ -372,7 +228,7 @@ async fn main() -> Result<()> {
         let before = operator.metrics().encode();
         run_all(&api, &timings, chain(label, n, 20, label)?, label, n * 20).await?;
         let after = operator.metrics().encode();
-        let gaps = chain_gaps(&timings, label, n, 20);
+        let gaps = timings.chain_gaps(label, n, 20);
         latency.push(Latency {
             flows: n,
             steps: 20,
@@ -400,7 +256,7 @@ async fn main() -> Result<()> {
     // their start times (the ramp-up and the last stragglers left out).
     let mut starts: Vec<Instant> = (0..flows)
         .flat_map(|f| timings.of(&format!("tput-{f}")))
-        .map(|(start, _)| start)
+        .map(|span| span.start)
         .filter(|start| *start >= created)
         .collect();
     starts.sort();
@@ -409,7 +265,7 @@ async fn main() -> Result<()> {
     // And over the whole window from the last create to the last handler's end (the earlier definition).
     let last_end = (0..flows)
         .flat_map(|f| timings.of(&format!("tput-{f}")))
-        .map(|(_, end)| end)
+        .map(|span| span.end)
         .max()
         .unwrap_or(created);
     let whole_window_rate =
@@ -454,12 +310,12 @@ async fn main() -> Result<()> {
     let spans = timings.of("fanout-0");
     let first = spans
         .iter()
-        .map(|(s, _)| *s)
+        .map(|span| span.start)
         .min()
         .context("no instance ran")?;
     let last = spans
         .iter()
-        .map(|(_, e)| *e)
+        .map(|span| span.end)
         .max()
         .context("no instance ran")?;
     let instances_per_s = spans.len() as f64 / last.duration_since(first).as_secs_f64().max(1e-3);
@@ -525,8 +381,8 @@ async fn main() -> Result<()> {
     println!("(written to target/bench/flows.json)");
 
     drop(operator);
-    for s in shutdowns {
-        s.shutdown();
+    for w in workers {
+        w.shutdown();
     }
     ns.cleanup().await?;
     Ok(())

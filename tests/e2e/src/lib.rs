@@ -33,7 +33,8 @@ pub use kubectl::{Kubectl, helm, helm_path, kubectl, kubectl_path, tool_path};
 pub use namespace::TestNamespace;
 pub use operator::{
     EXAMPLE_WORKER_IMAGE, OperatorProcess, POOL_LABEL, TOKEN_MOUNT_PATH, build_binaries,
-    cargo_test_env, container_pid, install_crds, worker_deployment, worker_pod, worker_pod_spec,
+    build_release_operator, cargo_test_env, container_pid, install_crds, worker_deployment,
+    worker_pod, worker_pod_spec,
 };
 pub use release::{
     CHART, HOST_POD_IP_ANNOTATION, HelmRelease, OPERATOR_IMAGE_TAG, free_port, merge_values,

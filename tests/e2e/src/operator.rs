@@ -100,6 +100,15 @@ impl RemoveEnvs for std::process::Command {
     }
 }
 
+impl RemoveEnvs for Command {
+    fn envs_removed(&mut self, names: Vec<std::ffi::OsString>) -> &mut Self {
+        for name in names {
+            self.env_remove(name);
+        }
+        self
+    }
+}
+
 /// Builds the operator, the example worker, the exec worker and the kubectl plugin (once per test process; a no-op when they are fresh) and returns
 /// the directory holding the binaries: `$CARGO_TARGET_DIR/debug`, which the kubelet's image map expects at
 /// `target/debug` of the repository.
@@ -159,6 +168,46 @@ fn build_blocking() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Builds the release operator (a no-op when it is fresh) for benchmarks, which measure what users run, and
+/// returns its path.
+pub async fn build_release_operator() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "--release",
+            "-p",
+            "sluice-operator",
+            "--bin",
+            "sluice-operator",
+        ])
+        .envs_removed(cargo_test_env())
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(HarnessError::io("running cargo build --release"))?;
+    if !output.status.success() {
+        return Err(HarnessError::Build(format!(
+            "cargo build --release -p sluice-operator: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("release/sluice-operator");
+    if !bin.is_file() {
+        return Err(HarnessError::Build(format!(
+            "{} was not built",
+            bin.display()
+        )));
+    }
+    Ok(bin)
+}
+
 /// One `sluice-operator run` process watching one test namespace (its Lease lives there too), with worker
 /// authentication on (TokenReview), on loopback ports of its own. Killed when dropped.
 pub struct OperatorProcess {
@@ -193,6 +242,12 @@ impl OperatorProcess {
         Self::launch_with(ns, false, true).await
     }
 
+    /// Like [`OperatorProcess::start_trusting_workers`], running the binary `bin` (e.g. the release build
+    /// from [`build_release_operator`]).
+    pub async fn start_binary_trusting_workers(bin: PathBuf, ns: &TestNamespace) -> Result<Self> {
+        Self::launch_binary(bin, ns, true, false).await
+    }
+
     async fn launch(ns: &TestNamespace, trust_workers: bool) -> Result<Self> {
         Self::launch_with(ns, trust_workers, false).await
     }
@@ -203,6 +258,15 @@ impl OperatorProcess {
         worker_pools: bool,
     ) -> Result<Self> {
         let bin = build_binaries().await?.join("sluice-operator");
+        Self::launch_binary(bin, ns, trust_workers, worker_pools).await
+    }
+
+    async fn launch_binary(
+        bin: PathBuf,
+        ns: &TestNamespace,
+        trust_workers: bool,
+        worker_pools: bool,
+    ) -> Result<Self> {
         let mut this = Self {
             bin,
             namespace: ns.name().to_owned(),
