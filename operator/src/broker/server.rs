@@ -60,8 +60,10 @@ struct Shared {
     state: Mutex<Inner>,
     sink: Arc<dyn ResultSink>,
     auth: Arc<dyn Authenticator>,
-    /// False until this replica leads and has rebuilt its queue from statuses.
+    /// False until this replica leads.
     ready: AtomicBool,
+    /// True while the runs are still being loaded after this replica began to lead.
+    loading: AtomicBool,
     /// Where claims report how long their attempts waited in the queue.
     dispatch_latency: Option<Histogram>,
 }
@@ -102,6 +104,7 @@ impl Broker {
                 sink,
                 auth,
                 ready: AtomicBool::new(false),
+                loading: AtomicBool::new(false),
                 dispatch_latency: None,
             }),
         }
@@ -144,6 +147,17 @@ impl Broker {
             inner.polls.wake_all();
             inner.heartbeats.wake_all();
         }
+    }
+
+    /// Marks whether the runs are still being loaded (after a restart or a lease hand-over). Meanwhile a
+    /// heartbeat for an attempt the queue does not know loads its run instead of being refused.
+    pub fn set_loading(&self, loading: bool) {
+        self.shared.loading.store(loading, Ordering::SeqCst);
+    }
+
+    /// Whether the runs are still being loaded.
+    pub fn is_loading(&self) -> bool {
+        self.shared.loading.load(Ordering::SeqCst)
     }
 
     /// Whether the broker serves workers.
@@ -693,7 +707,13 @@ async fn heartbeat(
     Caller(caller): Caller,
     Body(req): Body<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    authorize_task(&broker, &caller, &req.id, &req.worker)?;
+    let task = authorize_task(&broker, &caller, &req.id, &req.worker)?;
+    if broker.is_loading() && broker.inner().queue.pool_of(&req.id).is_none() {
+        // Just after a restart the run of this attempt may not be loaded yet: load it now, so the worker is
+        // answered from its status instead of being refused, and check the caller again against it.
+        broker.shared.sink.load(&task).await;
+        authorize_task(&broker, &caller, &req.id, &req.worker)?;
+    }
     // The attempt is refreshed when the heartbeat arrives ...
     let (woken, ticket, hold) = {
         let mut guard = broker.inner();

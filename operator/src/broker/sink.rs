@@ -135,6 +135,14 @@ pub trait ResultSink: Send + Sync + 'static {
     /// was already recorded when it was queued (invariant 1); a crash before it lands re-dispatches the same
     /// attempt, which fencing handles.
     fn claimed(&self, claims: Vec<Claimed>);
+
+    /// Brings the FlowRun of `task` into the broker now (its queued attempts offered, its running ones
+    /// adopted), for a worker that asks about an attempt while the runs are still being loaded after a
+    /// restart. Resolves when that is done or could not be done; the caller looks again either way.
+    fn load(&self, task: &TaskRef) -> BoxFuture<'static, ()> {
+        let _ = task;
+        Box::pin(async {})
+    }
 }
 
 #[cfg(test)]

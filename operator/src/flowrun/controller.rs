@@ -1,5 +1,9 @@
 //! The FlowRun controller: watches FlowRuns (and the child FlowRuns they own) and asks the status writer to
 //! bring each one up to date, then requeues it for the engine's next timer or deadline.
+//!
+//! Its reflector store is the operator's one copy of each FlowRun, compacted before it is cached
+//! ([`super::cache::compact`]) and shared with the status writer. Children are watched for their metadata
+//! only: their change is a trigger for the parent, whose reconcile reads what it needs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,11 +11,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use super::Error;
+use super::cache::{FlowRunCache, compact};
 use super::writer::StatusWriter;
 use crate::api::FlowRun;
 use crate::telemetry::Metrics;
@@ -27,19 +33,32 @@ pub struct Context {
 /// Look at every FlowRun at least this often, even with nothing due: a safety net, not the mechanism.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// Runs the controller over `api` until `shutdown` fires.
+/// Runs the controller over `api` (and `children`, the same FlowRuns as metadata) until `shutdown` fires; its
+/// store joins `cache` as soon as it exists.
 pub async fn run(
     api: Api<FlowRun>,
+    children: Api<PartialObjectMeta<FlowRun>>,
     ctx: Arc<Context>,
+    cache: FlowRunCache,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    Controller::new(api.clone(), watcher::Config::default().any_semantic())
-        .owns(
-            api,
-            watcher::Config::default()
-                .labels(super::effects::PARENT_LABEL)
-                .any_semantic(),
-        )
+    let (reader, writer) = reflector::store();
+    cache.add(reader.clone());
+    let runs = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(compact)
+        .reflect(writer)
+        .touched_objects();
+    let children = watcher(
+        children,
+        watcher::Config::default()
+            .labels(super::effects::PARENT_LABEL)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects();
+    Controller::for_stream(runs, reader)
+        .owns_stream(children)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -3,6 +3,7 @@
 //! finished runs whose time to live has passed (`ttl`).
 
 pub mod batch;
+pub mod cache;
 pub mod controller;
 pub mod effects;
 pub mod ttl;
@@ -11,11 +12,10 @@ pub mod writer;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
-use kube::Client;
-use kube::api::ListParams;
-use tracing::info;
+use futures::{FutureExt, StreamExt};
+use kube::{Client, ResourceExt};
+use tracing::{info, warn};
 
 use crate::api::FlowRun;
 use crate::broker::Broker;
@@ -96,19 +96,27 @@ impl FlowRunRuntime {
         self.broker.clone()
     }
 
-    /// Runs the controllers and the loss detector until `shutdown`; call [`FlowRunRuntime::rebuild`] first and
-    /// open the broker in between. Closes the broker when it returns.
+    /// Runs the controllers, the loader and the loss detector until `shutdown`. Open the broker first: it
+    /// serves at once, while the loader brings every run in (see [`FlowRunRuntime::load`]). Closes the broker
+    /// when it returns.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let shutdown = shutdown.shared();
         let ctx = Arc::new(controller::Context {
             writer: self.writer.clone(),
             metrics: self.metrics.clone(),
         });
+        let cache = self.writer.cache();
+        self.broker.set_loading(true);
         let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
-        for api in self.scope.apis::<FlowRun>(&self.client) {
+        let children = self
+            .scope
+            .apis::<kube::core::PartialObjectMeta<FlowRun>>(&self.client);
+        for (api, children) in self.scope.apis::<FlowRun>(&self.client).into_iter().zip(children) {
             tasks.push(Box::pin(controller::run(
                 api,
+                children,
                 ctx.clone(),
+                cache.clone(),
                 shutdown.clone(),
             )));
         }
@@ -116,35 +124,65 @@ impl FlowRunRuntime {
         tasks.push(Box::pin(
             async move { broker.run_loss_detector(shutdown).await },
         ));
+        let load = self.load();
+        tasks.push(Box::pin(load));
         join_all(tasks).await;
+        cache.clear();
         self.broker.set_ready(false);
     }
 
-    /// Reconciles every FlowRun once, so that queued attempts are offered again and running ones adopted with
-    /// a fresh heartbeat window before any worker is answered.
-    pub async fn rebuild(&self) -> Result<(), Error> {
-        let mut n = 0;
-        for api in self.scope.apis::<FlowRun>(&self.client) {
-            let list = api.list(&ListParams::default()).await?;
-            for fr in list.items {
-                let terminal = fr
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_some_and(|p| p.is_terminal());
-                if terminal {
-                    continue;
-                }
-                let namespace = kube::ResourceExt::namespace(&fr).unwrap_or_default();
-                let name = kube::ResourceExt::name_any(&fr);
-                // The listed object is current: the lane starts from it without another read.
-                self.writer
-                    .reconcile(&namespace, &name, Some(Arc::new(fr)))
-                    .await?;
-                n += 1;
-            }
+    /// Brings every unfinished run into the writer and the broker after the controllers' caches hold their
+    /// first list (invariant 6): queued attempts are offered again, running ones adopted with a fresh
+    /// heartbeat window. Runs with work in flight go first. The broker serves meanwhile; a heartbeat for an
+    /// attempt not loaded yet loads its run first instead of being refused. A run that fails to load is
+    /// logged and left to its controller's retries: it never holds up the others.
+    fn load(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (writer, broker) = (self.writer.clone(), self.broker.clone());
+        async move {
+            let cache = writer.cache();
+            cache.wait_until_ready().await;
+            let mut runs: Vec<Arc<FlowRun>> = cache
+                .all()
+                .into_iter()
+                .filter(|fr| !is_finished(fr))
+                .collect();
+            runs.sort_by_key(|fr| !has_work_in_flight(fr));
+            let total = runs.len();
+            futures::stream::iter(runs)
+                .for_each_concurrent(LOAD_CONCURRENCY, |fr| {
+                    let writer = writer.clone();
+                    async move {
+                        let (namespace, name) = (fr.namespace().unwrap_or_default(), fr.name_any());
+                        if let Err(e) = writer.reconcile(&namespace, &name, Some(fr)).await {
+                            warn!(%namespace, flowrun = %name, error = %e, "cannot load FlowRun; its controller retries");
+                        }
+                    }
+                })
+                .await;
+            broker.set_loading(false);
+            info!(flowruns = total, "loaded every unfinished FlowRun");
         }
-        info!(flowruns = n, "rebuilt the broker queue");
-        Ok(())
     }
+}
+
+/// How many runs the loader brings in at once.
+const LOAD_CONCURRENCY: usize = 64;
+
+fn is_finished(fr: &FlowRun) -> bool {
+    fr.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p.is_terminal())
+}
+
+/// Whether a run has (or may have) an attempt queued or running: never decided, or a step Ready or Running.
+fn has_work_in_flight(fr: &FlowRun) -> bool {
+    fr.status.as_ref().is_none_or(|s| {
+        s.steps.values().any(|st| {
+            matches!(
+                st.phase,
+                crate::api::StepPhase::Ready | crate::api::StepPhase::Running
+            )
+        })
+    })
 }

@@ -15,8 +15,14 @@
 //! - **Our own echoes cost nothing.** The watch event of a patch this lane wrote carries a resourceVersion the
 //!   lane remembers; such a reconcile is answered from memory without deciding, unless a timer is due.
 //! - **Reconciles read the controller's cache, not the API.** The object the watch delivered is used when it is
-//!   newer than the lane's copy (someone else wrote: a spec change, a signal); a GET happens only when the lane
-//!   has nothing (a FlowRun seen for the first time without an object) or versions cannot be compared.
+//!   newer than the lane's copy (someone else wrote: a spec change, a signal); a lane without a copy starts
+//!   from the controller's cache ([`FlowRunCache`]); a GET happens only when neither has the run or versions
+//!   cannot be compared.
+//! - **Every write is fenced.** The patch carries the resourceVersion it was decided on, so the API server
+//!   refuses it (409) if anyone wrote in between — a user's signal, a spec change, another operator. The lane
+//!   then reads the run afresh and decides again; a stale copy can never overwrite a newer state.
+//! - **Idle runs cost no task.** A lane with nothing to do for [`IDLE`] ends; its copy was the controller's
+//!   (shared, not cloned) or is dropped with it.
 //! - **Side effects run off the lane.** Child FlowRuns and Kubernetes Events are written by a spawned task after
 //!   the status write and never delay the next one.
 
@@ -32,16 +38,21 @@ use tracing::{debug, instrument, warn};
 
 use super::Error;
 use super::batch::{self, Reply};
+use super::cache::{FlowRunCache, compact};
 use super::effects::Effects;
 use crate::api::{FlowRun, StepPhase};
 use crate::broker::Broker;
-use crate::broker::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError};
+use crate::broker::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError, TaskRef};
 use crate::context::FIELD_MANAGER;
 use crate::engine::{self, AttemptRef, ChildOutcome, Event, TaskFailure};
 use crate::telemetry::Metrics;
 
-/// How long an actor with nothing to do stays alive.
-const IDLE: Duration = Duration::from_secs(120);
+/// How long a lane with nothing to do stays alive. Long enough to recognise the watch echoes of its writes
+/// and to keep a chain's lane between steps; short enough that idle runs hold no task.
+const IDLE: Duration = Duration::from_secs(10);
+
+/// How often a batch is decided again after its write conflicted with someone else's.
+const CONFLICT_RETRIES: usize = 5;
 
 /// Most jobs folded into one patch.
 const MAX_BATCH: usize = 512;
@@ -60,8 +71,9 @@ type ReplyTo = Option<oneshot::Sender<Result<Recorded, SinkError>>>;
 /// What a lane keeps between batches.
 #[derive(Default)]
 struct Lane {
-    /// The newest FlowRun the lane knows: its last patch's response, or a newer object a reconcile brought.
-    current: Option<FlowRun>,
+    /// The newest FlowRun the lane knows: its last patch's response, or a newer object a reconcile brought
+    /// (shared with the controller's cache).
+    current: Option<Arc<FlowRun>>,
     /// resourceVersions produced by the lane's recent writes, newest last.
     written: VecDeque<String>,
     /// The last decision's wake-up.
@@ -70,31 +82,6 @@ struct Lane {
     pending_claims: Vec<Event>,
     /// When the pending claims are written on their own.
     flush_at: Option<tokio::time::Instant>,
-    /// The lane's last write revealed a write by someone else that its decision did not see.
-    decide_again: bool,
-}
-
-/// What others than the operator write on a FlowRun and the engine reads: the spec (through its
-/// generation), the signals users send, and a pending deletion.
-#[derive(PartialEq)]
-struct OthersFields {
-    generation: Option<i64>,
-    deleting: bool,
-    signals: std::collections::BTreeMap<String, crate::api::Signal>,
-}
-
-impl OthersFields {
-    fn of(fr: &FlowRun) -> Self {
-        Self {
-            generation: fr.metadata.generation,
-            deleting: fr.metadata.deletion_timestamp.is_some(),
-            signals: fr
-                .status
-                .as_ref()
-                .map(|s| s.signals.clone())
-                .unwrap_or_default(),
-        }
-    }
 }
 
 impl Lane {
@@ -173,6 +160,7 @@ pub struct StatusWriter {
     broker: OnceLock<Broker>,
     metrics: Metrics,
     actors: Mutex<HashMap<Key, mpsc::UnboundedSender<Job>>>,
+    cache: FlowRunCache,
 }
 
 impl StatusWriter {
@@ -184,7 +172,13 @@ impl StatusWriter {
             broker: OnceLock::new(),
             metrics,
             actors: Mutex::new(HashMap::new()),
+            cache: FlowRunCache::default(),
         })
+    }
+
+    /// The cache the controllers fill and lanes without a copy start from.
+    pub fn cache(&self) -> FlowRunCache {
+        self.cache.clone()
     }
 
     /// Connects the broker (built after the writer, because the broker reports into it).
@@ -267,19 +261,9 @@ impl StatusWriter {
                     Err(_) => break,
                 }
             }
-            self.batch(&key, jobs, &mut lane, flush).await;
-            // A bounded number of times: each round needs another foreign write to go again.
-            for _ in 0..3 {
-                if !std::mem::take(&mut lane.decide_again) {
-                    break;
-                }
-                let (reply, _) = oneshot::channel();
-                let again = Job::Reconcile {
-                    observed: None,
-                    reply,
-                };
-                self.batch(&key, vec![again], &mut lane, false).await;
-            }
+            // Boxed: the batch's state (a request in flight) exists only while it runs, so an idle lane's
+            // task stays small.
+            Box::pin(self.batch(&key, jobs, &mut lane, flush)).await;
         }
     }
 
@@ -350,17 +334,20 @@ impl StatusWriter {
             return;
         }
 
-        // The base: the newest of the lane's copy and what the reconciles saw; the API only when neither
-        // exists or they cannot be compared.
+        // The base: the newest of the lane's copy and what the reconciles saw; then the controller's cache;
+        // the API only when none has it or versions cannot be compared.
         let base = match (lane.current.take(), observed) {
             (Some(current), Some(seen)) => match newer(&seen, &current) {
-                Some(true) => Ok(Some((*seen).clone())),
+                Some(true) => Ok(Some(seen)),
                 Some(false) => Ok(Some(current)),
                 None => self.read(key).await,
             },
             (Some(current), None) => Ok(Some(current)),
-            (None, Some(seen)) => Ok(Some((*seen).clone())),
-            (None, None) => self.read(key).await,
+            (None, Some(seen)) => Ok(Some(seen)),
+            (None, None) => match self.cache.get(&key.0, &key.1) {
+                Some(cached) => Ok(Some(cached)),
+                None => self.read(key).await,
+            },
         };
         let fr = match base {
             Ok(Some(fr)) => fr,
@@ -437,15 +424,68 @@ impl StatusWriter {
             }
         }
         let (events, replies): (Vec<Event>, Vec<_>) = all.into_iter().unzip();
-        let plan = batch::plan(&fr, &events, now);
 
-        // Refusals and duplicates are answered now; applied events wait for the write.
-        let mut waiting = Vec::new();
+        // Decide and write, fenced by the version decided on; a conflict means someone wrote in between
+        // (a signal, a spec change, another operator): read afresh and decide again.
+        let mut fr = fr;
+        let mut conflicts = 0;
+        let (fr, plan) = loop {
+            let plan = batch::plan(&fr, &events, now);
+            if !plan.needs_write() {
+                break (Ok(fr), plan);
+            }
+            debug!(
+                events = events.len(),
+                reconciles = reconciles.len(),
+                flush,
+                patch = %plan.patch,
+                "writing the status"
+            );
+            match self.write(key, &fr, &plan.patch).await {
+                Ok(written) => {
+                    lane.remember_write(&written);
+                    break (Ok(Arc::new(written)), plan);
+                }
+                Err(kube::Error::Api(status))
+                    if status.code == 409 && conflicts < CONFLICT_RETRIES =>
+                {
+                    conflicts += 1;
+                    self.metrics.status_conflicts.inc();
+                    debug!(conflicts, "the status changed since the decision: deciding again");
+                    match self.read(key).await {
+                        Ok(Some(fresh)) => fr = fresh,
+                        Ok(None) => {
+                            let gone = format!("FlowRun {}/{} was deleted", key.0, key.1);
+                            break (Err(gone), plan);
+                        }
+                        Err(e) => break (Err(e.to_string()), plan),
+                    }
+                }
+                Err(e) => break (Err(e.to_string()), plan),
+            }
+        };
+        let fr = match fr {
+            Ok(fr) => fr,
+            Err(e) => {
+                // The lane's copy may be what the API server refused: read afresh next time.
+                warn!(error = %e, "status patch failed; the batch will be retried by its senders");
+                let msg = e;
+                for reply in replies {
+                    answer(reply, Err(SinkError::Unavailable(msg.clone())));
+                }
+                for reply in reconciles {
+                    let _ = reply.send(Err(Error::Kube(msg.clone())));
+                }
+                return;
+            }
+        };
+
+        // Persisted: now, and only now, acknowledge workers and hand out the attempts this status records.
         for ((event, reply), outcome) in events.iter().zip(replies).zip(&plan.replies) {
             match outcome {
                 Reply::Applied => {
                     count_outcome(&self.metrics, event);
-                    waiting.push(reply);
+                    answer(reply, Ok(Recorded::Applied));
                 }
                 Reply::Duplicate => answer(reply, Ok(Recorded::Duplicate)),
                 Reply::Stale(why) => {
@@ -460,62 +500,6 @@ impl StatusWriter {
                 }
             }
         }
-
-        let decided_on = OthersFields::of(&fr);
-        let written = if plan.needs_write() {
-            debug!(
-                events = events.len(),
-                reconciles = reconciles.len(),
-                flush,
-                patch = %plan.patch,
-                "writing the status"
-            );
-            let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
-            let started = std::time::Instant::now();
-            let result = api
-                .patch_status(
-                    &key.1,
-                    &PatchParams::apply(FIELD_MANAGER),
-                    &Patch::Merge(&plan.patch),
-                )
-                .await;
-            self.metrics
-                .status_patch_seconds
-                .observe(started.elapsed().as_secs_f64());
-            if let Ok(fr) = &result {
-                self.metrics.status_patches.inc();
-                lane.remember_write(fr);
-                // Someone else wrote between the version we decided on and our patch (a signal, a spec
-                // change): the response shows it, and the watch events of both writes will look known to the
-                // lane, so decide again on the response now.
-                lane.decide_again = OthersFields::of(fr) != decided_on;
-            }
-            result
-        } else {
-            let mut fr = fr;
-            fr.status = Some(plan.decision.status.clone());
-            Ok(fr)
-        };
-        let fr = match written {
-            Ok(fr) => fr,
-            Err(e) => {
-                // The lane's copy may be what the API server refused: read afresh next time.
-                warn!(error = %e, "status patch failed; the batch will be retried by its senders");
-                let msg = e.to_string();
-                for reply in waiting {
-                    answer(reply, Err(SinkError::Unavailable(msg.clone())));
-                }
-                for reply in reconciles {
-                    let _ = reply.send(Err(Error::Kube(msg.clone())));
-                }
-                return;
-            }
-        };
-
-        // Persisted: now, and only now, acknowledge workers and hand out the attempts this status records.
-        for reply in waiting {
-            answer(reply, Ok(Recorded::Applied));
-        }
         if let Some(broker) = self.broker() {
             sync_broker(broker, &fr, &plan.decision);
         }
@@ -528,16 +512,50 @@ impl StatusWriter {
         for reply in reconciles {
             let _ = reply.send(Ok(lane.wake_at));
         }
-        // The lane never reads managedFields (often the larger half of the object): don't keep them.
-        let mut fr = fr;
-        fr.metadata.managed_fields = None;
         lane.current = Some(fr);
     }
 
-    async fn read(&self, key: &Key) -> Result<Option<FlowRun>, kube::Error> {
+    /// One status patch, fenced by the resourceVersion of `base` (the API server answers 409 if the run
+    /// changed since); the response is compacted like the cache's copies.
+    async fn write(
+        &self,
+        key: &Key,
+        base: &FlowRun,
+        patch: &serde_json::Value,
+    ) -> Result<FlowRun, kube::Error> {
+        let mut patch = patch.clone();
+        if let (Some(rv), Some(object)) = (&base.metadata.resource_version, patch.as_object_mut())
+        {
+            object.insert(
+                "metadata".into(),
+                serde_json::json!({"resourceVersion": rv}),
+            );
+        }
+        let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
+        let started = std::time::Instant::now();
+        let result = api
+            .patch_status(
+                &key.1,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Merge(&patch),
+            )
+            .await;
+        self.metrics
+            .status_patch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let mut fr = result?;
+        self.metrics.status_patches.inc();
+        compact(&mut fr);
+        Ok(fr)
+    }
+
+    async fn read(&self, key: &Key) -> Result<Option<Arc<FlowRun>>, kube::Error> {
         let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
         self.metrics.flowrun_reads.inc();
-        api.get_opt(&key.1).await
+        Ok(api.get_opt(&key.1).await?.map(|mut fr| {
+            compact(&mut fr);
+            Arc::new(fr)
+        }))
     }
 }
 
@@ -625,6 +643,17 @@ impl ResultSink for Arc<StatusWriter> {
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(SinkError::Unavailable("the status writer stopped".into())))
+        })
+    }
+
+    fn load(&self, task: &TaskRef) -> futures::future::BoxFuture<'static, ()> {
+        let writer = Arc::clone(self);
+        let (namespace, name) = (task.namespace.clone(), task.flow_run.clone());
+        Box::pin(async move {
+            // Without an object the lane starts from the controller's cache (or reads the run).
+            if let Err(e) = writer.reconcile(&namespace, &name, None).await {
+                debug!(%namespace, flowrun = %name, error = %e, "cannot load the run of a heartbeat");
+            }
         })
     }
 

@@ -84,9 +84,9 @@ async fn a_report_for_a_deleted_run_of_the_same_name_is_stale() {
     }
 }
 
-/// A fake API server holding one FlowRun `ns/s` that waits for a signal. The user's signal lands between the
-/// version the lane decides on and the lane's first patch: the first patch's response already carries it.
-/// Records every status patch.
+/// A fake API server holding one FlowRun `ns/s` that waits for a signal, enforcing resourceVersion
+/// preconditions as the API server does. The user's signal lands between the version the lane decides on and
+/// the lane's first patch, so that patch conflicts. Records every status patch.
 fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Value) {
     let initial = json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
@@ -101,25 +101,41 @@ fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Valu
             let is_patch = req.method() == Method::PATCH;
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let mut object = stored.lock().unwrap();
-            if is_patch {
-                let patch: Value = serde_json::from_slice(&body).unwrap();
-                let first = patches.lock().unwrap().is_empty();
-                patches.lock().unwrap().push(patch.clone());
-                crate::engine::patch::apply_merge_patch(&mut object, &patch);
-                if first {
-                    object["status"]["signals"] = json!({"go": {"payload": {"ok": true}}});
-                }
+            let bump = |object: &mut Value| {
                 let rv: u64 = object["metadata"]["resourceVersion"]
                     .as_str()
                     .unwrap()
                     .parse()
                     .unwrap();
-                object["metadata"]["resourceVersion"] = json!((rv + 2).to_string());
+                object["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+            };
+            let mut status = StatusCode::OK;
+            if is_patch {
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                let first = patches.lock().unwrap().is_empty();
+                patches.lock().unwrap().push(patch.clone());
+                if first {
+                    object["status"]["signals"] = json!({"go": {"payload": {"ok": true}}});
+                    bump(&mut object);
+                }
+                let precondition = &patch["metadata"]["resourceVersion"];
+                if !precondition.is_null() && *precondition != object["metadata"]["resourceVersion"] {
+                    status = StatusCode::CONFLICT;
+                } else {
+                    crate::engine::patch::apply_merge_patch(&mut object, &patch);
+                    bump(&mut object);
+                }
             }
+            let body = if status == StatusCode::CONFLICT {
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict",
+                       "code": 409, "message": "the object has been modified"})
+            } else {
+                object.clone()
+            };
             let response = Response::builder()
-                .status(StatusCode::OK)
+                .status(status)
                 .header("content-type", "application/json")
-                .body(Body::from(object.to_string()))
+                .body(Body::from(body.to_string()))
                 .unwrap();
             Ok::<_, Infallible>(response)
         }
@@ -128,7 +144,7 @@ fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Valu
 }
 
 #[tokio::test]
-async fn a_signal_revealed_by_the_lanes_own_patch_is_acted_on_without_another_event() {
+async fn a_write_that_conflicts_with_a_signal_is_decided_again_on_the_fresh_run() {
     let patches = std::sync::Arc::new(Mutex::new(Vec::new()));
     let (client, initial) = signalled_client(patches.clone());
     let writer = StatusWriter::new(
@@ -141,8 +157,8 @@ async fn a_signal_revealed_by_the_lanes_own_patch_is_acted_on_without_another_ev
         .reconcile("ns", "s", Some(Arc::new(observed)))
         .await
         .unwrap();
-    // The watch events of both writes (the user's and the lane's) would look known to the lane; the lane
-    // must have decided again on what its patch returned, without waiting for them.
+    // The first patch is fenced by the version without the signal and refused; the lane reads the run and
+    // decides again at once, without waiting for a watch event.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let consumed = patches
@@ -160,4 +176,15 @@ async fn a_signal_revealed_by_the_lanes_own_patch_is_acted_on_without_another_ev
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let patches = patches.lock().unwrap();
+    assert!(
+        patches
+            .iter()
+            .all(|p| p["metadata"]["resourceVersion"].is_string()),
+        "every patch is fenced by a resourceVersion: {patches:?}"
+    );
+    assert_eq!(
+        patches[0]["metadata"]["resourceVersion"], "1",
+        "the first patch was decided on the version without the signal"
+    );
 }

@@ -312,17 +312,17 @@ impl Operator {
         Ok(())
     }
 
-    /// Leads until `shutdown`: rebuilds the broker's queue from every FlowRun's status (invariant 6), opens
-    /// the broker, publishes the external metrics CA, and runs the controllers. Fails only if the rebuild
-    /// fails; the broker is closed again when it returns.
+    /// Leads until `shutdown`: opens the broker at once, loads every FlowRun into it from the controllers'
+    /// caches (invariant 6: the queue is rebuilt from statuses, as each run is loaded), publishes the external
+    /// metrics CA, and runs the controllers. The broker is closed again when it returns.
     pub async fn lead(
         &self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let shutdown = shutdown.shared();
-        self.flowruns.rebuild().await?;
+        self.broker.set_loading(true);
         self.broker.set_ready(true);
-        info!("broker open: queue rebuilt from FlowRun statuses");
+        info!("broker open: FlowRuns load from their statuses as the caches fill");
         let publish = async {
             if let Some(ca) = &self.publish_ca {
                 tokio::select! {

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub status_patch_seconds: Histogram,
     /// FlowRun reads by the status writer (`sluice_flowrun_reads_total`): only when it has no copy of a run.
     pub flowrun_reads: Counter,
+    /// Status patches refused because the FlowRun changed after the version they were decided on, and decided
+    /// again (`sluice_status_conflicts_total`).
+    pub status_conflicts: Counter,
     /// Requests sent to the API server, by verb (`sluice_api_requests_total`).
     pub api_requests: Family<super::api_calls::ApiRequestLabels, Counter>,
     /// Finished FlowRuns deleted because their time to live had passed (`sluice_flowruns_deleted_total`).
@@ -125,6 +128,12 @@ impl Metrics {
             "FlowRun reads by the status writer (it reads only when it has no copy of the run)",
             flowrun_reads.clone(),
         );
+        let status_conflicts = Counter::default();
+        registry.register(
+            "status_conflicts",
+            "FlowRun status patches refused because the run changed after the version they were decided on (a signal, a spec change, another writer); each is decided again on a fresh read",
+            status_conflicts.clone(),
+        );
         let api_requests = Family::<super::api_calls::ApiRequestLabels, Counter>::default();
         registry.register(
             "api_requests",
@@ -141,6 +150,7 @@ impl Metrics {
             flowruns_deleted,
             status_patch_seconds,
             flowrun_reads,
+            status_conflicts,
             api_requests,
             queue_depth,
             in_flight,
