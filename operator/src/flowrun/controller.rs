@@ -1,8 +1,8 @@
 //! The FlowRun controller: watches FlowRuns (and the child FlowRuns they own) and asks the status writer to
 //! bring each one up to date, then requeues it for the engine's next timer or deadline.
 //!
-//! Its reflector store is the operator's one copy of each FlowRun, compacted before it is cached
-//! ([`super::cache::compact`]) and shared with the status writer. Children are watched for their metadata
+//! Its reflector store is the operator's one copy of each FlowRun, compact and decoded only when needed
+//! ([`CachedFlowRun`]), and shared with the status writer. Children are watched for their metadata
 //! only: their change is a trigger for the parent, whose reconcile reads what it needs.
 
 use std::sync::Arc;
@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::runtime::controller::{Action, Controller};
 use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use super::Error;
-use super::cache::{FlowRunCache, compact};
+use super::cache::{CachedFlowRun, FlowRunCache};
 use super::writer::StatusWriter;
 use crate::api::FlowRun;
 use crate::telemetry::Metrics;
@@ -36,7 +36,7 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Runs the controller over `api` (and `children`, the same FlowRuns as metadata) until `shutdown` fires; its
 /// store joins `cache` as soon as it exists.
 pub async fn run(
-    api: Api<FlowRun>,
+    api: Api<CachedFlowRun>,
     children: Api<PartialObjectMeta<FlowRun>>,
     ctx: Arc<Context>,
     cache: FlowRunCache,
@@ -46,7 +46,6 @@ pub async fn run(
     cache.add(reader.clone());
     let runs = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(compact)
         .reflect(writer)
         .touched_objects();
     let children = watcher(
@@ -71,18 +70,13 @@ pub async fn run(
 }
 
 #[instrument(skip_all, fields(namespace = fr.namespace().unwrap_or_default(), flowrun = %fr.name_any()))]
-async fn reconcile(fr: Arc<FlowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(fr: Arc<CachedFlowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = fr.namespace().unwrap_or_default();
     let wake = ctx
         .writer
         .reconcile(&namespace, &fr.name_any(), Some(fr.clone()))
         .await?;
-    let finished = fr
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .is_some_and(|p| p.is_terminal());
-    Ok(next_look(finished, wake, Timestamp::now()))
+    Ok(next_look(fr.is_finished(), wake, Timestamp::now()))
 }
 
 /// When to look at a run again: at the engine's wake-up (with a small floor, so a timer already due does not
@@ -99,7 +93,7 @@ fn next_look(finished: bool, wake: Option<Timestamp>, now: Timestamp) -> Action 
     }
 }
 
-fn error_policy(_fr: Arc<FlowRun>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(_fr: Arc<CachedFlowRun>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error("flowrun", error.metric_label());
     Action::requeue(Duration::from_secs(2))
 }

@@ -111,7 +111,8 @@ impl FlowRunRuntime {
         let children = self
             .scope
             .apis::<kube::core::PartialObjectMeta<FlowRun>>(&self.client);
-        for (api, children) in self.scope.apis::<FlowRun>(&self.client).into_iter().zip(children) {
+        let runs = self.scope.apis::<cache::CachedFlowRun>(&self.client);
+        for (api, children) in runs.into_iter().zip(children) {
             tasks.push(Box::pin(controller::run(
                 api,
                 children,
@@ -141,15 +142,16 @@ impl FlowRunRuntime {
         async move {
             let cache = writer.cache();
             cache.wait_until_ready().await;
-            let mut runs: Vec<Arc<FlowRun>> = cache
+            let mut runs: Vec<(bool, Arc<cache::CachedFlowRun>)> = cache
                 .all()
                 .into_iter()
-                .filter(|fr| !is_finished(fr))
+                .filter(|fr| !fr.is_finished())
+                .map(|fr| (!fr.has_work_in_flight(), fr))
                 .collect();
-            runs.sort_by_key(|fr| !has_work_in_flight(fr));
+            runs.sort_by_key(|(idle, _)| *idle);
             let total = runs.len();
             futures::stream::iter(runs)
-                .for_each_concurrent(LOAD_CONCURRENCY, |fr| {
+                .for_each_concurrent(LOAD_CONCURRENCY, |(_, fr)| {
                     let writer = writer.clone();
                     async move {
                         let (namespace, name) = (fr.namespace().unwrap_or_default(), fr.name_any());
@@ -167,22 +169,3 @@ impl FlowRunRuntime {
 
 /// How many runs the loader brings in at once.
 const LOAD_CONCURRENCY: usize = 64;
-
-fn is_finished(fr: &FlowRun) -> bool {
-    fr.status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .is_some_and(|p| p.is_terminal())
-}
-
-/// Whether a run has (or may have) an attempt queued or running: never decided, or a step Ready or Running.
-fn has_work_in_flight(fr: &FlowRun) -> bool {
-    fr.status.as_ref().is_none_or(|s| {
-        s.steps.values().any(|st| {
-            matches!(
-                st.phase,
-                crate::api::StepPhase::Ready | crate::api::StepPhase::Running
-            )
-        })
-    })
-}

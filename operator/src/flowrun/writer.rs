@@ -31,14 +31,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, instrument, warn};
 
 use super::Error;
 use super::batch::{self, Reply};
-use super::cache::{FlowRunCache, compact};
+use super::cache::{CachedFlowRun, FlowRunCache, NotCached, compact};
 use super::effects::Effects;
 use crate::api::{FlowRun, StepPhase};
 use crate::broker::Broker;
@@ -94,9 +95,9 @@ impl Lane {
         }
     }
 
-    /// Whether `fr` is a version this lane wrote (the watch echo of its own patch) or already holds.
-    fn knows(&self, fr: &FlowRun) -> bool {
-        let Some(rv) = fr.metadata.resource_version.as_deref() else {
+    /// Whether `seen` is a version this lane wrote (the watch echo of its own patch) or already holds.
+    fn knows(&self, seen: &ObjectMeta) -> bool {
+        let Some(rv) = seen.resource_version.as_deref() else {
             return false;
         };
         self.written.iter().any(|w| w == rv)
@@ -107,11 +108,11 @@ impl Lane {
                 == Some(rv)
     }
 
-    /// Whether the lane's copy is newer than `fr`.
-    fn is_newer_than(&self, fr: &FlowRun) -> bool {
+    /// Whether the lane's copy is newer than `seen`.
+    fn is_newer_than(&self, seen: &ObjectMeta) -> bool {
         self.current
             .as_ref()
-            .is_some_and(|current| newer(current, fr) == Some(true))
+            .is_some_and(|current| newer(&current.metadata, seen) == Some(true))
     }
 
     /// Whether a step of the run waits on a child FlowRun (its end arrives as a reconcile, not an event).
@@ -129,10 +130,9 @@ impl Lane {
 
 /// Which of two versions of one object is newer, when their resourceVersions say so. The API server hands out
 /// etcd revisions, which grow; anything else is not compared (`None`), and the lane reads the object instead.
-fn newer(a: &FlowRun, b: &FlowRun) -> Option<bool> {
-    let version = |fr: &FlowRun| {
-        fr.metadata
-            .resource_version
+fn newer(a: &ObjectMeta, b: &ObjectMeta) -> Option<bool> {
+    let version = |meta: &ObjectMeta| {
+        meta.resource_version
             .as_deref()
             .and_then(|v| v.parse::<u64>().ok())
     };
@@ -148,7 +148,7 @@ enum Job {
     },
     Reconcile {
         /// The object the caller saw (the controller's cache), if any.
-        observed: Option<Arc<FlowRun>>,
+        observed: Option<Arc<CachedFlowRun>>,
         reply: oneshot::Sender<Result<Option<Timestamp>, Error>>,
     },
 }
@@ -199,7 +199,7 @@ impl StatusWriter {
         self: &Arc<Self>,
         namespace: &str,
         name: &str,
-        observed: Option<Arc<FlowRun>>,
+        observed: Option<Arc<CachedFlowRun>>,
     ) -> Result<Option<Timestamp>, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(
@@ -272,7 +272,7 @@ impl StatusWriter {
     async fn batch(&self, key: &Key, jobs: Vec<Job>, lane: &mut Lane, flush: bool) {
         let mut events = Vec::new();
         let mut reconciles = Vec::new();
-        let mut observed: Option<Arc<FlowRun>> = None;
+        let mut observed: Option<Arc<CachedFlowRun>> = None;
         let mut all_known = true;
         for job in jobs {
             match job {
@@ -284,13 +284,13 @@ impl StatusWriter {
                     match &seen {
                         // Our own write, or an older version than the lane's (a watch running behind):
                         // nothing the lane does not know.
-                        Some(fr) if lane.knows(fr) || lane.is_newer_than(fr) => {}
+                        Some(fr) if lane.knows(fr.meta()) || lane.is_newer_than(fr.meta()) => {}
                         Some(fr) => {
                             all_known = false;
                             // Keep the newest object the reconciles brought.
                             if observed
                                 .as_ref()
-                                .is_none_or(|o| newer(fr, o).unwrap_or(true))
+                                .is_none_or(|o| newer(fr.meta(), o.meta()).unwrap_or(true))
                             {
                                 observed = Some(fr.clone());
                             }
@@ -336,18 +336,33 @@ impl StatusWriter {
 
         // The base: the newest of the lane's copy and what the reconciles saw; then the controller's cache;
         // the API only when none has it or versions cannot be compared.
-        let base = match (lane.current.take(), observed) {
-            (Some(current), Some(seen)) => match newer(&seen, &current) {
-                Some(true) => Ok(Some(seen)),
+        let seen = observed.or_else(|| {
+            lane.current
+                .is_none()
+                .then(|| self.cache.get(&key.0, &key.1))
+                .flatten()
+        });
+        // A finished run the cache keeps as a summary has nothing to decide; only a report for it (answered as
+        // stale or as a repeat) needs the whole object.
+        if events.is_empty()
+            && !flush
+            && lane.current.is_none()
+            && seen.as_ref().is_some_and(|s| s.is_finished_summary())
+        {
+            for reply in reconciles {
+                let _ = reply.send(Ok(None));
+            }
+            return;
+        }
+        let base = match (lane.current.take(), seen) {
+            (Some(current), Some(seen)) => match newer(seen.meta(), &current.metadata) {
+                Some(true) => self.decode(key, &seen).await,
                 Some(false) => Ok(Some(current)),
                 None => self.read(key).await,
             },
             (Some(current), None) => Ok(Some(current)),
-            (None, Some(seen)) => Ok(Some(seen)),
-            (None, None) => match self.cache.get(&key.0, &key.1) {
-                Some(cached) => Ok(Some(cached)),
-                None => self.read(key).await,
-            },
+            (None, Some(seen)) => self.decode(key, &seen).await,
+            (None, None) => self.read(key).await,
         };
         let fr = match base {
             Ok(Some(fr)) => fr,
@@ -451,7 +466,10 @@ impl StatusWriter {
                 {
                     conflicts += 1;
                     self.metrics.status_conflicts.inc();
-                    debug!(conflicts, "the status changed since the decision: deciding again");
+                    debug!(
+                        conflicts,
+                        "the status changed since the decision: deciding again"
+                    );
                     match self.read(key).await {
                         Ok(Some(fresh)) => fr = fresh,
                         Ok(None) => {
@@ -524,8 +542,7 @@ impl StatusWriter {
         patch: &serde_json::Value,
     ) -> Result<FlowRun, kube::Error> {
         let mut patch = patch.clone();
-        if let (Some(rv), Some(object)) = (&base.metadata.resource_version, patch.as_object_mut())
-        {
+        if let (Some(rv), Some(object)) = (&base.metadata.resource_version, patch.as_object_mut()) {
             object.insert(
                 "metadata".into(),
                 serde_json::json!({"resourceVersion": rv}),
@@ -547,6 +564,23 @@ impl StatusWriter {
         self.metrics.status_patches.inc();
         compact(&mut fr);
         Ok(fr)
+    }
+
+    /// The run a cached copy holds; read from the API for a finished run (the cache keeps only its phase) or
+    /// a copy that does not decode (the API server's answer says why, or shows the object fixed).
+    async fn decode(
+        &self,
+        key: &Key,
+        cached: &CachedFlowRun,
+    ) -> Result<Option<Arc<FlowRun>>, kube::Error> {
+        match cached.decode() {
+            Ok(fr) => Ok(Some(Arc::new(fr))),
+            Err(NotCached::Finished) => self.read(key).await,
+            Err(e) => {
+                warn!(error = %e, "cached FlowRun does not decode; reading it");
+                self.read(key).await
+            }
+        }
     }
 
     async fn read(&self, key: &Key) -> Result<Option<Arc<FlowRun>>, kube::Error> {

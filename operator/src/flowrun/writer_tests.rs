@@ -119,7 +119,8 @@ fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Valu
                     bump(&mut object);
                 }
                 let precondition = &patch["metadata"]["resourceVersion"];
-                if !precondition.is_null() && *precondition != object["metadata"]["resourceVersion"] {
+                if !precondition.is_null() && *precondition != object["metadata"]["resourceVersion"]
+                {
                     status = StatusCode::CONFLICT;
                 } else {
                     crate::engine::patch::apply_merge_patch(&mut object, &patch);
@@ -154,7 +155,7 @@ async fn a_write_that_conflicts_with_a_signal_is_decided_again_on_the_fresh_run(
     );
     let observed: FlowRun = serde_json::from_value(initial).unwrap();
     writer
-        .reconcile("ns", "s", Some(Arc::new(observed)))
+        .reconcile("ns", "s", Some(Arc::new(CachedFlowRun::new(observed))))
         .await
         .unwrap();
     // The first patch is fenced by the version without the signal and refused; the lane reads the run and
