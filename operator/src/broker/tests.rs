@@ -16,7 +16,7 @@ use tower::ServiceExt;
 use super::Broker;
 use super::auth::{AuthError, Authenticator, TrustAll, WorkerIdentity};
 use super::queue::QueuedTask;
-use super::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError};
+use super::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError, TaskRef};
 
 /// A sink that records every report and answers from a script (default: Applied).
 #[derive(Default)]
@@ -25,6 +25,9 @@ struct ScriptedSink {
     reports: Mutex<Vec<Report>>,
     claims: Mutex<Vec<Claimed>>,
     notify: Mutex<Option<mpsc::UnboundedSender<Report>>>,
+    /// What loading a run does (as the status writer adopts the run's running attempts), and the runs loaded.
+    on_load: Mutex<Option<Box<dyn Fn(&TaskRef) + Send>>>,
+    loaded: Mutex<Vec<TaskRef>>,
 }
 
 impl ResultSink for Arc<ScriptedSink> {
@@ -44,6 +47,14 @@ impl ResultSink for Arc<ScriptedSink> {
 
     fn claimed(&self, claims: Vec<Claimed>) {
         self.claims.lock().unwrap().extend(claims);
+    }
+
+    fn load(&self, task: &TaskRef) -> BoxFuture<'static, ()> {
+        self.loaded.lock().unwrap().push(task.clone());
+        if let Some(on_load) = self.on_load.lock().unwrap().as_ref() {
+            on_load(task);
+        }
+        Box::pin(async {})
     }
 }
 
@@ -228,6 +239,42 @@ async fn stale_attempts_get_409_without_touching_status() {
     let (status, body) = post(&broker, "/v1/tasks/fail", None, gone).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["code"], "staleAttempt");
+}
+
+#[tokio::test]
+async fn while_runs_load_a_heartbeat_for_an_unknown_attempt_loads_its_run_instead_of_being_refused()
+{
+    let (broker, sink) = broker_with(TrustAll);
+    let adopting = broker.clone();
+    *sink.on_load.lock().unwrap() = Some(Box::new(move |_task: &TaskRef| {
+        adopting.adopt_running([(queued("a", 1, "p"), "w1".to_owned())]);
+    }));
+    let hb = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1"});
+
+    broker.set_loading(true);
+    let (status, body) = post(&broker, "/v1/tasks/heartbeat", None, hb.clone()).await;
+    assert_eq!(
+        (status, body["cancel"].clone()),
+        (StatusCode::OK, json!(false)),
+        "{body}"
+    );
+    assert_eq!(
+        sink.loaded
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| (t.namespace.as_str(), t.flow_run.as_str()))
+            .collect::<Vec<_>>(),
+        [("ns", "fr")],
+        "the heartbeat's run was loaded once"
+    );
+
+    // Once everything is loaded, an attempt the queue does not know is refused without loading anything.
+    broker.set_loading(false);
+    let unknown = json!({"id": "ns/fr/b", "attempt": 1, "worker": "w1"});
+    let (status, _) = post(&broker, "/v1/tasks/heartbeat", None, unknown).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(sink.loaded.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -77,6 +77,8 @@ struct Lane {
     current: Option<Arc<FlowRun>>,
     /// resourceVersions produced by the lane's recent writes, newest last.
     written: VecDeque<String>,
+    /// The version the lane last decided on without writing, when it kept no copy of it (the cache has it).
+    decided: Option<String>,
     /// The last decision's wake-up.
     wake_at: Option<Timestamp>,
     /// Claims waiting to ride on the next write.
@@ -101,6 +103,7 @@ impl Lane {
             return false;
         };
         self.written.iter().any(|w| w == rv)
+            || self.decided.as_deref() == Some(rv)
             || self
                 .current
                 .as_ref()
@@ -117,15 +120,33 @@ impl Lane {
 
     /// Whether a step of the run waits on a child FlowRun (its end arrives as a reconcile, not an event).
     fn has_running_children(&self) -> bool {
-        self.current
-            .as_ref()
-            .and_then(|fr| fr.status.as_ref())
-            .is_some_and(|s| {
-                s.steps
-                    .values()
-                    .any(|st| st.child.is_some() && st.phase == StepPhase::Running)
-            })
+        self.current.as_deref().is_some_and(has_running_children)
     }
+
+    /// Keeps `fr` as the lane's copy if the lane wrote it (the cache may not have it yet) or the run waits on
+    /// children; otherwise only its version is remembered and the cache's copy serves the next batch, so a
+    /// run decided on without a write (an idle run loaded after a restart) holds no decoded copy.
+    fn keep(&mut self, fr: Arc<FlowRun>) {
+        let rv = fr.metadata.resource_version.clone();
+        let own = rv
+            .as_ref()
+            .is_some_and(|rv| self.written.iter().any(|w| w == rv));
+        if own || has_running_children(&fr) {
+            self.decided = None;
+            self.current = Some(fr);
+        } else {
+            self.decided = rv;
+            self.current = None;
+        }
+    }
+}
+
+fn has_running_children(fr: &FlowRun) -> bool {
+    fr.status.as_ref().is_some_and(|s| {
+        s.steps
+            .values()
+            .any(|st| st.child.is_some() && st.phase == StepPhase::Running)
+    })
 }
 
 /// Which of two versions of one object is newer, when their resourceVersions say so. The API server hands out
@@ -323,7 +344,7 @@ impl StatusWriter {
         if !flush
             && events.is_empty()
             && all_known
-            && lane.current.is_some()
+            && (lane.current.is_some() || lane.decided.is_some())
             && !due
             && !lane.has_running_children()
         {
@@ -530,7 +551,7 @@ impl StatusWriter {
         for reply in reconciles {
             let _ = reply.send(Ok(lane.wake_at));
         }
-        lane.current = Some(fr);
+        lane.keep(fr);
     }
 
     /// One status patch, fenced by the resourceVersion of `base` (the API server answers 409 if the run

@@ -301,7 +301,18 @@ impl OperatorProcess {
         let err = out
             .try_clone()
             .map_err(HarnessError::io("cloning the log file"))?;
-        let child = Command::new(&self.bin)
+        // SLUICE_E2E_OPERATOR_WRAPPER runs the operator under another program (e.g. `heaptrack -o FILE` to see
+        // where its memory goes); the pid, and so any memory figure, is then the wrapper's.
+        let wrapper = std::env::var("SLUICE_E2E_OPERATOR_WRAPPER").unwrap_or_default();
+        let mut command = match wrapper.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.bin);
+                c
+            }
+            [] => Command::new(&self.bin),
+        };
+        let child = command
             .args(["run", "--namespace", &self.namespace])
             .args(["--lease-namespace", &self.namespace])
             .arg(format!("--identity={identity}"))
