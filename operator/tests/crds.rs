@@ -362,6 +362,8 @@ fn lists_and_strings_that_rules_walk_are_bounded() {
         ("spec.steps[].waitForSignal.name", "maxLength", 253),
         ("spec.steps[].retry.nonRetryableErrors", "maxItems", 50),
         ("spec.steps[].retry.nonRetryableExitCodes", "maxItems", 50),
+        // Bounds a flood of signals at admission, and the cost of the rule on signal names.
+        ("status.signals", "maxProperties", 256),
     ] {
         assert_eq!(node(&fr, path)[key].as_u64(), Some(max), "{key} of {path}");
     }

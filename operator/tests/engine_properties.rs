@@ -31,8 +31,8 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use sluice_operator::api::{FlowPhase, FlowRunSpec, FlowRunStatus, Signal, StepPhase, StepStatus};
 use sluice_operator::engine::{
-    AttemptRef, ChildOutcome, Decision, Event, EventOutcome, FlowMeta, FlowRunInput, TaskFailure,
-    apply_event, decide, patch::apply_merge_patch, status_patch,
+    AttemptRef, ChildOutcome, Decision, Event, EventOutcome, FlowMeta, FlowRunInput, Limits,
+    TaskFailure, apply_event, decide, patch::apply_merge_patch, status_patch,
 };
 
 #[derive(Debug, Clone)]
@@ -269,6 +269,7 @@ impl Sim {
             meta: &self.meta,
             spec: &self.spec,
             status: &self.status,
+            limits: Limits::default(),
         }
     }
 

@@ -281,7 +281,8 @@ pub struct Step {
     #[schemars(schema_with = "optional_any_json")]
     pub for_each: Option<Value>,
 
-    /// With `forEach`, how many instances may run at once (default: all).
+    /// With `forEach`, how many instances may run at once (default 64). A forEach fans out over at most
+    /// 10000 items; more fail the step with `TooManyItems`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_parallel: Option<u32>,
@@ -392,6 +393,10 @@ impl StepPhase {
     }
 }
 
+/// Most signals a FlowRun's `status.signals` holds: one per step that waits for one, with room to spare.
+/// More are refused at admission, so a flood of signals cannot grow a status without bound.
+pub const MAX_SIGNALS: usize = 256;
+
 /// Observed state of a FlowRun. The operator writes every field except `signals`, which users write.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -422,8 +427,15 @@ pub struct FlowRunStatus {
 
     /// Signals delivered by users, keyed by signal name. Write them with
     /// `kubectl patch flowrun NAME --subresource=status --type=merge -p '{"status":{"signals":{"NAME":{"payload":{...}}}}}'`.
-    /// A signal waits here until a step consumes it; the operator never changes this map.
+    /// A signal waits here until a step consumes it; the operator never changes this map. At most 256
+    /// signals, with names of at most 253 characters; they count towards the operator's status budget
+    /// (`--max-status-bytes`), and a payload becomes a step's output only up to `maxOutputBytes`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_SIGNALS))]
+    #[x_kube(
+        validation = Rule::new("self.all(name, size(name) <= 253)")
+            .message("a signal name has at most 253 characters")
+    )]
     pub signals: BTreeMap<String, Signal>,
 
     /// Output of the flow, from `spec.output`, once it Succeeded.
@@ -431,7 +443,9 @@ pub struct FlowRunStatus {
     #[schemars(schema_with = "optional_any_json")]
     pub output: Option<Value>,
 
-    /// Estimated size of this FlowRun's status in bytes of JSON, to watch against the object size limit.
+    /// Size of this FlowRun's status in bytes of JSON, to watch against the object size limit: measured by
+    /// every decision of the operator, estimated between them. A step that would take it past the operator's
+    /// budget (`--max-status-bytes`, default 1 MiB) fails with `StatusTooLarge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_bytes: Option<u64>,
 
@@ -560,7 +574,9 @@ fn is_zero(n: &u32) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct StepError {
     /// Type of the error as reported by the handler (e.g. `card_declined`), or one of Sluice's own:
-    /// `Timeout`, `HeartbeatLost`, `OutputTooLarge`, `InvalidInput`, `ChildFailed`.
+    /// `Timeout`, `HeartbeatLost`, `OutputTooLarge`, `StatusTooLarge` (the step would have grown the status
+    /// past the operator's budget), `TooManyItems` (a forEach over too many items), `InvalidInput`,
+    /// `ChildFailed`.
     #[serde(rename = "type")]
     pub type_: String,
 

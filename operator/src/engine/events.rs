@@ -4,13 +4,17 @@
 //! 1. A repeat of an event already recorded is a [`EventOutcome::Duplicate`]: a completion of attempt N of a
 //!    step that Succeeded with attempt N, a failure of attempt N when the recorded last error is attempt N's,
 //!    a claim of the running attempt by the same worker, a completion of attempt N that was recorded as an
-//!    `OutputTooLarge` failure. The broker acknowledges it again (200) and nothing changes.
+//!    `OutputTooLarge` or `StatusTooLarge` failure. The broker acknowledges it again (200) and nothing changes.
 //! 2. An event for a step that is terminal, or for an attempt other than the current one, or for an attempt
 //!    that already failed (Retrying), is refused as [`Refusal::Stale`] (the broker answers 409) and nothing
 //!    changes. A Succeeded step therefore never changes again.
 //! 3. Otherwise the event is applied. Completions and failures are accepted while the attempt is `Ready` as
 //!    well as `Running`: the broker answers claims from memory and the claim is written later, so a fast worker
 //!    may finish before its claim is persisted.
+//!
+//! An output or error message that would take the status past its budget fails the attempt for good with
+//! `StatusTooLarge` instead (see [`super::budget`]); `statusBytes` of the new status is the running estimate,
+//! corrected by the next decision's measurement.
 //!
 //! forEach instances that Succeeded keep only their output (not their attempt number, to stay compact), so
 //! any completion of a Succeeded instance is treated as a duplicate; other events for it are stale.
@@ -21,9 +25,10 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::attempt::{Slot, fail_attempt};
+use super::budget::{Room, STATUS_TOO_LARGE, grown_by, json_len, status_bytes, touched_bytes};
 use super::decision::{AttemptRef, Note};
 use super::output::{
-    CHILD_FAILED, HEARTBEAT_LOST, OUTPUT_TOO_LARGE, TIMEOUT, check_output, normalize, status_bytes,
+    CHILD_FAILED, HEARTBEAT_LOST, OUTPUT_TOO_LARGE, TIMEOUT, check_output, json_size, normalize,
     step_error, stored,
 };
 use super::timers::{after, past};
@@ -203,9 +208,24 @@ pub fn apply_event(
     now: Timestamp,
 ) -> Result<EventOutcome, Refusal> {
     let ctx = Ctx::new(flow, now);
+    let room = Room::new(flow.status, ctx.limits);
     let mut status = flow.status.clone();
     let flow_phase = status.phase.unwrap_or_default();
     let mut notes = Vec::new();
+    let (touched_step, touched_instance) = match event {
+        Event::ChildFinished { step, .. } => (step.as_str(), None),
+        _ => {
+            let a = event.attempt().expect("attempt event");
+            (a.step.as_str(), a.instance)
+        }
+    };
+    let touched = |status: &FlowRunStatus| {
+        status
+            .steps
+            .get(touched_step)
+            .map_or(0, |st| touched_bytes(st, touched_instance))
+    };
+    let touched_before = touched(&status);
     let outcome = match event {
         Event::ChildFinished {
             step,
@@ -213,6 +233,7 @@ pub fn apply_event(
             outcome,
         } => child_finished(
             &ctx,
+            &room,
             &mut status,
             flow_phase,
             step,
@@ -236,8 +257,10 @@ pub fn apply_event(
                 .get_mut(&a.step)
                 .ok_or_else(|| Refusal::NotDispatched { attempt: a.clone() })?;
             match (a.instance, step.for_each.is_some()) {
-                (None, false) => plain(&ctx, step, st, flow_phase, event, a, &mut notes)?,
-                (Some(i), true) => instance(&ctx, step, st, flow_phase, event, a, i, &mut notes)?,
+                (None, false) => plain(&ctx, &room, step, st, flow_phase, event, a, &mut notes)?,
+                (Some(i), true) => {
+                    instance(&ctx, &room, step, st, flow_phase, event, a, i, &mut notes)?
+                }
                 _ => {
                     return Err(Refusal::UnknownInstance {
                         step: a.step.clone(),
@@ -250,7 +273,12 @@ pub fn apply_event(
     Ok(match outcome {
         Change::Duplicate => EventOutcome::Duplicate,
         Change::Applied => {
-            status.status_bytes = Some(status_bytes(&status));
+            // Only one step changed: its growth updates the estimate without measuring the whole status.
+            let estimate = match flow.status.status_bytes {
+                Some(before) => grown_by(before, touched(&status) as i64 - touched_before as i64),
+                None => status_bytes(&status),
+            };
+            status.status_bytes = Some(estimate);
             EventOutcome::Applied {
                 status: Box::new(status),
                 notes,
@@ -283,8 +311,11 @@ fn fence(
         Event::Completed { .. } => {
             (phase == StepPhase::Succeeded && attempts == a.attempt)
                 || recorded_error(OUTPUT_TOO_LARGE)
+                || recorded_error(STATUS_TOO_LARGE)
         }
-        Event::Failed { error: e, .. } => recorded_error(&e.error_type),
+        Event::Failed { error: e, .. } => {
+            recorded_error(&e.error_type) || recorded_error(STATUS_TOO_LARGE)
+        }
         Event::TimedOut { .. } => recorded_error(TIMEOUT),
         Event::HeartbeatLost { .. } => recorded_error(HEARTBEAT_LOST),
         Event::ChildFinished { .. } => false,
@@ -314,6 +345,7 @@ fn fence(
 /// What an applicable attempt event does to a slot. Returns the output when the attempt succeeded.
 fn apply_to_slot(
     ctx: &Ctx<'_>,
+    room: &Room<'_>,
     step: &Step,
     instance: Option<u32>,
     slot: &mut Slot<'_>,
@@ -330,20 +362,34 @@ fn apply_to_slot(
             return None;
         }
         Event::Completed { output, .. } => match check_output(output, ctx.max_output()) {
-            Ok(()) => {
-                *slot.phase = StepPhase::Succeeded;
-                *slot.deadline = None;
-                *slot.wake_at = None;
-                return Some(output.clone());
-            }
+            Ok(()) => match room.admit("the output", json_size(output)) {
+                Ok(()) => {
+                    *slot.phase = StepPhase::Succeeded;
+                    *slot.deadline = None;
+                    *slot.wake_at = None;
+                    return Some(output.clone());
+                }
+                Err(msg) => (failure(STATUS_TOO_LARGE, msg, None), false),
+            },
             Err(msg) => (failure(OUTPUT_TOO_LARGE, msg, None), false),
         },
         Event::Failed {
             error, retryable, ..
-        } => (
-            failure(&error.error_type, error.message.clone(), error.exit_code),
-            *retryable,
-        ),
+        } => {
+            let reported = failure(&error.error_type, error.message.clone(), error.exit_code);
+            match room.admit("the error", json_len(&reported)) {
+                Ok(()) => (reported, *retryable),
+                // A retry would record another such error: the attempt fails for good, naming the cause.
+                Err(msg) => {
+                    let cause = sluice_wire::truncate_message(&reported.message, 200);
+                    let msg = format!(
+                        "{msg} (the attempt failed with {}: {cause})",
+                        reported.type_
+                    );
+                    (failure(STATUS_TOO_LARGE, msg, error.exit_code), false)
+                }
+            }
+        }
         Event::TimedOut { .. } => (
             failure(
                 TIMEOUT,
@@ -369,8 +415,10 @@ fn apply_to_slot(
     None
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plain(
     ctx: &Ctx<'_>,
+    room: &Room<'_>,
     step: &Step,
     st: &mut StepStatus,
     flow_phase: FlowPhase,
@@ -393,7 +441,7 @@ fn plain(
         st.started_at.get_or_insert_with(|| past(*at));
     }
     let mut slot = Slot::of_step(st);
-    let output = apply_to_slot(ctx, step, None, &mut slot, event, notes);
+    let output = apply_to_slot(ctx, room, step, None, &mut slot, event, notes);
     if let Some(out) = output {
         st.output = stored(out);
     }
@@ -406,6 +454,7 @@ fn plain(
 #[allow(clippy::too_many_arguments)]
 fn instance(
     ctx: &Ctx<'_>,
+    room: &Room<'_>,
     step: &Step,
     st: &mut StepStatus,
     flow_phase: FlowPhase,
@@ -468,6 +517,7 @@ fn instance(
     }
     let output = apply_to_slot(
         ctx,
+        room,
         step,
         Some(index),
         &mut Slot::of_instance(&mut one),
@@ -492,6 +542,7 @@ fn instance(
 #[allow(clippy::too_many_arguments)]
 fn child_finished(
     ctx: &Ctx<'_>,
+    room: &Room<'_>,
     status: &mut FlowRunStatus,
     flow_phase: FlowPhase,
     step_name: &str,
@@ -540,11 +591,14 @@ fn child_finished(
         ChildOutcome::Succeeded(out) => {
             let out = out.clone().unwrap_or(Value::Null);
             match check_output(&out, ctx.max_output()) {
-                Ok(()) => {
-                    st.phase = StepPhase::Succeeded;
-                    st.output = stored(out);
-                    None
-                }
+                Ok(()) => match room.admit("the child flow's output", json_size(&out)) {
+                    Ok(()) => {
+                        st.phase = StepPhase::Succeeded;
+                        st.output = stored(out);
+                        None
+                    }
+                    Err(msg) => Some((STATUS_TOO_LARGE, msg)),
+                },
                 Err(msg) => Some((OUTPUT_TOO_LARGE, msg)),
             }
         }

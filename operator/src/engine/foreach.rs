@@ -1,4 +1,5 @@
-//! forEach: one step expanded into indexed instances, at most `maxParallel` at a time.
+//! forEach: one step expanded into indexed instances, at most `maxParallel` at a time (64 when the step does
+//! not say, see [`DEFAULT_MAX_PARALLEL`]).
 //!
 //! The instances live in a compact [`InstancesStatus`]: counts, the outputs of Succeeded instances keyed by
 //! index, and detail only for instances that started and have not Succeeded. When every instance Succeeded,
@@ -10,6 +11,7 @@ use serde_json::Value;
 
 use super::Ctx;
 use super::attempt::{Slot, fail_attempt};
+use super::budget::DEFAULT_MAX_PARALLEL;
 use super::decision::{AttemptRef, Note};
 use super::expr::{self, ExprError, Vars};
 use super::output::{INVALID_INPUT, TIMEOUT, step_error};
@@ -128,7 +130,7 @@ pub(crate) fn advance(
     let Some(inst) = st.instances.as_mut() else {
         return;
     };
-    let limit = step.max_parallel.unwrap_or(inst.total).max(1) as usize;
+    let limit = step.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL).max(1) as usize;
     let in_flight = inst
         .active
         .values()

@@ -28,8 +28,11 @@
 //!   goes on, then True or False; `Invalid` is True when validation failed (its message lists every
 //!   problem); `Suspended` follows `spec.suspend` while the run goes on. All carry `observedGeneration`.
 //! * **Outputs** are stored without `null` object members (merge patches would drop them anyway) and are
-//!   refused above `maxOutputBytes` as a non-retryable `OutputTooLarge` failure; `statusBytes` is updated by
-//!   every decision and event.
+//!   refused above `maxOutputBytes` as a non-retryable `OutputTooLarge` failure; `statusBytes` is measured by
+//!   every decision and estimated by every event.
+//! * **Status budget**: a step that would grow the status past [`Limits::max_status_bytes`] fails with
+//!   `StatusTooLarge`, naming what grew (see [`budget`]); a forEach fans out over at most 10,000 items and
+//!   runs 64 instances at once unless `maxParallel` says otherwise.
 //! * **forEach** is supported on handler steps; `input` defaults to the item. **Child flows** get the
 //!   parent's `pool` and `defaults` when they set none; only their `input` is resolved with the parent's
 //!   values.
@@ -41,6 +44,7 @@
 //!   rounded up so that no timer fires early.
 
 mod attempt;
+pub mod budget;
 pub mod child;
 pub mod dag;
 mod decision;
@@ -59,6 +63,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+pub use budget::Limits;
 pub use decision::{AttemptRef, ChildFlowRequest, Decision, Note, NoteKind, RunningAttempt, Task};
 pub use events::{ChildOutcome, Event, EventOutcome, Refusal, TaskFailure, apply_event};
 pub use patch::status_patch;
@@ -94,6 +99,8 @@ pub struct FlowRunInput<'a> {
     pub spec: &'a FlowRunSpec,
     /// Its current status (the default, empty status for a new FlowRun).
     pub status: &'a FlowRunStatus,
+    /// What the operator bounds in every run (the status budget).
+    pub limits: Limits,
 }
 
 static EMPTY_STATUS: FlowRunStatus = FlowRunStatus {
@@ -123,12 +130,13 @@ impl FlowMeta {
 }
 
 impl<'a> FlowRunInput<'a> {
-    /// The input for a FlowRun object and its identity (see [`FlowMeta::of`]).
+    /// The input for a FlowRun object and its identity (see [`FlowMeta::of`]), with the default limits.
     pub fn new(meta: &'a FlowMeta, fr: &'a FlowRun) -> Self {
         Self {
             meta,
             spec: &fr.spec,
             status: fr.status.as_ref().unwrap_or(&EMPTY_STATUS),
+            limits: Limits::default(),
         }
     }
 }
@@ -139,6 +147,7 @@ pub(crate) struct Ctx<'a> {
     pub spec: &'a FlowRunSpec,
     pub dag: Dag,
     pub now: Timestamp,
+    pub limits: Limits,
 }
 
 impl<'a> Ctx<'a> {
@@ -148,6 +157,7 @@ impl<'a> Ctx<'a> {
             spec: flow.spec,
             dag: Dag::new(&flow.spec.steps),
             now,
+            limits: flow.limits,
         }
     }
 

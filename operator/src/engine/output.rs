@@ -1,9 +1,10 @@
-//! Output size limits, error truncation and the status size estimate: what keeps a FlowRun far below the
-//! API server's 1.5 MiB object limit.
+//! Output size limits and error truncation: with the status budget ([`super::budget`]), what keeps a FlowRun
+//! far below the API server's 1.5 MiB object limit.
 
 use serde_json::Value;
 
-use crate::api::{FlowRunSpec, FlowRunStatus, StepError};
+use super::budget::json_len;
+use crate::api::{FlowRunSpec, StepError};
 
 /// Largest accepted single output when `spec.defaults.maxOutputBytes` is not set.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -32,7 +33,7 @@ pub fn max_output_bytes(spec: &FlowRunSpec) -> usize {
 
 /// Size of a value as compact JSON.
 pub fn json_size(v: &Value) -> usize {
-    serde_json::to_vec(v).map_or(usize::MAX, |b| b.len())
+    json_len(v)
 }
 
 /// Checks one output against the limit; the error message says what to do.
@@ -94,23 +95,6 @@ pub fn stored(v: Value) -> Option<Value> {
     }
 }
 
-/// Estimated size of the status in bytes of JSON, `statusBytes` included.
-pub fn status_bytes(status: &FlowRunStatus) -> u64 {
-    let mut probe = status.clone();
-    probe.status_bytes = None;
-    let base = serde_json::to_vec(&probe).map_or(0, |b| b.len());
-    // `"statusBytes":N` adds 14 bytes plus the digits, and a comma unless the object was empty.
-    let extra = if base <= 2 { 14 } else { 15 };
-    let mut n = base + extra + 1;
-    loop {
-        let next = base + extra + n.to_string().len();
-        if next == n {
-            return n as u64;
-        }
-        n = next;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -156,17 +140,5 @@ mod tests {
         );
         assert_eq!(stored(json!(null)), None);
         assert_eq!(stored(json!(0)), Some(json!(0)));
-    }
-
-    #[test]
-    fn status_bytes_matches_the_serialized_size() {
-        let mut st = FlowRunStatus {
-            output: Some(json!({"a": "b".repeat(1000)})),
-            ..Default::default()
-        };
-        let n = status_bytes(&st);
-        st.status_bytes = Some(n);
-        let real = serde_json::to_vec(&st).unwrap().len() as u64;
-        assert_eq!(n, real);
     }
 }

@@ -13,13 +13,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
 use super::attempt::{Slot, fail_attempt};
+use super::budget::{
+    Breakdown, MAX_FOR_EACH_ITEMS, STATUS_TOO_LARGE, TOO_MANY_ITEMS, json_len, status_bytes,
+    too_large, too_many_items,
+};
 use super::child::child_spec;
 use super::decision::{AttemptRef, ChildFlowRequest, Decision, Note, RunningAttempt, Task};
 use super::expr::{self, Vars};
 use super::foreach;
-use super::output::{
-    INVALID_INPUT, OUTPUT_TOO_LARGE, TIMEOUT, check_output, status_bytes, step_error, stored,
-};
+use super::output::{INVALID_INPUT, OUTPUT_TOO_LARGE, TIMEOUT, check_output, step_error, stored};
 use super::rerun::{RetryAction, apply_retry_request, child_name_for};
 use super::timers::{after, ceil_second, earliest, is_due, parse_duration, parse_time, past};
 use super::validate::{StepKind, step_kind, validate};
@@ -209,6 +211,12 @@ impl Scheduler<'_> {
             }
         }
 
+        self.conclude();
+    }
+
+    /// Derives the run's phase from its steps: Failed when a step failed it (the rest are cancelled),
+    /// Succeeded when every step ended, Running once a step started.
+    fn conclude(&mut self) {
         if let Some(i) = self.failed_step() {
             let name = self.ctx.spec.steps[i].name.clone();
             let error = self.status.steps[&name].error.clone().unwrap_or_default();
@@ -425,6 +433,9 @@ impl Scheduler<'_> {
         }
         match kind {
             StepKind::Handler(_) if step.for_each.is_some() => match foreach::items(step, &vars) {
+                Ok(items) if items.len() > MAX_FOR_EACH_ITEMS => {
+                    self.fail_step(i, TOO_MANY_ITEMS, &too_many_items(items.len()));
+                }
                 Ok(items) => {
                     let ctx = &self.ctx;
                     let st = self.status.steps.entry(step.name.clone()).or_default();
@@ -521,45 +532,128 @@ impl Scheduler<'_> {
     /// Cancels every step that has not ended; their workers are asked to stop.
     fn cancel_all(&mut self, message: &str) {
         let now = self.ctx.now;
-        for step in &self.ctx.spec.steps {
-            let Some(st) = self.status.steps.get_mut(&step.name) else {
-                continue;
-            };
-            if st.phase.is_terminal() {
-                continue;
-            }
-            if step.handler.is_some()
-                && step.for_each.is_none()
-                && matches!(st.phase, StepPhase::Ready | StepPhase::Running)
+        for i in 0..self.ctx.spec.steps.len() {
+            if self.step_phase(i).is_terminal()
+                || !self.status.steps.contains_key(&self.ctx.spec.steps[i].name)
             {
-                self.fx
-                    .cancel_workers
-                    .push(AttemptRef::step(&step.name, st.attempts));
+                continue;
             }
-            if let Some(inst) = st.instances.as_mut() {
-                for (k, one) in inst.active.iter_mut() {
-                    if matches!(one.phase, StepPhase::Ready | StepPhase::Running) {
-                        let index = k.parse().unwrap_or(u32::MAX);
-                        self.fx.cancel_workers.push(AttemptRef::instance(
-                            &step.name,
-                            index,
-                            one.attempts,
-                        ));
-                    }
-                    if !one.phase.is_terminal() {
-                        one.phase = StepPhase::Cancelled;
-                        one.worker = None;
-                        one.deadline = None;
-                        one.wake_at = None;
-                    }
-                }
-            }
+            self.stop_attempts(i);
+            let st = self.st(i);
             st.phase = StepPhase::Cancelled;
             st.message = Some(message.to_owned());
             st.finished_at = Some(past(now));
             st.wake_at = None;
             st.deadline = None;
         }
+    }
+
+    /// Asks the workers of step `i`'s queued and running attempts to stop, and cancels its forEach instances
+    /// that have not ended.
+    fn stop_attempts(&mut self, i: usize) {
+        let step = &self.ctx.spec.steps[i];
+        let Some(st) = self.status.steps.get_mut(&step.name) else {
+            return;
+        };
+        if step.handler.is_some()
+            && step.for_each.is_none()
+            && matches!(st.phase, StepPhase::Ready | StepPhase::Running)
+        {
+            self.fx
+                .cancel_workers
+                .push(AttemptRef::step(&step.name, st.attempts));
+        }
+        if let Some(inst) = st.instances.as_mut() {
+            for (k, one) in inst.active.iter_mut() {
+                if matches!(one.phase, StepPhase::Ready | StepPhase::Running) {
+                    let index = k.parse().unwrap_or(u32::MAX);
+                    self.fx.cancel_workers.push(AttemptRef::instance(
+                        &step.name,
+                        index,
+                        one.attempts,
+                    ));
+                }
+                if !one.phase.is_terminal() {
+                    one.phase = StepPhase::Cancelled;
+                    one.worker = None;
+                    one.deadline = None;
+                    one.wake_at = None;
+                }
+            }
+        }
+    }
+
+    /// Keeps a running flow within its status budget (see [`super::budget`]): when the status measures
+    /// `bytes`, over the budget, the step this decision grew the most fails with `StatusTooLarge` instead of
+    /// growing (its entry goes back to what the decision started from), or, when no step grew, the step still
+    /// going that holds the most; the run then ends as for any failed step. Returns whether a step failed.
+    fn enforce_budget(&mut self, bytes: u64) -> bool {
+        let limit = self.ctx.limits.max_status_bytes;
+        // A run that ended keeps what it has: nothing it records grows any more.
+        if bytes <= limit || self.phase().is_terminal() {
+            return false;
+        }
+        let spec = self.ctx.spec;
+        let held = Breakdown::of_status(&self.status);
+        let grown = spec
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| {
+                let new = self.status.steps.get(&step.name)?;
+                let old = self.old.steps.get(&step.name);
+                if old == Some(new) {
+                    return None;
+                }
+                let growth = json_len(new) as i64 - old.map_or(0, json_len) as i64;
+                (growth > 0).then_some((i, growth))
+            })
+            .max_by_key(|&(_, growth)| growth);
+        let (i, grew) = match grown {
+            Some((i, growth)) => {
+                let name = &spec.steps[i].name;
+                let old = self.old.steps.get(name).cloned().unwrap_or_default();
+                let new = Breakdown::of_step(&self.status.steps[name]);
+                let what = new.minus(&Breakdown::of_step(&old)).largest();
+                // What this decision started or stored for the step is undone: it fails instead.
+                self.status.steps.insert(name.clone(), old);
+                self.fx.create_children.retain(|c| &c.step != name);
+                (
+                    i,
+                    format!("step {name:?} grew it by {growth} bytes of {what}"),
+                )
+            }
+            None => {
+                let largest = spec
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, step)| {
+                        let st = self.status.steps.get(&step.name)?;
+                        (!st.phase.is_terminal()).then(|| (i, json_len(st)))
+                    })
+                    .max_by_key(|&(_, len)| len);
+                let Some((i, len)) = largest else {
+                    return false;
+                };
+                let name = &spec.steps[i].name;
+                let of_step = Breakdown::of_step(&self.status.steps[name]);
+                (
+                    i,
+                    format!(
+                        "the status is over its budget, and step {name:?} holds the most of it of the steps \
+                         still going ({len} bytes: {of_step})"
+                    ),
+                )
+            }
+        };
+        let message = too_large(&grew, bytes, limit, &held);
+        self.stop_attempts(i);
+        let st = self.st(i);
+        st.worker = None;
+        self.fail_step(i, STATUS_TOO_LARGE, &message);
+        self.conclude();
+        true
     }
 
     /// Every step ended and none failed the run: resolve the flow output.
@@ -596,28 +690,17 @@ impl Scheduler<'_> {
 
     /// Derives progress, conditions, tasks and the wake-up time, and assembles the decision.
     fn finish(mut self) -> Decision {
-        let now = self.ctx.now;
-        let spec = self.ctx.spec;
-        let phase = self.phase();
         // A retried run is deciding afresh: its progress and conditions are recomputed.
         let was_terminal = self.old.phase.is_some_and(FlowPhase::is_terminal) && !self.retried;
-        let done = spec
-            .steps
-            .iter()
-            .filter(|s| {
-                self.status
-                    .steps
-                    .get(&s.name)
-                    .is_some_and(|st| st.phase.is_terminal())
-            })
-            .count();
-        if !(was_terminal && self.ending.is_none() && self.status.progress.is_some()) {
-            self.status.progress = Some(format!("{done}/{}", spec.steps.len()));
+        self.summarize(was_terminal);
+        // Measured once per decision, exactly: the status as it will be written, signals included.
+        let mut bytes = status_bytes(&self.status);
+        if !was_terminal && self.enforce_budget(bytes) {
+            self.summarize(was_terminal);
+            bytes = status_bytes(&self.status);
         }
-        if phase.is_terminal() && self.status.finished_at.is_none() {
-            self.status.finished_at = Some(past(now));
-        }
-        self.conditions(was_terminal);
+        let spec = self.ctx.spec;
+        let phase = self.phase();
 
         let mut tasks = Vec::new();
         let mut wake_at = None;
@@ -637,7 +720,7 @@ impl Scheduler<'_> {
             }
             wake_at = self.wake_at();
         }
-        self.status.status_bytes = Some(status_bytes(&self.status));
+        self.status.status_bytes = Some(bytes);
         Decision {
             status: self.status,
             tasks,
@@ -647,6 +730,28 @@ impl Scheduler<'_> {
             notes: self.fx.notes,
             wake_at,
         }
+    }
+
+    /// Derives the progress, the finish time and the conditions from the steps and the phase.
+    fn summarize(&mut self, was_terminal: bool) {
+        let spec = self.ctx.spec;
+        let done = spec
+            .steps
+            .iter()
+            .filter(|s| {
+                self.status
+                    .steps
+                    .get(&s.name)
+                    .is_some_and(|st| st.phase.is_terminal())
+            })
+            .count();
+        if !(was_terminal && self.ending.is_none() && self.status.progress.is_some()) {
+            self.status.progress = Some(format!("{done}/{}", spec.steps.len()));
+        }
+        if self.phase().is_terminal() && self.status.finished_at.is_none() {
+            self.status.finished_at = Some(past(self.ctx.now));
+        }
+        self.conditions(was_terminal);
     }
 
     /// The queued attempts (phase Ready) with their resolved inputs.

@@ -11,6 +11,7 @@ struct H {
     spec: FlowRunSpec,
     status: FlowRunStatus,
     now: Timestamp,
+    limits: Limits,
 }
 
 fn t0() -> Timestamp {
@@ -29,6 +30,7 @@ impl H {
             spec: serde_json::from_value(spec).unwrap(),
             status: FlowRunStatus::default(),
             now: t0(),
+            limits: Limits::default(),
         }
     }
 
@@ -37,6 +39,7 @@ impl H {
             meta: &self.meta,
             spec: &self.spec,
             status: &self.status,
+            limits: self.limits,
         }
     }
 
@@ -1272,4 +1275,307 @@ fn retry_of_a_failed_child_flow_runs_a_new_child() {
     });
     h.decide();
     assert_eq!(h.flow_phase(), FlowPhase::Succeeded);
+}
+
+/// The status of `h` as the API server would store it, in bytes.
+fn real_size(h: &H) -> u64 {
+    serde_json::to_vec(&h.status).unwrap().len() as u64
+}
+
+fn error_of(h: &H, step: &str) -> crate::api::StepError {
+    h.status.steps[step].error.clone().unwrap_or_default()
+}
+
+/// Nothing is queued, waiting on a worker or sleeping: the run holds no work.
+fn nothing_left_running(h: &H, d: &Decision) {
+    assert!(d.tasks.is_empty(), "tasks: {:?}", names(&d.tasks));
+    for (name, st) in &h.status.steps {
+        assert!(st.phase.is_terminal(), "{name} is {:?}", st.phase);
+        if let Some(inst) = &st.instances {
+            for (k, one) in &inst.active {
+                assert!(one.phase.is_terminal(), "{name}[{k}] is {:?}", one.phase);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_foreach_whose_outputs_would_pass_the_budget_fails_with_status_too_large_naming_outputs() {
+    let mut h = H::new(
+        json!({"pool": "p", "input": {"items": (0..20).collect::<Vec<u32>>()}, "steps": [
+            {"name": "fan", "handler": "h", "forEach": "${{ input.items }}", "maxParallel": 4},
+            {"name": "after", "handler": "h", "dependsOn": ["fan"]},
+        ]}),
+    );
+    h.limits.max_status_bytes = 20_000;
+    let big = json!({"blob": "x".repeat(3_000)});
+    let mut refused = None;
+    'rounds: for _ in 0..20 {
+        let d = h.decide();
+        assert!(h.status.status_bytes.unwrap() <= 20_000);
+        for t in d.tasks {
+            h.ok(Event::Completed {
+                attempt: t.attempt.clone(),
+                output: big.clone(),
+            });
+            let inst = h.status.steps["fan"].instances.clone().unwrap();
+            if inst.failed > 0 {
+                refused = Some(t.attempt);
+                break 'rounds;
+            }
+        }
+    }
+    let refused = refused.expect("an output was refused");
+    let inst = h.status.steps["fan"].instances.clone().unwrap();
+    assert!(
+        (5..=6).contains(&inst.succeeded),
+        "outputs of 3 KB fill 20 KB after about six: {}",
+        inst.succeeded
+    );
+    // The worker repeating its refused completion is acknowledged again, and nothing changes.
+    let before = h.status.clone();
+    assert_eq!(
+        h.event(Event::Completed {
+            attempt: refused.clone(),
+            output: big.clone(),
+        }),
+        Ok(EventOutcome::Duplicate)
+    );
+    assert_eq!(h.status, before);
+
+    let d = h.decide();
+    assert_eq!(h.phase("fan"), StepPhase::Failed);
+    let e = error_of(&h, "fan");
+    assert_eq!(e.type_, "StatusTooLarge");
+    let index = refused.instance.unwrap();
+    for part in [
+        format!("instance {index}: the output (3011 bytes) does not fit in the status"),
+        "over the budget of 20000 bytes".into(),
+        "--max-status-bytes".into(),
+        "holds outputs ".into(),
+    ] {
+        assert!(e.message.contains(&part), "{part:?} in {}", e.message);
+    }
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+    let (_, reason, message) = h.condition("Ready");
+    assert_eq!(reason, "StepFailed");
+    assert!(message.contains("StatusTooLarge"), "{message}");
+    assert_eq!(h.phase("after"), StepPhase::Cancelled);
+    nothing_left_running(&h, &d);
+    assert!(
+        !d.cancel_workers.is_empty() && d.cancel_workers.iter().all(|a| a.step == "fan"),
+        "the other instances in flight are stopped: {:?}",
+        d.cancel_workers
+    );
+    // The failure's own messages (the instance's error, the step's, the conditions') are all it adds.
+    assert!(h.status.status_bytes.unwrap() <= 20_000 + 4_096);
+    assert_eq!(h.status.status_bytes, Some(real_size(&h)));
+}
+
+#[test]
+fn an_error_that_would_pass_the_budget_fails_the_step_for_good_naming_errors_and_the_cause() {
+    let mut h = H::new(json!({"pool": "p", "steps": [
+        {"name": "a", "handler": "h", "retry": {"maxAttempts": 5}},
+    ]}));
+    h.decide();
+    h.limits.max_status_bytes = h.status.status_bytes.unwrap() + 100;
+    h.ok(Event::Failed {
+        attempt: AttemptRef::step("a", 1),
+        error: TaskFailure {
+            error_type: "Boom".into(),
+            message: format!("{}the cause", "x".repeat(1_000)),
+            exit_code: Some(3),
+        },
+        retryable: true,
+    });
+    assert_eq!(h.phase("a"), StepPhase::Failed, "not retried");
+    let e = error_of(&h, "a");
+    assert_eq!((e.type_.as_str(), e.exit_code), ("StatusTooLarge", Some(3)));
+    assert!(
+        e.message.starts_with("the error (")
+            && e.message.contains("(the attempt failed with Boom: ")
+            && e.message.ends_with("the cause)"),
+        "{}",
+        e.message
+    );
+    // The worker repeating the report is acknowledged again.
+    assert_eq!(
+        h.event(failed(AttemptRef::step("a", 1), "Boom", true)),
+        Ok(EventOutcome::Duplicate)
+    );
+    h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+}
+
+#[test]
+fn new_foreach_instances_that_would_pass_the_budget_fail_the_step_that_grew_it() {
+    // The signals take most of the budget; starting 300 instances at once would take the rest.
+    let mut h = H::new(
+        json!({"pool": "p", "input": {"items": (0..300).collect::<Vec<u32>>()}, "steps": [
+            {"name": "gate", "waitForSignal": {"name": "go"}},
+            {"name": "fan", "handler": "h", "forEach": "${{ input.items }}", "maxParallel": 300, "dependsOn": ["gate"]},
+        ]}),
+    );
+    h.limits.max_status_bytes = 20_000;
+    h.status.signals.insert(
+        "bulk".into(),
+        Signal {
+            payload: Some(json!("s".repeat(14_000))),
+        },
+    );
+    h.decide();
+    assert_eq!(h.phase("gate"), StepPhase::Waiting);
+    let before = h.status.steps["fan"].clone();
+    h.status
+        .signals
+        .insert("go".into(), Signal { payload: None });
+    let d = h.decide();
+    assert_eq!(h.phase("gate"), StepPhase::Succeeded);
+    let st = &h.status.steps["fan"];
+    assert_eq!(st.phase, StepPhase::Failed);
+    assert_eq!(st.instances, before.instances, "no instance was started");
+    let e = error_of(&h, "fan");
+    assert_eq!(e.type_, "StatusTooLarge");
+    for part in [
+        "step \"fan\" grew it by ",
+        "bytes of forEach instances",
+        "over the budget of 20000 bytes",
+        "signals 140",
+    ] {
+        assert!(e.message.contains(part), "{part:?} in {}", e.message);
+    }
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+    nothing_left_running(&h, &d);
+    assert!(h.status.status_bytes.unwrap() <= 20_000);
+    assert_eq!(h.status.status_bytes, Some(real_size(&h)));
+    let again = decide(&h.input(), h.now);
+    assert_eq!(again.status, h.status, "decide is a fixpoint");
+}
+
+#[test]
+fn signals_alone_past_the_budget_fail_the_step_still_going() {
+    let mut h = H::new(json!({"pool": "p", "steps": [
+        {"name": "done", "sleep": "0s"},
+        {"name": "wait", "waitForSignal": {"name": "go"}, "dependsOn": ["done"]},
+    ]}));
+    h.limits.max_status_bytes = 20_000;
+    h.decide();
+    assert_eq!(h.phase("wait"), StepPhase::Waiting);
+    for i in 0..30 {
+        h.status.signals.insert(
+            format!("noise-{i}"),
+            Signal {
+                payload: Some(json!("n".repeat(1_000))),
+            },
+        );
+    }
+    let d = h.decide();
+    assert_eq!(h.phase("wait"), StepPhase::Failed);
+    let e = error_of(&h, "wait");
+    assert_eq!(e.type_, "StatusTooLarge");
+    assert!(
+        e.message.contains("step \"wait\" holds the most of it")
+            && e.message.contains("signals 30"),
+        "{}",
+        e.message
+    );
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+    nothing_left_running(&h, &d);
+}
+
+#[test]
+fn a_foreach_over_more_items_than_the_cap_fails_naming_the_count_and_the_cap() {
+    let spec = |n: u32| {
+        json!({"pool": "p", "input": {"items": (0..n).collect::<Vec<u32>>()}, "steps": [
+            {"name": "fan", "handler": "h", "forEach": "${{ input.items }}"},
+        ]})
+    };
+    let mut h = H::new(spec(10_001));
+    let d = h.decide();
+    assert_eq!(h.phase("fan"), StepPhase::Failed);
+    let e = error_of(&h, "fan");
+    assert_eq!(e.type_, "TooManyItems");
+    assert!(
+        e.message.contains("10001 items") && e.message.contains("limit of 10000"),
+        "{}",
+        e.message
+    );
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+    nothing_left_running(&h, &d);
+
+    let mut h = H::new(spec(10_000));
+    h.decide();
+    assert_eq!(
+        h.phase("fan"),
+        StepPhase::Running,
+        "the cap itself is allowed"
+    );
+    assert_eq!(
+        h.status.steps["fan"].instances.as_ref().unwrap().total,
+        10_000
+    );
+}
+
+#[test]
+fn a_foreach_without_max_parallel_runs_64_instances_at_once() {
+    let mut h = H::new(
+        json!({"pool": "p", "input": {"items": (0..100).collect::<Vec<u32>>()}, "steps": [
+            {"name": "fan", "handler": "h", "forEach": "${{ input.items }}"},
+        ]}),
+    );
+    let d = h.decide();
+    assert_eq!(d.tasks.len(), 64);
+    assert_eq!(d.tasks[63].attempt, AttemptRef::instance("fan", 63, 1));
+    h.ok(Event::Completed {
+        attempt: AttemptRef::instance("fan", 0, 1),
+        output: json!(0),
+    });
+    let d = h.decide();
+    assert_eq!(d.tasks.len(), 64, "one finished, one more started");
+    assert_eq!(d.tasks[63].attempt, AttemptRef::instance("fan", 64, 1));
+}
+
+#[test]
+fn the_estimate_of_events_is_the_real_size() {
+    let mut h = H::new(
+        json!({"pool": "p", "input": {"items": [1, 2, 3]}, "steps": [
+            {"name": "fan", "handler": "h", "forEach": "${{ input.items }}", "retry": {"maxAttempts": 2}},
+            {"name": "one", "handler": "h"},
+        ]}),
+    );
+    h.decide();
+    let events = [
+        Event::Claimed {
+            attempt: AttemptRef::instance("fan", 0, 1),
+            worker: "worker-0".into(),
+            at: h.now,
+        },
+        Event::Claimed {
+            attempt: AttemptRef::instance("fan", 1, 1),
+            worker: "worker-1".into(),
+            at: h.now,
+        },
+        Event::Completed {
+            attempt: AttemptRef::instance("fan", 0, 1),
+            output: json!({"a": [1, 2, null], "b": null}),
+        },
+        failed(AttemptRef::instance("fan", 1, 1), "flaky", true),
+        Event::Completed {
+            attempt: AttemptRef::instance("fan", 2, 1),
+            output: json!("two"),
+        },
+        Event::Claimed {
+            attempt: AttemptRef::step("one", 1),
+            worker: "worker-2".into(),
+            at: h.now,
+        },
+        Event::Completed {
+            attempt: AttemptRef::step("one", 1),
+            output: json!({"x": "y"}),
+        },
+    ];
+    for e in events {
+        h.ok(e.clone());
+        assert_eq!(h.status.status_bytes, Some(real_size(&h)), "after {e:?}");
+    }
 }

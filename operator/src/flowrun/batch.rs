@@ -11,11 +11,31 @@
 //! 3. a Succeeded step stays Succeeded with its output and is never handed out again;
 //! 4. an event for an older attempt or an ended step changes nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::api::{FlowRun, FlowRunStatus};
-use crate::engine::{self, Decision, Event, EventOutcome, FlowMeta, FlowRunInput, Note};
+use crate::engine::budget::DEFAULT_MAX_STATUS_BYTES;
+use crate::engine::{self, Decision, Event, EventOutcome, FlowMeta, FlowRunInput, Limits, Note};
+
+/// The status budget [`plan`] decides with. Process-wide: it is the operator's setting
+/// (`--max-status-bytes`), fixed before any FlowRun is planned, and every status writer of the process plans
+/// with it.
+static MAX_STATUS_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_MAX_STATUS_BYTES);
+
+/// Sets the status budget of every later [`plan`] (see [`engine::budget`]).
+pub fn set_max_status_bytes(bytes: u64) {
+    MAX_STATUS_BYTES.store(bytes, Ordering::Relaxed);
+}
+
+/// The limits [`plan`] decides with.
+pub fn limits() -> Limits {
+    Limits {
+        max_status_bytes: MAX_STATUS_BYTES.load(Ordering::Relaxed),
+    }
+}
 
 /// What becomes of one event of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,8 +86,14 @@ impl Plan {
     }
 }
 
-/// Folds `events`, in order, into the status of `observed`, then decides at `now`.
+/// Folds `events`, in order, into the status of `observed`, then decides at `now`, within the operator's
+/// [`limits`].
 pub fn plan(observed: &FlowRun, events: &[Event], now: Timestamp) -> Plan {
+    plan_within(observed, events, now, limits())
+}
+
+/// [`plan`] within explicit `limits`.
+pub fn plan_within(observed: &FlowRun, events: &[Event], now: Timestamp, limits: Limits) -> Plan {
     let meta = FlowMeta::of(observed);
     let before: FlowRunStatus = observed.status.clone().unwrap_or_default();
     let mut status = before.clone();
@@ -78,6 +104,7 @@ pub fn plan(observed: &FlowRun, events: &[Event], now: Timestamp) -> Plan {
             meta: &meta,
             spec: &observed.spec,
             status: &status,
+            limits,
         };
         let reply = match engine::apply_event(&input, event, now) {
             Ok(EventOutcome::Applied {
@@ -98,6 +125,7 @@ pub fn plan(observed: &FlowRun, events: &[Event], now: Timestamp) -> Plan {
         meta: &meta,
         spec: &observed.spec,
         status: &status,
+        limits,
     };
     let decision = engine::decide(&input, now);
     notes.extend(decision.notes.iter().cloned());

@@ -69,6 +69,7 @@ pub fn running_attempts(
         meta: &meta,
         spec: &fr.spec,
         status,
+        limits: super::batch::limits(),
     };
     engine::running_attempts(&input)
         .into_iter()
