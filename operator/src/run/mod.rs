@@ -27,6 +27,7 @@ use clap::{Args, ValueEnum};
 use kube::Client;
 use sluice_operator::broker::auth::TrustAll;
 use sluice_operator::context::{Scope, pod_name};
+use sluice_operator::engine::budget::DEFAULT_MAX_STATUS_BYTES;
 use sluice_operator::runtime::{ExternalMetricsConfig, Operator};
 use sluice_operator::telemetry::Metrics;
 use sluice_operator::telemetry::api_calls::counted_client;
@@ -36,6 +37,9 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use leader::{LEASE_GRACE_SECONDS, Leadership, LeaseConfig};
+
+/// Smallest `--max-status-bytes`: below it even a few steps' bookkeeping would not fit.
+const MIN_MAX_STATUS_BYTES: u64 = 16 * 1024;
 
 /// How long the controllers get to stop after SIGTERM before the process releases the lease anyway.
 const LEAD_STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -120,6 +124,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS")]
     pub default_ttl_seconds_after_finished: Option<u32>,
 
+    /// Budget of a running FlowRun's status, in bytes of JSON: a step that would grow the status past it fails
+    /// with `StatusTooLarge`, naming what grew, and the run fails. Keep it well below etcd's object limit (1.5
+    /// MiB by default), which the spec and metadata share.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_STATUS_BYTES,
+        value_parser = clap::value_parser!(u64).range(MIN_MAX_STATUS_BYTES..)
+    )]
+    pub max_status_bytes: u64,
+
     /// Log format.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -194,7 +209,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .metrics(metrics.clone())
         .instance(pod_name())
         .worker_pools(args.broker_url())
-        .default_ttl_seconds_after_finished(args.default_ttl_seconds_after_finished);
+        .default_ttl_seconds_after_finished(args.default_ttl_seconds_after_finished)
+        .max_status_bytes(args.max_status_bytes);
     if args.insecure_skip_worker_auth {
         warn!(
             "WORKER AUTHENTICATION IS DISABLED (--insecure-skip-worker-auth): anyone who reaches the broker port \
@@ -491,6 +507,21 @@ mod tests {
             args.default_ttl_seconds_after_finished, None,
             "finished runs are kept unless asked otherwise"
         );
+        assert_eq!(args.max_status_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn the_status_budget_is_bytes_from_16_kib() {
+        let args = parse(&["--max-status-bytes", "524288"]);
+        assert_eq!(args.max_status_bytes, 524_288);
+        assert_eq!(
+            parse(&["--max-status-bytes=16384"]).max_status_bytes,
+            16_384
+        );
+        for bad in ["16383", "-1", "1MiB", "", "0"] {
+            let argv = ["run", "--max-status-bytes", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]
@@ -539,8 +570,11 @@ mod tests {
             "/certs",
             "--default-ttl-seconds-after-finished",
             "600",
+            "--max-status-bytes",
+            "700000",
         ]);
         assert_eq!(args.default_ttl_seconds_after_finished, Some(600));
+        assert_eq!(args.max_status_bytes, 700_000);
         assert_eq!(
             args.external_metrics_addr,
             Some("0.0.0.0:6443".parse().unwrap())

@@ -132,6 +132,12 @@ impl OperatorBuilder {
         self
     }
 
+    /// Fail a step that would grow its FlowRun's status past `bytes` of JSON (default 1 MiB); process-wide.
+    pub fn max_status_bytes(self, bytes: u64) -> Self {
+        crate::flowrun::batch::set_max_status_bytes(bytes);
+        self
+    }
+
     /// Builds the operator. With the external metrics API this reads the API server's request-header
     /// authentication settings and loads or generates the serving certificate, and fails if either is missing.
     pub async fn build(self) -> Result<Operator, Error> {
