@@ -18,6 +18,9 @@ use super::auth::{AuthError, Authenticator, TrustAll, WorkerIdentity};
 use super::queue::QueuedTask;
 use super::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError, TaskRef};
 
+/// What the scripted sink does when the broker asks it to load a run.
+type OnLoad = Box<dyn Fn(&TaskRef) + Send>;
+
 /// A sink that records every report and answers from a script (default: Applied).
 #[derive(Default)]
 struct ScriptedSink {
@@ -26,7 +29,7 @@ struct ScriptedSink {
     claims: Mutex<Vec<Claimed>>,
     notify: Mutex<Option<mpsc::UnboundedSender<Report>>>,
     /// What loading a run does (as the status writer adopts the run's running attempts), and the runs loaded.
-    on_load: Mutex<Option<Box<dyn Fn(&TaskRef) + Send>>>,
+    on_load: Mutex<Option<OnLoad>>,
     loaded: Mutex<Vec<TaskRef>>,
 }
 

@@ -11,31 +11,11 @@
 //! 3. a Succeeded step stays Succeeded with its output and is never handed out again;
 //! 4. an event for an older attempt or an ended step changes nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::api::{FlowRun, FlowRunStatus};
-use crate::engine::budget::DEFAULT_MAX_STATUS_BYTES;
 use crate::engine::{self, Decision, Event, EventOutcome, FlowMeta, FlowRunInput, Limits, Note};
-
-/// The status budget [`plan`] decides with. Process-wide: it is the operator's setting
-/// (`--max-status-bytes`), fixed before any FlowRun is planned, and every status writer of the process plans
-/// with it.
-static MAX_STATUS_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_MAX_STATUS_BYTES);
-
-/// Sets the status budget of every later [`plan`] (see [`engine::budget`]).
-pub fn set_max_status_bytes(bytes: u64) {
-    MAX_STATUS_BYTES.store(bytes, Ordering::Relaxed);
-}
-
-/// The limits [`plan`] decides with.
-pub fn limits() -> Limits {
-    Limits {
-        max_status_bytes: MAX_STATUS_BYTES.load(Ordering::Relaxed),
-    }
-}
 
 /// What becomes of one event of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,14 +66,9 @@ impl Plan {
     }
 }
 
-/// Folds `events`, in order, into the status of `observed`, then decides at `now`, within the operator's
-/// [`limits`].
-pub fn plan(observed: &FlowRun, events: &[Event], now: Timestamp) -> Plan {
-    plan_within(observed, events, now, limits())
-}
-
-/// [`plan`] within explicit `limits`.
-pub fn plan_within(observed: &FlowRun, events: &[Event], now: Timestamp, limits: Limits) -> Plan {
+/// Folds `events`, in order, into the status of `observed`, then decides at `now`, within `limits` (the
+/// operator's status budget).
+pub fn plan(observed: &FlowRun, events: &[Event], now: Timestamp, limits: Limits) -> Plan {
     let meta = FlowMeta::of(observed);
     let before: FlowRunStatus = observed.status.clone().unwrap_or_default();
     let mut status = before.clone();
@@ -161,7 +136,7 @@ mod tests {
     /// The run after its first write: `a` attempt 1 reserved.
     fn started(now: Timestamp) -> FlowRun {
         let mut fr = chain();
-        let first = plan(&fr, &[], now);
+        let first = plan(&fr, &[], now, Limits::default());
         assert!(first.needs_write());
         fr.status = Some(first.decision.status);
         fr
@@ -170,7 +145,7 @@ mod tests {
     #[test]
     fn a_new_run_reserves_its_first_attempt_before_handing_it_out() {
         let now = Timestamp::now();
-        let p = plan(&chain(), &[], now);
+        let p = plan(&chain(), &[], now, Limits::default());
         assert!(p.needs_write());
         assert_eq!(p.decision.tasks.len(), 1);
         let task = &p.decision.tasks[0];
@@ -192,7 +167,7 @@ mod tests {
             attempt: AttemptRef::step("a", 1),
             output: json!({"x": 1}),
         };
-        let p = plan(&fr, &[claimed, done], now);
+        let p = plan(&fr, &[claimed, done], now, Limits::default());
         assert_eq!(p.replies, [Reply::Applied, Reply::Applied]);
         assert!(p.needs_write());
         let steps = &p.patch["status"]["steps"];
@@ -215,13 +190,17 @@ mod tests {
             output: Value::Null,
         };
         let mut after = fr.clone();
-        after.status = Some(plan(&fr, std::slice::from_ref(&done), now).decision.status);
+        after.status = Some(
+            plan(&fr, std::slice::from_ref(&done), now, Limits::default())
+                .decision
+                .status,
+        );
 
         let old = Event::Completed {
             attempt: AttemptRef::step("a", 0),
             output: Value::Null,
         };
-        let p = plan(&after, &[done, old], now);
+        let p = plan(&after, &[done, old], now, Limits::default());
         assert_eq!(p.replies[0], Reply::Duplicate);
         assert!(matches!(p.replies[1], Reply::Stale(_) | Reply::Unknown(_)));
         assert!(!p.needs_write(), "nothing to write: {}", p.patch);
@@ -231,7 +210,7 @@ mod tests {
             output: Value::Null,
         };
         assert!(matches!(
-            plan(&after, &[unknown], now).replies[0],
+            plan(&after, &[unknown], now, Limits::default()).replies[0],
             Reply::Unknown(_)
         ));
     }

@@ -15,7 +15,7 @@ use super::writer::child_outcome;
 use crate::api::{FlowRun, FlowRunStatus, StepPhase};
 use crate::broker::queue::QueuedTask;
 use crate::context::event_recorder;
-use crate::engine::{self, Decision, Event, FlowMeta, FlowRunInput, Note, NoteKind};
+use crate::engine::{self, Decision, Event, FlowMeta, FlowRunInput, Limits, Note, NoteKind};
 
 /// Label put on child FlowRuns, naming their parent.
 pub const PARENT_LABEL: &str = "sluice.dev/parent";
@@ -63,13 +63,14 @@ pub fn running_attempts(
     uid: &str,
     fr: &FlowRun,
     status: &FlowRunStatus,
+    limits: Limits,
 ) -> Vec<(QueuedTask, String)> {
     let meta = FlowMeta::of(fr);
     let input = FlowRunInput {
         meta: &meta,
         spec: &fr.spec,
         status,
-        limits: super::batch::limits(),
+        limits,
     };
     engine::running_attempts(&input)
         .into_iter()

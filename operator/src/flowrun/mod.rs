@@ -62,19 +62,21 @@ pub struct FlowRunRuntime {
 }
 
 impl FlowRunRuntime {
-    /// Builds the runtime; nothing runs until [`FlowRunRuntime::rebuild`] and [`FlowRunRuntime::run`]. Events
-    /// are reported from `instance` (the pod name).
+    /// Builds the runtime; nothing runs until [`FlowRunRuntime::run`]. Events are reported from `instance` (the
+    /// pod name); every run is decided within `limits`.
     pub fn new(
         client: Client,
         auth: Arc<dyn Authenticator>,
         metrics: Metrics,
         scope: Scope,
         instance: Option<String>,
+        limits: crate::engine::Limits,
     ) -> Self {
         let writer = StatusWriter::new(
             client.clone(),
             Effects::new(client.clone(), instance),
             metrics.clone(),
+            limits,
         );
         let broker = Broker::with_dispatch_histogram(
             Arc::new(writer.clone()),

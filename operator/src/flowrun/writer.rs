@@ -45,7 +45,7 @@ use crate::api::{FlowRun, StepPhase};
 use crate::broker::Broker;
 use crate::broker::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError, TaskRef};
 use crate::context::FIELD_MANAGER;
-use crate::engine::{self, AttemptRef, ChildOutcome, Event, TaskFailure};
+use crate::engine::{self, AttemptRef, ChildOutcome, Event, Limits, TaskFailure};
 use crate::telemetry::Metrics;
 
 /// How long a lane with nothing to do stays alive. Long enough to recognise the watch echoes of its writes
@@ -182,11 +182,13 @@ pub struct StatusWriter {
     metrics: Metrics,
     actors: Mutex<HashMap<Key, mpsc::UnboundedSender<Job>>>,
     cache: FlowRunCache,
+    limits: Limits,
 }
 
 impl StatusWriter {
-    /// A writer using `client`; [`StatusWriter::attach`] gives it the broker it feeds.
-    pub fn new(client: Client, effects: Effects, metrics: Metrics) -> Arc<Self> {
+    /// A writer using `client` that plans within `limits`; [`StatusWriter::attach`] gives it the broker it
+    /// feeds.
+    pub fn new(client: Client, effects: Effects, metrics: Metrics, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             client,
             effects: Arc::new(effects),
@@ -194,6 +196,7 @@ impl StatusWriter {
             metrics,
             actors: Mutex::new(HashMap::new()),
             cache: FlowRunCache::default(),
+            limits,
         })
     }
 
@@ -453,7 +456,10 @@ impl StatusWriter {
         if !lane.pending_claims.is_empty() {
             let others: Vec<Event> = all.iter().map(|(e, _)| e.clone()).collect();
             // A batch with results writes anyway; only one of reconciles alone is planned twice to know.
-            if flush || !others.is_empty() || batch::plan(&fr, &others, now).needs_write() {
+            if flush
+                || !others.is_empty()
+                || batch::plan(&fr, &others, now, self.limits).needs_write()
+            {
                 let claims = lane.pending_claims.drain(..).map(|e| (e, None));
                 all = claims.chain(all).collect();
                 lane.flush_at = None;
@@ -466,7 +472,7 @@ impl StatusWriter {
         let mut fr = fr;
         let mut conflicts = 0;
         let (fr, plan) = loop {
-            let plan = batch::plan(&fr, &events, now);
+            let plan = batch::plan(&fr, &events, now, self.limits);
             if !plan.needs_write() {
                 break (Ok(fr), plan);
             }
@@ -540,7 +546,7 @@ impl StatusWriter {
             }
         }
         if let Some(broker) = self.broker() {
-            sync_broker(broker, &fr, &plan.decision);
+            sync_broker(broker, &fr, &plan.decision, self.limits);
         }
         if plan.has_side_effects() {
             let effects = self.effects.clone();
@@ -633,7 +639,7 @@ fn count_outcome(metrics: &Metrics, event: &Event) {
 /// Mirrors the persisted status in the broker: queues the attempts it records as Ready, adopts those it
 /// records as Running (after a restart they get a fresh heartbeat window), drops everything else, and asks
 /// workers of cancelled attempts to stop.
-fn sync_broker(broker: &Broker, fr: &FlowRun, decision: &engine::Decision) {
+fn sync_broker(broker: &Broker, fr: &FlowRun, decision: &engine::Decision, limits: Limits) {
     let namespace = fr.namespace().unwrap_or_default();
     let name = fr.name_any();
     let uid = fr.uid().unwrap_or_default();
@@ -646,7 +652,7 @@ fn sync_broker(broker: &Broker, fr: &FlowRun, decision: &engine::Decision) {
         live.insert((q.task.id.clone(), q.task.attempt));
         queued.push(q);
     }
-    let running = super::effects::running_attempts(&namespace, &name, &uid, fr, &status);
+    let running = super::effects::running_attempts(&namespace, &name, &uid, fr, &status, limits);
     for (q, _) in &running {
         live.insert((q.task.id.clone(), q.task.attempt));
     }

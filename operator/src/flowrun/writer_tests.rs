@@ -18,7 +18,11 @@ fn run() -> Value {
     }))
     .unwrap();
     let mut fr = fr;
-    fr.status = Some(batch::plan(&fr, &[], Timestamp::now()).decision.status);
+    fr.status = Some(
+        batch::plan(&fr, &[], Timestamp::now(), Limits::default())
+            .decision
+            .status,
+    );
     serde_json::to_value(&fr).unwrap()
 }
 
@@ -67,6 +71,7 @@ async fn a_report_for_a_deleted_run_of_the_same_name_is_stale() {
         client.clone(),
         Effects::new(client, None),
         Metrics::default(),
+        Limits::default(),
     );
     let err = writer.record(completion(Some("old"))).await.unwrap_err();
     assert!(
@@ -152,6 +157,7 @@ async fn a_write_that_conflicts_with_a_signal_is_decided_again_on_the_fresh_run(
         client.clone(),
         Effects::new(client, None),
         Metrics::default(),
+        Limits::default(),
     );
     let observed: FlowRun = serde_json::from_value(initial).unwrap();
     writer

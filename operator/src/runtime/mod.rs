@@ -28,6 +28,7 @@ use crate::broker::Broker;
 use crate::broker::auth::Authenticator;
 use crate::broker::tokenreview::TokenReviewAuthenticator;
 use crate::context::Scope;
+use crate::engine::Limits;
 use crate::external_metrics::cert::{CertStore, CertificateSource};
 use crate::external_metrics::{self, tls};
 use crate::flowrun::ttl::TtlController;
@@ -84,6 +85,7 @@ pub struct OperatorBuilder {
     worker_pools: Option<WorkerPoolConfig>,
     external_metrics: Option<ExternalMetricsConfig>,
     default_ttl_seconds: Option<u32>,
+    limits: Limits,
 }
 
 impl OperatorBuilder {
@@ -132,9 +134,9 @@ impl OperatorBuilder {
         self
     }
 
-    /// Fail a step that would grow its FlowRun's status past `bytes` of JSON (default 1 MiB); process-wide.
-    pub fn max_status_bytes(self, bytes: u64) -> Self {
-        crate::flowrun::batch::set_max_status_bytes(bytes);
+    /// Fail a step that would grow its FlowRun's status past `bytes` of JSON (default 1 MiB).
+    pub fn max_status_bytes(mut self, bytes: u64) -> Self {
+        self.limits.max_status_bytes = bytes;
         self
     }
 
@@ -150,6 +152,7 @@ impl OperatorBuilder {
             self.metrics.clone(),
             self.scope.clone(),
             self.instance.clone(),
+            self.limits,
         );
         let broker = flowruns.broker();
         let ttl = TtlController::new(
@@ -268,6 +271,7 @@ impl Operator {
             worker_pools: None,
             external_metrics: None,
             default_ttl_seconds: None,
+            limits: Limits::default(),
         }
     }
 
