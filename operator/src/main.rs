@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 
 mod run;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The Sluice operator: durable flows on Kubernetes.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-operator", version, about)]

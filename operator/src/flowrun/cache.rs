@@ -159,8 +159,7 @@ impl<'de> Deserialize<'de> for CachedFlowRun {
                 let mut metadata = serde_json::from_str::<MetadataOnly>(raw.get())
                     .map_err(serde::de::Error::custom)?
                     .metadata;
-                metadata.managed_fields = None;
-                metadata.annotations = None;
+                compact_metadata(&mut metadata);
                 Ok(Self {
                     metadata,
                     phase: None,
@@ -252,11 +251,27 @@ impl FlowRunCache {
     }
 }
 
-/// Drops what the operator never reads before a FlowRun is kept in memory: `managedFields` (often the larger
-/// half of the object) and the annotations (kubectl's last-applied copy of the whole manifest among them).
+/// Keeps only the metadata the operator reads before a FlowRun is held in memory: its identity and version,
+/// generation, timestamps, owner references and finalizers. Dropped: `managedFields` (often the larger half of
+/// the object), annotations (kubectl's last-applied copy of the whole manifest among them) and labels.
 pub fn compact(fr: &mut FlowRun) {
-    fr.metadata.managed_fields = None;
-    fr.metadata.annotations = None;
+    compact_metadata(&mut fr.metadata);
+}
+
+fn compact_metadata(metadata: &mut ObjectMeta) {
+    let full = std::mem::take(metadata);
+    *metadata = ObjectMeta {
+        name: full.name,
+        namespace: full.namespace,
+        uid: full.uid,
+        resource_version: full.resource_version,
+        generation: full.generation,
+        creation_timestamp: full.creation_timestamp,
+        deletion_timestamp: full.deletion_timestamp,
+        owner_references: full.owner_references,
+        finalizers: full.finalizers,
+        ..ObjectMeta::default()
+    };
 }
 
 #[cfg(test)]
@@ -283,13 +298,13 @@ mod tests {
         compact(&mut fr);
         assert!(fr.metadata.managed_fields.is_none());
         assert!(fr.metadata.annotations.is_none());
+        assert!(fr.metadata.labels.is_none());
         assert_eq!(
             fr.metadata.resource_version,
             before.metadata.resource_version
         );
         assert_eq!(fr.metadata.generation, before.metadata.generation);
         assert_eq!(fr.metadata.uid, before.metadata.uid);
-        assert_eq!(fr.metadata.labels, before.metadata.labels);
         assert_eq!(
             fr.metadata.owner_references,
             before.metadata.owner_references
