@@ -4,9 +4,9 @@
 //!
 //! Lifecycle:
 //! - **Start**: health and broker ports are bound first (the broker answers 503 and `/readyz` says "not the
-//!   leader" until this replica leads and has rebuilt its queue).
-//! - **Leadership gained**: [`Operator::lead`] rebuilds the queue from FlowRun statuses, opens the broker
-//!   and runs the controllers.
+//!   leader" until this replica leads).
+//! - **Leadership gained**: [`Operator::lead`] opens the broker at once, runs the controllers, and loads
+//!   every unfinished run into the broker from its status as the controllers' caches fill.
 //! - **Leadership lost after leading**: the process exits non-zero at once and Kubernetes restarts it as a
 //!   follower. Everything the old term kept in memory (queue, claims, watches, pending status batches, spawned
 //!   tasks) dies with the process, so nothing from a stale term can write after a new leader took over — the
@@ -334,7 +334,7 @@ async fn lead_while_elected(
             }
         }
     }
-    info!("leading: rebuilding the queue from FlowRun statuses and starting the controllers");
+    info!("leading: starting the controllers and loading FlowRuns from their statuses");
 
     // The controllers stop on either leadership loss or a signal.
     let shutdown = {
