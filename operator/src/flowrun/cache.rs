@@ -346,6 +346,39 @@ mod tests {
     }
 
     #[test]
+    fn input_nested_deeper_than_the_decoder_allows_fails_that_run_only() {
+        let mut deep = json!(1);
+        for _ in 0..200 {
+            deep = json!([deep]);
+        }
+        let list = json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRunList", "metadata": {},
+            "items": [
+                {"apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+                 "metadata": {"name": "deep", "namespace": "ns"},
+                 "spec": {"input": deep, "steps": [{"name": "a", "handler": "h"}]}},
+                {"apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+                 "metadata": {"name": "fine", "namespace": "ns"},
+                 "spec": {"steps": [{"name": "a", "handler": "h"}]}}
+            ]
+        });
+        // As the watch decodes a list: one bad item must not fail the others.
+        let list: kube::core::ObjectList<CachedFlowRun> =
+            serde_json::from_str(&list.to_string()).unwrap();
+        let by_name = |n: &str| {
+            list.items
+                .iter()
+                .find(|i| i.meta().name.as_deref() == Some(n))
+                .unwrap()
+        };
+        assert!(matches!(
+            by_name("deep").decode(),
+            Err(NotCached::Undecodable(_))
+        ));
+        assert!(by_name("fine").decode().is_ok());
+    }
+
+    #[test]
     fn a_finished_run_keeps_only_its_metadata_and_phase() {
         let cached: CachedFlowRun = serde_json::from_value(json!({
             "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",

@@ -220,6 +220,8 @@ pub struct OperatorProcess {
     starts: u32,
     trust_workers: bool,
     worker_pools: bool,
+    /// Lease name and identity, when not the defaults.
+    lease: Option<(String, String)>,
 }
 
 impl OperatorProcess {
@@ -248,6 +250,51 @@ impl OperatorProcess {
         Self::launch_binary(bin, ns, true, false).await
     }
 
+    /// Like [`OperatorProcess::start_trusting_workers`], campaigning for the Lease `lease` as `identity`,
+    /// without waiting for it to lead (see [`OperatorProcess::wait_ready`]): several of them, on one Lease or on
+    /// different ones, share a namespace.
+    pub async fn spawn_trusting_workers_as(
+        ns: &TestNamespace,
+        lease: &str,
+        identity: &str,
+    ) -> Result<Self> {
+        let mut this = Self::unstarted(
+            build_binaries().await?.join("sluice-operator"),
+            ns,
+            true,
+            false,
+        )?;
+        this.log = ns.scratch_dir().join(format!("operator-{identity}.log"));
+        this.lease = Some((lease.to_owned(), identity.to_owned()));
+        this.spawn().await?;
+        Ok(this)
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the operator process.
+    pub async fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| HarnessError::Process("the operator is not running".into()))?;
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .await
+            .map_err(HarnessError::io("running kill"))?;
+        if !status.success() {
+            return Err(HarnessError::Process(format!(
+                "kill -{signal} {pid}: {status}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the process has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     async fn launch(ns: &TestNamespace, trust_workers: bool) -> Result<Self> {
         Self::launch_with(ns, trust_workers, false).await
     }
@@ -267,7 +314,19 @@ impl OperatorProcess {
         trust_workers: bool,
         worker_pools: bool,
     ) -> Result<Self> {
-        let mut this = Self {
+        let mut this = Self::unstarted(bin, ns, trust_workers, worker_pools)?;
+        this.spawn().await?;
+        this.wait_ready(READY_TIMEOUT).await?;
+        Ok(this)
+    }
+
+    fn unstarted(
+        bin: PathBuf,
+        ns: &TestNamespace,
+        trust_workers: bool,
+        worker_pools: bool,
+    ) -> Result<Self> {
+        Ok(Self {
             bin,
             namespace: ns.name().to_owned(),
             broker: free_port()?,
@@ -277,10 +336,8 @@ impl OperatorProcess {
             starts: 0,
             trust_workers,
             worker_pools,
-        };
-        this.spawn().await?;
-        this.wait_ready(READY_TIMEOUT).await?;
-        Ok(this)
+            lease: None,
+        })
     }
 
     async fn spawn(&mut self) -> Result<()> {
@@ -288,10 +345,10 @@ impl OperatorProcess {
             .await
             .map_err(|e| HarnessError::Build(e.to_string()))??;
         self.starts += 1;
-        let identity = if self.trust_workers {
-            "operator".to_owned()
-        } else {
-            format!("operator-{}", self.starts)
+        let identity = match &self.lease {
+            Some((_, identity)) => identity.clone(),
+            None if self.trust_workers => "operator".to_owned(),
+            None => format!("operator-{}", self.starts),
         };
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -316,6 +373,11 @@ impl OperatorProcess {
             .args(["run", "--namespace", &self.namespace])
             .args(["--lease-namespace", &self.namespace])
             .arg(format!("--identity={identity}"))
+            .args(
+                self.lease
+                    .as_ref()
+                    .map(|(name, _)| format!("--lease-name={name}")),
+            )
             .args(self.trust_workers.then_some("--insecure-skip-worker-auth"))
             .args(
                 self.worker_pools
