@@ -20,6 +20,9 @@ use sluice_e2e::{OperatorProcess, TestNamespace, cluster, install_crds, wait_for
 use sluice_operator::api::{FlowPhase, FlowRun, StepPhase};
 use sluice_worker::{Config, StepContext, Worker};
 
+/// Handler executions: (run, step) → the attempts that ran.
+type Executions = BTreeMap<(String, String), Vec<u32>>;
+
 const FLOWS: usize = 20;
 const STEPS: usize = 3;
 
@@ -98,7 +101,7 @@ async fn two_operators_and_a_paused_leader_never_move_a_run_backwards() -> Resul
     b.wait_ready(Duration::from_secs(60)).await?;
 
     // Side-effect log: every handler execution, (run, step) → the attempts that ran.
-    let executions: Arc<Mutex<BTreeMap<(String, String), Vec<u32>>>> = Arc::default();
+    let executions: Arc<Mutex<Executions>> = Arc::default();
     let mut workers = Vec::new();
     for (w, url) in [a1.broker_url(), a2.broker_url(), b.broker_url()]
         .into_iter()
@@ -224,21 +227,23 @@ async fn two_operators_and_a_paused_leader_never_move_a_run_backwards() -> Resul
         }
     }
     watch.abort();
-    let history = history.lock().unwrap();
-    ensure!(
-        history.violations.is_empty(),
-        "over {} stored statuses: {:#?}",
-        history.versions,
-        history.violations
-    );
-    let executions = executions.lock().unwrap();
-    let repeated: Vec<_> = executions.iter().filter(|(_, a)| a.len() > 1).collect();
-    println!(
-        "{} stored statuses checked; {} handler runs, {} steps ran more than once (at-least-once delivery): {repeated:?}",
-        history.versions,
-        executions.values().map(Vec::len).sum::<usize>(),
-        repeated.len()
-    );
+    {
+        let history = history.lock().unwrap();
+        ensure!(
+            history.violations.is_empty(),
+            "over {} stored statuses: {:#?}",
+            history.versions,
+            history.violations
+        );
+        let executions = executions.lock().unwrap();
+        let repeated: Vec<_> = executions.iter().filter(|(_, a)| a.len() > 1).collect();
+        println!(
+            "{} stored statuses checked; {} handler runs, {} steps ran more than once (at-least-once delivery): {repeated:?}",
+            history.versions,
+            executions.values().map(Vec::len).sum::<usize>(),
+            repeated.len()
+        );
+    }
 
     for w in workers {
         w.shutdown();
