@@ -30,7 +30,7 @@ pub struct Context {
     pub metrics: Metrics,
 }
 
-/// Look at every FlowRun at least this often, even with nothing due: a safety net, not the mechanism.
+/// The longest a run with a timer waits for its next look (a timer further out is looked at again then).
 const RESYNC: Duration = Duration::from_secs(300);
 
 /// Runs the controller over `api` (and `children`, the same FlowRuns as metadata) until `shutdown` fires; its
@@ -79,20 +79,21 @@ async fn reconcile(fr: Arc<CachedFlowRun>, ctx: Arc<Context>) -> Result<Action, 
         .writer
         .reconcile(&namespace, &fr.name_any(), Some(fr.clone()))
         .await?;
-    Ok(next_look(fr.is_finished(), wake, Timestamp::now()))
+    Ok(next_look(wake, Timestamp::now()))
 }
 
 /// When to look at a run again: at the engine's wake-up (with a small floor, so a timer already due does not
-/// spin the controller), at the resync otherwise; a finished run only when it changes (a retry request, its
-/// deletion), so finished runs cost nothing while they are kept.
-fn next_look(finished: bool, wake: Option<Timestamp>, now: Timestamp) -> Action {
+/// spin the controller); otherwise only when it changes. Everything else that moves a run arrives as an event
+/// of its own — a worker's report, a signal or spec change through the watch, a child's change through the
+/// children's watch, a lost worker from the broker — so an idle run (waiting for a signal, a worker, a child)
+/// and a finished one hold nothing in the controller's schedule.
+fn next_look(wake: Option<Timestamp>, now: Timestamp) -> Action {
     match wake {
         Some(at) => {
             let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
             Action::requeue(wait.clamp(Duration::from_millis(100), RESYNC))
         }
-        None if finished => Action::await_change(),
-        None => Action::requeue(RESYNC),
+        None => Action::await_change(),
     }
 }
 
@@ -106,17 +107,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finished_runs_are_looked_at_only_when_they_change() {
+    fn runs_without_a_timer_are_looked_at_only_when_they_change() {
         let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        assert_eq!(next_look(true, None, now), Action::await_change());
-        assert_eq!(next_look(false, None, now), Action::requeue(RESYNC));
+        assert_eq!(next_look(None, now), Action::await_change());
         let soon = now.checked_add(jiff::SignedDuration::from_secs(5)).unwrap();
         assert_eq!(
-            next_look(false, Some(soon), now),
+            next_look(Some(soon), now),
             Action::requeue(Duration::from_secs(5))
         );
+        let far = now
+            .checked_add(jiff::SignedDuration::from_hours(72))
+            .unwrap();
+        assert_eq!(next_look(Some(far), now), Action::requeue(RESYNC));
         assert_eq!(
-            next_look(false, Some(now), now),
+            next_look(Some(now), now),
             Action::requeue(Duration::from_millis(100)),
             "a timer already due waits a little"
         );

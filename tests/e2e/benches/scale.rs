@@ -5,7 +5,9 @@
 //! `SLUICE_SCALE_RUNS` (10,000) idle FlowRuns each wait for a signal `go`, then run one task step. Phases:
 //! - **baseline**: status PATCHes per second the API server takes from 8 writers, before the operator starts;
 //! - **memory**: the operator's RSS with no runs, once every idle run is loaded (each one waiting for its
-//!   signal), and after a restart with all of them present; per run = (loaded − empty) / N;
+//!   signal), and after a restart with all of them present; per run = (loaded − empty) / N. Each is read
+//!   [`SETTLE`] after the phase ends, so the lanes of the last runs have ended and the allocator has handed
+//!   back what the burst freed; the peak is printed too;
 //! - **latency**: a fresh chain of 20 steps, handler start to the next step's handler start, p50, with no idle
 //!   runs and with N idle runs present (the ratio of the two is the figure);
 //! - **restart**: SIGKILL, one new FlowRun created while the operator is down, start again: the time from the
@@ -38,6 +40,9 @@ use common::{Timings, chain, env_or, ms, patch_rate, percentile, start_workers};
 
 /// Concurrent requests the benchmark itself sends when it creates or signals the idle runs.
 const CLIENT_CONCURRENCY: usize = 32;
+
+/// How long after a burst the memory figures are read: a status writer lane ends 10 s after its last work.
+const SETTLE: Duration = Duration::from_secs(15);
 
 /// The operator's resident memory and its peak, in KiB, from /proc. Zero when the operator runs under a
 /// wrapper (`SLUICE_E2E_OPERATOR_WRAPPER`, e.g. a heap profiler): the pid is the wrapper's then.
@@ -216,6 +221,8 @@ async fn main() -> Result<()> {
     )
     .await?;
     let loaded_in = started.elapsed();
+    let (rss_loaded_now, _) = memory_kib(operator_pid(&operator)?)?;
+    tokio::time::sleep(SETTLE).await;
     let (rss_loaded, _) = memory_kib(operator_pid(&operator)?)?;
 
     let gaps_loaded = chain_latency(&api, &timings, "fresh-loaded", chains).await?;
@@ -243,6 +250,8 @@ async fn main() -> Result<()> {
     };
     operator.wait_ready(Duration::from_secs(300)).await?;
     let gaps_restarted = chain_latency(&api, &timings, "fresh-restarted", chains).await?;
+    let (rss_restarted_now, _) = memory_kib(operator_pid(&operator)?)?;
+    tokio::time::sleep(SETTLE).await;
     let (rss_restarted, _) = memory_kib(operator_pid(&operator)?)?;
 
     // Every idle run signalled at once.
@@ -297,12 +306,17 @@ async fn main() -> Result<()> {
         n as f64 / loaded_in.as_secs_f64()
     );
     println!(
-        "| memory | operator RSS: empty / {n} loaded / after restart / end (peak) | {:.1} / {:.1} / {:.1} / {:.1} ({:.1}) MiB | {per_run_kib:.2} KiB per run loaded, {per_run_restarted_kib:.2} after restart |",
+        "| memory | operator RSS, settled: empty / {n} loaded / after restart / end (peak) | {:.1} / {:.1} / {:.1} / {:.1} ({:.1}) MiB | {per_run_kib:.2} KiB per run loaded, {per_run_restarted_kib:.2} after restart |",
         mib(rss_empty),
         mib(rss_loaded),
         mib(rss_restarted),
         mib(rss_end),
         mib(rss_peak)
+    );
+    println!(
+        "| memory | operator RSS right after loading / after the restart's first chains | {:.1} / {:.1} MiB | |",
+        mib(rss_loaded_now),
+        mib(rss_restarted_now)
     );
     println!(
         "| latency | fresh chain p50: none idle / {n} idle / {n} after restart | {:.1} / {:.1} / {:.1} ms | {:.2} / {:.2} |",
@@ -327,6 +341,7 @@ async fn main() -> Result<()> {
         "baseline": {"patchPerSecond8Writers": patch_rate_8},
         "load": {"createdSeconds": created_in.as_secs_f64(), "waitingSeconds": loaded_in.as_secs_f64()},
         "memory": {"rssEmptyKiB": rss_empty, "rssLoadedKiB": rss_loaded, "rssRestartedKiB": rss_restarted,
+                   "rssLoadedUnsettledKiB": rss_loaded_now, "rssRestartedUnsettledKiB": rss_restarted_now,
                    "rssEndKiB": rss_end, "rssPeakKiB": rss_peak,
                    "perRunKiB": per_run_kib, "perRunAfterRestartKiB": per_run_restarted_kib},
         "latency": {"p50EmptyMs": p50(&gaps_empty), "p50LoadedMs": p50(&gaps_loaded),
