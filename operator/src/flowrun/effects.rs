@@ -175,6 +175,27 @@ impl Effects {
     }
 }
 
+impl Effects {
+    /// Publishes a Warning Event on `reference` (for what happens outside a decision).
+    pub async fn warn(
+        &self,
+        reference: k8s_openapi::api::core::v1::ObjectReference,
+        reason: &str,
+        message: &str,
+    ) {
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(truncate(message, 1000)),
+            action: "Flow".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            warn!(reason, error = %e, "cannot publish Event");
+        }
+    }
+}
+
 fn owner_reference(fr: &FlowRun) -> Option<OwnerReference> {
     fr.controller_owner_ref(&())
 }

@@ -26,7 +26,7 @@ use effects::Effects;
 use writer::StatusWriter;
 
 /// Errors of the FlowRun controller.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// The API server refused or failed a request.
     #[error("Kubernetes API: {0}")]

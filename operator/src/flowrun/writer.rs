@@ -366,6 +366,38 @@ impl StatusWriter {
                 .then(|| self.cache.get(&key.0, &key.1))
                 .flatten()
         });
+        // A run that does not decode cannot be decided on: it fails (once) with a Condition and an Event that
+        // say why, and nothing reported for it is applied. The other runs never notice.
+        if lane.current.is_none()
+            && let Some(cached) = seen.as_ref().filter(|s| s.undecodable().is_some())
+        {
+            let why = cached.undecodable().unwrap_or_default().to_owned();
+            for (_, reply, _) in events {
+                answer(
+                    reply,
+                    Err(SinkError::Stale(format!(
+                        "FlowRun {}/{} does not decode: {why}",
+                        key.0, key.1
+                    ))),
+                );
+            }
+            lane.pending_claims.clear();
+            lane.flush_at = None;
+            if let Some(broker) = self.broker() {
+                broker.retain_flow_run(&key.0, &key.1, |_, _| false);
+            }
+            let result = if cached.is_finished() {
+                Ok(None)
+            } else {
+                self.fail_undecodable(key, cached, &why)
+                    .await
+                    .map(|()| None)
+            };
+            for reply in reconciles {
+                let _ = reply.send(result.clone());
+            }
+            return;
+        }
         // A finished run the cache keeps as a summary has nothing to decide; only a report for it (answered as
         // stale or as a repeat) needs the whole object.
         if events.is_empty()
@@ -591,6 +623,41 @@ impl StatusWriter {
         self.metrics.status_patches.inc();
         compact(&mut fr);
         Ok(fr)
+    }
+
+    /// Marks a run that does not decode Failed, with the decoder's message in its conditions and a Warning
+    /// Event, fenced by the version that did not decode.
+    async fn fail_undecodable(
+        &self,
+        key: &Key,
+        cached: &CachedFlowRun,
+        why: &str,
+    ) -> Result<(), Error> {
+        warn!(error = %why, "FlowRun does not decode: marking it Failed");
+        let message = format!("the FlowRun cannot be decoded by the operator: {why}");
+        let now = Timestamp::now().to_string();
+        let condition = |type_: &str| {
+            serde_json::json!({"type": type_, "status": "False", "reason": "Undecodable",
+                "message": message, "lastTransitionTime": now,
+                "observedGeneration": cached.meta().generation})
+        };
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": cached.meta().resource_version},
+            "status": {"phase": "Failed", "finishedAt": now,
+                       "conditions": [condition("Ready"), condition("Succeeded")]}
+        });
+        let api: Api<CachedFlowRun> = Api::namespaced(self.client.clone(), &key.0);
+        api.patch_status(
+            &key.1,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        self.metrics.status_patches.inc();
+        self.effects
+            .warn(cached.object_ref(&()), "Undecodable", &message)
+            .await;
+        Ok(())
     }
 
     /// The run a cached copy holds; read from the API for a finished run (the cache keeps only its phase) or

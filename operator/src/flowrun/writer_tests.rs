@@ -195,3 +195,79 @@ async fn a_write_that_conflicts_with_a_signal_is_decided_again_on_the_fresh_run(
         "the first patch was decided on the version without the signal"
     );
 }
+
+#[tokio::test]
+async fn a_run_that_does_not_decode_is_failed_once_with_the_reason() {
+    let patches = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let recorded = patches.clone();
+    let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+        let recorded = recorded.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let reply = if method == Method::PATCH && path.ends_with("/flowruns/odd/status") {
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                recorded.lock().unwrap().push(patch);
+                json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+                       "metadata": {"name": "odd", "namespace": "ns", "resourceVersion": "5"},
+                       "spec": {"steps": [{"name": "a", "handler": 7}]},
+                       "status": {"phase": "Failed"}})
+            } else {
+                // Events and anything else: accepted.
+                json!({"apiVersion": "v1", "kind": "Status", "status": "Success"})
+            };
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Body::from(reply.to_string()))
+                    .unwrap(),
+            )
+        }
+    });
+    let client = Client::new(service, "default");
+    let writer = StatusWriter::new(
+        client.clone(),
+        Effects::new(client, None),
+        Metrics::default(),
+        Limits::default(),
+    );
+    let odd = |phase: &str, rv: &str| -> CachedFlowRun {
+        serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": "odd", "namespace": "ns", "resourceVersion": rv, "generation": 1},
+            "spec": {"steps": [{"name": "a", "handler": 7}]},
+            "status": {"phase": phase}
+        }))
+        .unwrap()
+    };
+    let wake = writer
+        .reconcile("ns", "odd", Some(Arc::new(odd("Running", "4"))))
+        .await
+        .unwrap();
+    assert_eq!(wake, None);
+    {
+        let patches = patches.lock().unwrap();
+        assert_eq!(patches.len(), 1, "{patches:?}");
+        let p = &patches[0];
+        assert_eq!(p["metadata"]["resourceVersion"], "4", "fenced: {p}");
+        assert_eq!(p["status"]["phase"], "Failed");
+        let succeeded = &p["status"]["conditions"][1];
+        assert_eq!(succeeded["type"], "Succeeded");
+        assert_eq!(succeeded["reason"], "Undecodable");
+        assert!(
+            succeeded["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid type"),
+            "{succeeded}"
+        );
+    }
+    // Its Failed version, once cached, is left alone: no second write, and a report for it is refused.
+    writer
+        .reconcile("ns", "odd", Some(Arc::new(odd("Failed", "5"))))
+        .await
+        .unwrap();
+    assert_eq!(patches.lock().unwrap().len(), 1);
+}
