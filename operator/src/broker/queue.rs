@@ -395,6 +395,33 @@ impl TaskQueue {
         }
     }
 
+    /// Claims a queued attempt for the worker that heartbeats it. A worker can only know a queued attempt if it
+    /// claimed it from an operator that stopped before it wrote the claim down; it runs that attempt, so it
+    /// keeps it, rather than being fenced while the same attempt is handed out a second time. Returns whether
+    /// the attempt was claimed here.
+    pub fn claim_by_heartbeat(
+        &mut self,
+        id: &TaskId,
+        attempt: u32,
+        worker: &str,
+        now: Timestamp,
+    ) -> bool {
+        let queued = self
+            .entries
+            .get(id)
+            .is_some_and(|e| e.attempt() == attempt && matches!(e.state, State::Queued { .. }));
+        if queued {
+            self.set_state(
+                id,
+                State::Claimed {
+                    worker: worker.to_owned(),
+                    last_seen: now,
+                },
+            );
+        }
+        queued
+    }
+
     /// A heartbeat: refreshes the attempt's window and tells whether the worker must stop.
     pub fn heartbeat(
         &mut self,

@@ -714,6 +714,20 @@ async fn heartbeat(
         broker.shared.sink.load(&task).await;
         authorize_task(&broker, &caller, &req.id, &req.worker)?;
     }
+    let claimed = broker.inner().queue.claim_by_heartbeat(
+        &req.id,
+        req.attempt,
+        &req.worker,
+        Timestamp::now(),
+    );
+    if claimed {
+        info!(task = %req.id, attempt = req.attempt, worker = %req.worker, "a queued attempt's worker heartbeats: claimed by it");
+        broker.shared.sink.claimed(vec![Claimed {
+            task,
+            attempt: req.attempt,
+            worker: req.worker.clone(),
+        }]);
+    }
     // The attempt is refreshed when the heartbeat arrives ...
     let (woken, ticket, hold) = {
         let mut guard = broker.inner();

@@ -281,6 +281,36 @@ async fn while_runs_load_a_heartbeat_for_an_unknown_attempt_loads_its_run_instea
 }
 
 #[tokio::test]
+async fn a_heartbeat_for_a_queued_attempt_claims_it_for_that_worker() {
+    // After a restart the status may show an attempt Ready whose worker had claimed it (the claim was not
+    // written yet): that worker keeps it, and it is not handed out a second time.
+    let (broker, sink) = broker_with(TrustAll);
+    broker.offer([queued("a", 1, "p")]);
+    let hb = json!({"id": "ns/fr/a", "attempt": 1, "worker": "w1"});
+    let (status, body) = post(&broker, "/v1/tasks/heartbeat", None, hb).await;
+    assert_eq!(
+        (status, body["cancel"].clone()),
+        (StatusCode::OK, json!(false)),
+        "{body}"
+    );
+    let claims = sink.claims.lock().unwrap().clone();
+    assert_eq!(
+        claims
+            .iter()
+            .map(|c| (c.task.step.as_str(), c.attempt, c.worker.as_str()))
+            .collect::<Vec<_>>(),
+        [("a", 1, "w1")]
+    );
+    let (_, body) = post(&broker, "/v1/claim", None, claim_body("ns/p", 0)).await;
+    assert_eq!(body["tasks"], json!([]), "handed out again: {body}");
+    // An older attempt's heartbeat is still fenced.
+    broker.offer([queued("b", 2, "p")]);
+    let old = json!({"id": "ns/fr/b", "attempt": 1, "worker": "w1"});
+    let (status, _) = post(&broker, "/v1/tasks/heartbeat", None, old).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
 async fn heartbeat_answers_cancel() {
     let (broker, _) = broker_with(TrustAll);
     broker.offer([queued("a", 1, "p")]);
