@@ -310,3 +310,46 @@ pub fn start_doubling_worker(
     tokio::spawn(async move { worker.run_until(std::future::pending()).await });
     handle
 }
+
+/// Handler executions a side-effect log saw: (FlowRun, step) → the attempts that ran, in order.
+pub type Executions = std::collections::BTreeMap<(String, String), Vec<u32>>;
+
+/// Starts one in-process SDK worker per broker URL for the pool `namespace/pool`, 4 slots each, serving the
+/// handler `work`: it sleeps `input.ms` (100 by default), records the execution in `log`, and returns
+/// `{"step": ..., "attempt": ...}`. Workers retry the broker within half a second, so they ride out operator
+/// restarts. For tests that prove nothing is lost or recorded twice.
+pub fn start_logging_workers(
+    broker_urls: &[String],
+    namespace: &str,
+    log: &std::sync::Arc<std::sync::Mutex<Executions>>,
+) -> Vec<sluice_worker::ShutdownHandle> {
+    use sluice_worker::{Config, StepContext, Worker};
+    broker_urls
+        .iter()
+        .enumerate()
+        .map(|(w, url)| {
+            let log = log.clone();
+            let mut config = Config::new(url, format!("{namespace}/pool"), format!("worker-{w}"));
+            config.backoff_max = std::time::Duration::from_millis(500);
+            let worker = Worker::new(config).concurrency(4).handler(
+                "work",
+                move |ctx: StepContext, input: serde_json::Value| {
+                    let log = log.clone();
+                    async move {
+                        let ms = input["ms"].as_u64().unwrap_or(100);
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        log.lock()
+                            .unwrap()
+                            .entry((ctx.flow_run_name().to_owned(), ctx.step().to_owned()))
+                            .or_default()
+                            .push(ctx.attempt());
+                        Ok(json!({"step": ctx.step(), "attempt": ctx.attempt()}))
+                    }
+                },
+            );
+            let handle = worker.shutdown_handle();
+            tokio::spawn(async move { worker.run_until(std::future::pending()).await });
+            handle
+        })
+        .collect()
+}

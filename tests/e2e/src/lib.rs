@@ -27,7 +27,10 @@ mod wait;
 pub use cluster::{cluster, cluster_config, cluster_dir, kubeconfig_path, pod_log, repo_root};
 pub use error::HarnessError;
 pub use http::{HttpResponse, http_request};
-pub use in_process::{InProcessOperator, InProcessOptions, METRICS_SERVICE, start_doubling_worker};
+pub use in_process::{
+    Executions, InProcessOperator, InProcessOptions, METRICS_SERVICE, start_doubling_worker,
+    start_logging_workers,
+};
 pub use jwt::jwt_claims;
 pub use kubectl::{Kubectl, helm, helm_path, kubectl, kubectl_path, tool_path};
 pub use namespace::TestNamespace;

@@ -3,7 +3,6 @@
 //! produced it (design invariants 2, 3, 4 and 6). The workers keep running through the crashes and retry their
 //! reports until a new operator process acknowledges them or fences them off.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,16 +10,18 @@ use anyhow::{Context as _, Result, ensure};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
-use sluice_e2e::{OperatorProcess, TestNamespace, cluster, install_crds, wait_for_list};
+use sluice_e2e::{
+    Executions, OperatorProcess, TestNamespace, cluster, install_crds, start_logging_workers,
+    wait_for_list,
+};
 use sluice_operator::api::{FlowPhase, FlowRun, StepPhase};
-use sluice_worker::{Config, StepContext, Worker};
 
 const FLOWS: usize = 20;
 const STEPS: usize = 5;
 const KILLS: usize = 5;
 
 /// Handler executions: (flow, step) → the attempts that ran.
-type Runs = BTreeMap<(String, String), Vec<u32>>;
+type Runs = Executions;
 
 /// A small deterministic generator, seeded from the clock and printed, so a failing run can be replayed.
 struct Rng(u64);
@@ -59,33 +60,10 @@ async fn operator_sigkilled_five_times_loses_nothing_and_records_nothing_twice()
     let mut operator = OperatorProcess::start_trusting_workers(&ns).await?;
     let url = operator.broker_url();
 
-    // Side-effect log: every handler execution, (flow, step) → attempts that ran.
+    // Side-effect log: every handler execution, (flow, step) → attempts that ran. The handlers take long
+    // enough that kills land while steps are in flight.
     let runs: Arc<Mutex<Runs>> = Arc::default();
-    let mut workers = Vec::new();
-    for w in 0..3 {
-        let runs = runs.clone();
-        let mut config = Config::new(&url, format!("{}/pool", ns.name()), format!("worker-{w}"));
-        config.backoff_max = Duration::from_millis(500);
-        let worker = Worker::new(config).concurrency(4).handler(
-            "work",
-            move |ctx: StepContext, input: Value| {
-                let runs = runs.clone();
-                async move {
-                    // Long enough that kills land while steps are in flight.
-                    let ms = input["ms"].as_u64().unwrap_or(100);
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    runs.lock()
-                        .unwrap()
-                        .entry((ctx.flow_run_name().to_owned(), ctx.step().to_owned()))
-                        .or_default()
-                        .push(ctx.attempt());
-                    Ok(json!({"step": ctx.step(), "attempt": ctx.attempt()}))
-                }
-            },
-        );
-        workers.push(worker.shutdown_handle());
-        tokio::spawn(async move { worker.run_until(std::future::pending()).await });
-    }
+    let workers = start_logging_workers(&[url.clone(), url.clone(), url], ns.name(), &runs);
 
     for f in 0..FLOWS {
         let steps: Vec<Value> = (0..STEPS)

@@ -16,12 +16,11 @@ use kube::api::PostParams;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
-use sluice_e2e::{OperatorProcess, TestNamespace, cluster, install_crds, wait_for_list};
+use sluice_e2e::{
+    Executions, OperatorProcess, TestNamespace, cluster, install_crds, start_logging_workers,
+    wait_for_list,
+};
 use sluice_operator::api::{FlowPhase, FlowRun, StepPhase};
-use sluice_worker::{Config, StepContext, Worker};
-
-/// Handler executions: (run, step) → the attempts that ran.
-type Executions = BTreeMap<(String, String), Vec<u32>>;
 
 const FLOWS: usize = 20;
 const STEPS: usize = 3;
@@ -102,33 +101,11 @@ async fn two_operators_and_a_paused_leader_never_move_a_run_backwards() -> Resul
 
     // Side-effect log: every handler execution, (run, step) → the attempts that ran.
     let executions: Arc<Mutex<Executions>> = Arc::default();
-    let mut workers = Vec::new();
-    for (w, url) in [a1.broker_url(), a2.broker_url(), b.broker_url()]
-        .into_iter()
-        .enumerate()
-    {
-        let log = executions.clone();
-        let mut config = Config::new(url, format!("{}/pool", ns.name()), format!("worker-{w}"));
-        config.backoff_max = Duration::from_millis(500);
-        let worker = Worker::new(config).concurrency(4).handler(
-            "work",
-            move |ctx: StepContext, input: Value| {
-                let log = log.clone();
-                async move {
-                    let ms = input["ms"].as_u64().unwrap_or(100);
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    log.lock()
-                        .unwrap()
-                        .entry((ctx.flow_run_name().to_owned(), ctx.step().to_owned()))
-                        .or_default()
-                        .push(ctx.attempt());
-                    Ok(json!({"step": ctx.step(), "attempt": ctx.attempt()}))
-                }
-            },
-        );
-        workers.push(worker.shutdown_handle());
-        tokio::spawn(async move { worker.run_until(std::future::pending()).await });
-    }
+    let workers = start_logging_workers(
+        &[a1.broker_url(), a2.broker_url(), b.broker_url()],
+        ns.name(),
+        &executions,
+    );
 
     for f in 0..FLOWS {
         let steps: Vec<Value> = (0..STEPS)
