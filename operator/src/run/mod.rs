@@ -14,6 +14,7 @@
 //! - **SIGTERM/SIGINT**: the controllers stop, the lease is released (another replica takes over at once
 //!   instead of after expiry), the servers drain, and the process exits 0. A second signal exits at once.
 
+mod heap;
 pub mod leader;
 
 use std::net::SocketAddr;
@@ -199,6 +200,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("loading the Kubernetes client configuration")?;
     let metrics = Metrics::new();
+    heap::spawn_sampler(metrics.clone());
     let client =
         counted_client(config.clone(), &metrics).context("building the Kubernetes client")?;
     let lease_client = Client::try_from(lease_client_config(config))

@@ -62,6 +62,23 @@ fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// The operator's allocator figures from its `/metrics`, in KiB: bytes allocated (live data) and bytes resident
+/// (live data plus what the allocator keeps). They tell what RSS is made of.
+async fn heap_kib(operator: &OperatorProcess) -> Result<(u64, u64)> {
+    let text = operator.metrics().await?;
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|bytes| bytes / 1024)
+            .with_context(|| format!("{name} in the operator's /metrics"))
+    };
+    Ok((
+        gauge("sluice_heap_allocated_bytes")?,
+        gauge("sluice_heap_resident_bytes")?,
+    ))
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -194,6 +211,7 @@ async fn main() -> Result<()> {
     // With no idle runs.
     let gaps_empty = chain_latency(&api, &timings, "fresh-empty", chains).await?;
     let (rss_empty, _) = memory_kib(operator_pid(&operator)?)?;
+    let heap_empty = heap_kib(&operator).await?;
 
     // N idle runs, each waiting for its signal.
     let started = Instant::now();
@@ -224,6 +242,7 @@ async fn main() -> Result<()> {
     let (rss_loaded_now, _) = memory_kib(operator_pid(&operator)?)?;
     tokio::time::sleep(SETTLE).await;
     let (rss_loaded, _) = memory_kib(operator_pid(&operator)?)?;
+    let heap_loaded = heap_kib(&operator).await?;
 
     let gaps_loaded = chain_latency(&api, &timings, "fresh-loaded", chains).await?;
 
@@ -253,6 +272,7 @@ async fn main() -> Result<()> {
     let (rss_restarted_now, _) = memory_kib(operator_pid(&operator)?)?;
     tokio::time::sleep(SETTLE).await;
     let (rss_restarted, _) = memory_kib(operator_pid(&operator)?)?;
+    let heap_restarted = heap_kib(&operator).await?;
 
     // Every idle run signalled at once.
     let signalled = Instant::now();
@@ -319,6 +339,15 @@ async fn main() -> Result<()> {
         mib(rss_restarted_now)
     );
     println!(
+        "| memory | heap allocated (resident), settled: empty / loaded / after restart | {:.1} ({:.1}) / {:.1} ({:.1}) / {:.1} ({:.1}) MiB | |",
+        mib(heap_empty.0),
+        mib(heap_empty.1),
+        mib(heap_loaded.0),
+        mib(heap_loaded.1),
+        mib(heap_restarted.0),
+        mib(heap_restarted.1)
+    );
+    println!(
         "| latency | fresh chain p50: none idle / {n} idle / {n} after restart | {:.1} / {:.1} / {:.1} ms | {:.2} / {:.2} |",
         p50(&gaps_empty),
         p50(&gaps_loaded),
@@ -343,6 +372,10 @@ async fn main() -> Result<()> {
         "memory": {"rssEmptyKiB": rss_empty, "rssLoadedKiB": rss_loaded, "rssRestartedKiB": rss_restarted,
                    "rssLoadedUnsettledKiB": rss_loaded_now, "rssRestartedUnsettledKiB": rss_restarted_now,
                    "rssEndKiB": rss_end, "rssPeakKiB": rss_peak,
+                   "heapAllocatedKiB": {"empty": heap_empty.0, "loaded": heap_loaded.0,
+                                        "restarted": heap_restarted.0},
+                   "heapResidentKiB": {"empty": heap_empty.1, "loaded": heap_loaded.1,
+                                       "restarted": heap_restarted.1},
                    "perRunKiB": per_run_kib, "perRunAfterRestartKiB": per_run_restarted_kib},
         "latency": {"p50EmptyMs": p50(&gaps_empty), "p50LoadedMs": p50(&gaps_loaded),
                     "p50RestartedMs": p50(&gaps_restarted)},
