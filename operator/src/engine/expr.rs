@@ -25,6 +25,14 @@ pub const CLOSE: &str = "}}";
 /// Root variables an expression may use.
 pub const VARIABLES: [&str; 4] = ["input", "steps", "item", "index"];
 
+/// Most loop iterations an expression may be estimated to take. The `cel` crate has no cost limit of its own,
+/// and one expression such as `input.items.map(a, input.items.map(b, [a, b]))` over a large input would
+/// otherwise hold the operator's lane (and its memory) for minutes. The estimate is the widest list or map in
+/// the expression's variables raised to the nesting of its loops (see [`loop_nesting`]): deterministic, known
+/// before evaluating, and an upper bound of the iterations as long as loops run over the variables' own
+/// collections.
+pub const MAX_LOOP_ITERATIONS: u64 = 1_000_000;
+
 /// Why an expression could not be used.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ExprError {
@@ -67,6 +75,24 @@ pub enum ExprError {
         expr: String,
         /// The value it gave, as JSON (shortened).
         got: String,
+    },
+    /// The expression could take more than [`MAX_LOOP_ITERATIONS`] loop iterations.
+    #[error(
+        "expression `{expr}` is too costly: it nests {nesting} loops (map, filter, all, exists, exists_one or \
+         `in`) over values with up to {widest} entries, up to {estimate} iterations, more than the limit of \
+         {limit}: loop over smaller values, or let a handler step do the work"
+    )]
+    TooCostly {
+        /// The expression.
+        expr: String,
+        /// How deeply its loops nest.
+        nesting: u32,
+        /// The largest list or map in its variables.
+        widest: u64,
+        /// `widest` to the power of `nesting`.
+        estimate: u64,
+        /// [`MAX_LOOP_ITERATIONS`].
+        limit: u64,
     },
     /// An error inside a JSON value, at a path.
     #[error("{path}: {source}")]
@@ -175,16 +201,25 @@ pub struct Vars {
     steps: cel::Value,
     item: Option<cel::Value>,
     index: Option<cel::Value>,
+    /// The largest number of entries of a list or map in these variables (at least 1): what one loop of an
+    /// expression can iterate over.
+    widest: u64,
 }
 
 impl Vars {
     /// Variables with the flow input and a `steps` object (`{name: {output, phase}}`).
     pub fn new(input: &Value, steps: &serde_json::Map<String, Value>) -> Self {
+        let steps_len = steps.len() as u64;
+        let widest = steps
+            .values()
+            .map(widest)
+            .fold(widest(input).max(steps_len), u64::max);
         Self {
             input: to_cel(input),
             steps: object_to_cel(steps),
             item: None,
             index: None,
+            widest,
         }
     }
 
@@ -193,6 +228,7 @@ impl Vars {
         Self {
             item: Some(to_cel(item)),
             index: Some(cel::Value::Int(i64::from(index))),
+            widest: self.widest.max(widest(item)),
             ..self.clone()
         }
     }
@@ -239,9 +275,92 @@ fn object_to_cel(o: &serde_json::Map<String, Value>) -> cel::Value {
     cel::Value::Map(Map { map: Arc::new(map) })
 }
 
-/// Evaluates one CEL expression (no `${{ }}` around it) to JSON.
+/// The largest number of entries of a list or map in `v` (at least 1). Iterative: values can be deep.
+fn widest(v: &Value) -> u64 {
+    let mut widest = 1;
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        match v {
+            Value::Array(items) => {
+                widest = widest.max(items.len() as u64);
+                todo.extend(items);
+            }
+            Value::Object(map) => {
+                widest = widest.max(map.len() as u64);
+                todo.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    widest
+}
+
+/// How deeply the loops of an expression nest: a comprehension (the macros `map`, `filter`, `all`, `exists`,
+/// `exists_one`) or a membership test `in` (a scan of a list) is a loop, and a loop in the body of another
+/// counts one level deeper. What a loop iterates over, or what follows it, is at the loop's own level.
+pub fn loop_nesting(e: &IdedExpr) -> u32 {
+    match &e.expr {
+        Expr::Comprehension(c) => {
+            let body = loop_nesting(&c.loop_cond).max(loop_nesting(&c.loop_step));
+            (1 + body)
+                .max(loop_nesting(&c.iter_range))
+                .max(loop_nesting(&c.accu_init))
+                .max(loop_nesting(&c.result))
+        }
+        Expr::Call(call) => {
+            let inner = call
+                .target
+                .iter()
+                .map(|t| loop_nesting(t))
+                .chain(call.args.iter().map(loop_nesting))
+                .max()
+                .unwrap_or(0);
+            if call.func_name == operators::IN {
+                inner.max(1)
+            } else {
+                inner
+            }
+        }
+        Expr::Select(sel) => loop_nesting(&sel.operand),
+        Expr::List(l) => l.elements.iter().map(loop_nesting).max().unwrap_or(0),
+        Expr::Map(m) => entries_nesting(&m.entries),
+        Expr::Struct(s) => entries_nesting(&s.entries),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
+    }
+}
+
+fn entries_nesting(entries: &[cel::common::ast::IdedEntryExpr]) -> u32 {
+    entries
+        .iter()
+        .map(|e| match &e.expr {
+            EntryExpr::MapEntry(m) => loop_nesting(&m.key).max(loop_nesting(&m.value)),
+            EntryExpr::StructField(f) => loop_nesting(&f.value),
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Refuses an expression whose loops could take more than [`MAX_LOOP_ITERATIONS`] iterations over `vars`.
+fn check_cost(expr: &str, program: &Program, vars: &Vars) -> Result<(), ExprError> {
+    let nesting = loop_nesting(program.expression());
+    let estimate = vars.widest.saturating_pow(nesting);
+    if estimate > MAX_LOOP_ITERATIONS {
+        return Err(ExprError::TooCostly {
+            expr: expr.to_owned(),
+            nesting,
+            widest: vars.widest,
+            estimate,
+            limit: MAX_LOOP_ITERATIONS,
+        });
+    }
+    Ok(())
+}
+
+/// Evaluates one CEL expression (no `${{ }}` around it) to JSON, if its loops stay within
+/// [`MAX_LOOP_ITERATIONS`].
 pub fn eval(expr: &str, vars: &Vars) -> Result<Value, ExprError> {
     let program = compile(expr)?;
+    check_cost(expr, &program, vars)?;
     let ctx = vars.context();
     let value = program.execute(&ctx).map_err(|e| ExprError::Eval {
         expr: expr.to_owned(),
@@ -536,6 +655,80 @@ mod tests {
             &json!({"orderId": "1234", "amount": 99.99, "items": ["a", "b", "c"], "count": 3}),
             steps.as_object().unwrap(),
         )
+    }
+
+    fn nesting(expr: &str) -> u32 {
+        loop_nesting(compile(expr).unwrap().expression())
+    }
+
+    #[test]
+    fn loops_are_counted_where_they_nest() {
+        assert_eq!(nesting("input.a + 1"), 0);
+        assert_eq!(nesting("input.items.map(x, x + 1)"), 1);
+        assert_eq!(nesting("input.items.filter(x, x > 1).map(x, x * 2)"), 1);
+        assert_eq!(
+            nesting("size(input.items.map(x, x)) + size(input.b.all(y, y))"),
+            1
+        );
+        assert_eq!(nesting("input.items.map(a, input.items.map(b, [a, b]))"), 2);
+        assert_eq!(nesting("input.items.exists(a, a in input.other)"), 2);
+        assert_eq!(
+            nesting("{'k': input.items.all(a, a.tags.exists(t, t.all(c, c)))}"),
+            3
+        );
+        assert_eq!(nesting("'x' in input.items"), 1);
+    }
+
+    #[test]
+    fn costly_expressions_fail_before_they_run() {
+        let items: Vec<Value> = (0..2000).map(|i| json!({"id": i, "tags": ["a"]})).collect();
+        let v = Vars::new(&json!({"items": items}), &serde_json::Map::new());
+        // One loop over 2,000 items, and a nested one over their short lists: within the limit of 1,000,000
+        // only as long as the widest list is at most 1,000 entries, so only the single loop passes.
+        assert_eq!(
+            eval("size(input.items.filter(x, x.id % 2 == 0))", &v).unwrap(),
+            json!(1000)
+        );
+        let e = eval("input.items.map(a, input.items.map(b, [a.id, b.id]))", &v).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ExprError::TooCostly {
+                    nesting: 2,
+                    widest: 2000,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains("is too costly: it nests 2 loops")
+                && message.contains("up to 2000 entries, up to 4000000 iterations")
+                && message.contains("limit of 1000000"),
+            "{message}"
+        );
+        // Deep nesting refuses even small values: 8^7 > 1,000,000.
+        let small = Vars::new(
+            &json!({"l": [1, 2, 3, 4, 5, 6, 7, 8]}),
+            &serde_json::Map::new(),
+        );
+        let seven = "input.l.all(a, input.l.all(b, input.l.all(c, input.l.all(d, \
+                     input.l.all(e, input.l.all(f, input.l.all(g, true)))))))";
+        assert!(matches!(
+            eval(seven, &small),
+            Err(ExprError::TooCostly { .. })
+        ));
+        assert_eq!(
+            eval("input.l.all(a, input.l.all(b, a * b > 0))", &small).unwrap(),
+            json!(true)
+        );
+        // A forEach item counts too.
+        let with_item = Vars::new(&json!({}), &serde_json::Map::new()).with_item(&json!(items), 0);
+        assert!(matches!(
+            eval("item.map(a, item.map(b, 1))", &with_item),
+            Err(ExprError::TooCostly { .. })
+        ));
     }
 
     #[test]
