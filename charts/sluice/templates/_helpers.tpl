@@ -146,3 +146,22 @@ matchResources:
         values: {{ toJson .Values.watchNamespaces }}
 {{- end }}
 {{- end }}
+
+{{/*
+A CEL list comprehension over slices: (list LIST VAR BODY CHUNK) renders an expression that maps every element
+VAR of LIST to the list BODY and concatenates the results, taking LIST in slices of CHUNK elements. One
+comprehension over a long list costs the API server quadratic time and CEL cost (its result grows by
+concatenation); over slices both stay linear.
+*/}}
+{{- define "sluice.celChunks" -}}
+{{- $l := index . 0 }}{{- $v := index . 1 }}{{- $body := index . 2 }}{{- $n := index . 3 }}
+{{- $c := printf "%s_" (regexReplaceAll "[^a-z]" $v "") }}
+{{- printf "lists.range((size(%s) + %d) / %d).map(%s, %s.slice(%s * %d, [size(%s), %s * %d + %d].min()).map(%s, %s).flatten()).flatten()" $l (sub $n 1) $n $c $l $c $n $l $c $n $n $v $body }}
+{{- end }}
+
+{{/* Like sluice.celChunks, for (list LIST VAR PREDICATE CHUNK): the elements of LIST for which PREDICATE holds. */}}
+{{- define "sluice.celChunksFilter" -}}
+{{- $l := index . 0 }}{{- $v := index . 1 }}{{- $pred := index . 2 }}{{- $n := index . 3 }}
+{{- $c := printf "%s_" (regexReplaceAll "[^a-z]" $v "") }}
+{{- printf "lists.range((size(%s) + %d) / %d).map(%s, %s.slice(%s * %d, [size(%s), %s * %d + %d].min()).filter(%s, %s)).flatten()" $l (sub $n 1) $n $c $l $c $n $l $c $n $n $v $pred }}
+{{- end }}

@@ -69,7 +69,7 @@ pub struct FlowRunSpec {
     #[schemars(length(min = 1, max = 253))]
     pub pool: Option<String>,
 
-    /// Input of the flow: any JSON value, visible to expressions as `input`.
+    /// Input of the flow: any JSON value, visible to expressions as `input`. Nested at most 32 levels deep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_any_json")]
     pub input: Option<Value>,
@@ -393,6 +393,13 @@ impl StepPhase {
     }
 }
 
+/// Deepest nesting of JSON objects and arrays (`{}` and `[]` count one level, a scalar none) Sluice accepts in
+/// a FlowRun's free-form values: `spec.input`, `spec.output`, a step's `input`, `forEach` and `flow.spec`, a
+/// signal payload, and every output it records. JSON decoders refuse documents nested deeper than 128 levels, and
+/// a list of FlowRuns nests its values about 10 levels down, so this leaves a wide margin. Deeper user values are
+/// refused at admission by the chart's `flowrun-json-depth` policy; deeper outputs fail their step.
+pub const MAX_JSON_DEPTH: usize = 32;
+
 /// Most signals a FlowRun's `status.signals` holds: one per step that waits for one, with room to spare.
 /// More are refused at admission, so a flood of signals cannot grow a status without bound.
 pub const MAX_SIGNALS: usize = 256;
@@ -495,7 +502,8 @@ pub enum RetryOutcome {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Signal {
-    /// Payload of the signal: any JSON value. It becomes the output of the step that waits for it.
+    /// Payload of the signal: any JSON value, nested at most 32 levels deep. It becomes the output of the step
+    /// that waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_any_json")]
     pub payload: Option<Value>,
@@ -574,9 +582,9 @@ fn is_zero(n: &u32) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct StepError {
     /// Type of the error as reported by the handler (e.g. `card_declined`), or one of Sluice's own:
-    /// `Timeout`, `HeartbeatLost`, `OutputTooLarge`, `StatusTooLarge` (the step would have grown the status
-    /// past the operator's budget), `TooManyItems` (a forEach over too many items), `InvalidInput`,
-    /// `ChildFailed`.
+    /// `Timeout`, `HeartbeatLost`, `OutputTooLarge`, `OutputTooDeep` (an output nesting objects and arrays
+    /// more than 32 levels deep), `StatusTooLarge` (the step would have grown the status past the operator's
+    /// budget), `TooManyItems` (a forEach over too many items), `InvalidInput`, `ChildFailed`.
     #[serde(rename = "type")]
     pub type_: String,
 

@@ -1,6 +1,7 @@
 //! Child flows: the deterministic name of a `flow` step's child FlowRun, and its resolved spec.
 
 use super::expr::{self, Vars};
+use super::output::check_depth;
 use super::validate::validate;
 use crate::api::{ChildFlow, FlowRunSpec};
 
@@ -44,7 +45,10 @@ pub fn child_spec(
     let mut spec: FlowRunSpec = serde_json::from_value(flow.spec.clone())
         .map_err(|e| format!("the child flow spec is not a FlowRun spec: {e}"))?;
     if let Some(input) = &spec.input {
-        spec.input = Some(expr::resolve(input, vars).map_err(|e| format!("child input: {e}"))?);
+        let input = expr::resolve(input, vars).map_err(|e| format!("child input: {e}"))?;
+        // The child FlowRun is written by the operator, past the admission check users' specs get.
+        check_depth(&input).map_err(|e| format!("child input {e}"))?;
+        spec.input = Some(input);
     }
     if spec.pool.is_none() {
         spec.pool.clone_from(&parent.pool);

@@ -28,8 +28,8 @@ use super::attempt::{Slot, fail_attempt};
 use super::budget::{Room, STATUS_TOO_LARGE, grown_by, json_len, status_bytes, touched_bytes};
 use super::decision::{AttemptRef, Note};
 use super::output::{
-    CHILD_FAILED, HEARTBEAT_LOST, OUTPUT_TOO_LARGE, TIMEOUT, check_output, json_size, normalize,
-    step_error, stored,
+    CHILD_FAILED, HEARTBEAT_LOST, OUTPUT_TOO_DEEP, OUTPUT_TOO_LARGE, TIMEOUT, check_output,
+    json_size, normalize, step_error, stored,
 };
 use super::timers::{after, past};
 use super::{Ctx, FlowRunInput};
@@ -307,10 +307,12 @@ fn fence(
         Event::Claimed { worker: w, .. } => {
             phase == StepPhase::Running && attempts == a.attempt && worker == Some(w.as_str())
         }
-        // A completion refused as too large was recorded as that attempt's failure: repeating it is harmless.
+        // A completion refused as too large (or too deep) was recorded as that attempt's failure: repeating
+        // it is harmless.
         Event::Completed { .. } => {
             (phase == StepPhase::Succeeded && attempts == a.attempt)
                 || recorded_error(OUTPUT_TOO_LARGE)
+                || recorded_error(OUTPUT_TOO_DEEP)
                 || recorded_error(STATUS_TOO_LARGE)
         }
         Event::Failed { error: e, .. } => {
@@ -371,7 +373,7 @@ fn apply_to_slot(
                 }
                 Err(msg) => (failure(STATUS_TOO_LARGE, msg, None), false),
             },
-            Err(msg) => (failure(OUTPUT_TOO_LARGE, msg, None), false),
+            Err(refused) => (failure(refused.type_, refused.message, None), false),
         },
         Event::Failed {
             error, retryable, ..
@@ -599,7 +601,7 @@ fn child_finished(
                     }
                     Err(msg) => Some((STATUS_TOO_LARGE, msg)),
                 },
-                Err(msg) => Some((OUTPUT_TOO_LARGE, msg)),
+                Err(refused) => Some((refused.type_, refused.message)),
             }
         }
         ChildOutcome::Failed(msg) => {

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::budget::json_len;
-use crate::api::{FlowRunSpec, StepError};
+use crate::api::{FlowRunSpec, MAX_JSON_DEPTH, StepError};
 
 /// Largest accepted single output when `spec.defaults.maxOutputBytes` is not set.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -14,6 +14,8 @@ pub const MAX_MESSAGE_BYTES: usize = sluice_wire::MAX_ERROR_MESSAGE_BYTES;
 
 /// Error type of an output over the limit.
 pub const OUTPUT_TOO_LARGE: &str = "OutputTooLarge";
+/// Error type of an output nested deeper than [`MAX_JSON_DEPTH`].
+pub const OUTPUT_TOO_DEEP: &str = "OutputTooDeep";
 /// Error type of an expression that could not be evaluated, or a child spec that is invalid.
 pub const INVALID_INPUT: &str = "InvalidInput";
 /// Error type of an attempt, or a signal wait, that ran out of time.
@@ -36,17 +38,63 @@ pub fn json_size(v: &Value) -> usize {
     json_len(v)
 }
 
-/// Checks one output against the limit; the error message says what to do.
-pub fn check_output(v: &Value, max: usize) -> Result<(), String> {
+/// Why an output is not recorded: its error type ([`OUTPUT_TOO_LARGE`] or [`OUTPUT_TOO_DEEP`]) and a message
+/// that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRefused {
+    pub type_: &'static str,
+    pub message: String,
+}
+
+/// Checks one output against the size limit and [`MAX_JSON_DEPTH`]: a deeper value would make the FlowRun
+/// unreadable for JSON decoders (the operator's among them), so it is never written.
+pub fn check_output(v: &Value, max: usize) -> Result<(), OutputRefused> {
     let size = json_size(v);
     if size > max {
+        return Err(OutputRefused {
+            type_: OUTPUT_TOO_LARGE,
+            message: format!(
+                "the output is {size} bytes of JSON, more than the limit of {max} bytes (spec.defaults.maxOutputBytes): \
+                 store large data elsewhere (an object store, a volume) and return a reference to it"
+            ),
+        });
+    }
+    check_depth(v).map_err(|message| OutputRefused {
+        type_: OUTPUT_TOO_DEEP,
+        message: format!("the output {message}"),
+    })
+}
+
+/// Checks that `v` nests at most [`MAX_JSON_DEPTH`] levels of objects and arrays; the error completes a
+/// sentence whose subject is the value ("the output ...", "child input ...").
+pub fn check_depth(v: &Value) -> Result<(), String> {
+    if exceeds_depth(v, MAX_JSON_DEPTH) {
         Err(format!(
-            "the output is {size} bytes of JSON, more than the limit of {max} bytes (spec.defaults.maxOutputBytes): \
-             store large data elsewhere (an object store, a volume) and return a reference to it"
+            "nests JSON objects and arrays deeper than {MAX_JSON_DEPTH} levels, more than Sluice records \
+             (JSON decoders refuse deeply nested documents): flatten it or pass it by reference"
         ))
     } else {
         Ok(())
     }
+}
+
+/// Whether `v` nests more than `max` levels of objects and arrays (`{}` and `[]` are one level, a scalar
+/// none). Iterative, and it stops at the first value past the bound, so any value costs at most its size.
+pub fn exceeds_depth(v: &Value, max: usize) -> bool {
+    // Values still to look at, with the depth of the container holding them (0 for `v`).
+    let mut todo = vec![(v, 0usize)];
+    while let Some((v, outer)) = todo.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if outer + 1 > max {
+            return true;
+        }
+        todo.extend(children.map(|c| (c, outer + 1)));
+    }
+    false
 }
 
 /// A step error with its message truncated to [`MAX_MESSAGE_BYTES`].
@@ -119,8 +167,56 @@ mod tests {
     fn refuses_large_outputs_with_a_clear_message() {
         assert!(check_output(&json!("0123456"), 10).is_ok());
         let e = check_output(&json!("0123456789"), 10).unwrap_err();
-        assert!(e.contains("12 bytes"), "{e}");
-        assert!(e.contains("limit of 10 bytes"), "{e}");
+        assert_eq!(e.type_, OUTPUT_TOO_LARGE);
+        assert!(e.message.contains("12 bytes"), "{e:?}");
+        assert!(e.message.contains("limit of 10 bytes"), "{e:?}");
+    }
+
+    fn nested(depth: usize) -> Value {
+        let mut v = json!("leaf");
+        for i in 0..depth {
+            v = if i % 2 == 0 {
+                json!([v])
+            } else {
+                json!({"k": v})
+            };
+        }
+        v
+    }
+
+    #[test]
+    fn depth_counts_objects_and_arrays() {
+        assert!(!exceeds_depth(&json!(1), 0));
+        assert!(exceeds_depth(&json!([]), 0));
+        assert!(!exceeds_depth(&json!({}), 1));
+        assert!(!exceeds_depth(&json!({"a": [1, {"b": 2}], "c": []}), 3));
+        assert!(exceeds_depth(&json!({"a": [1, {"b": [2]}], "c": []}), 3));
+        assert!(!exceeds_depth(&nested(MAX_JSON_DEPTH), MAX_JSON_DEPTH));
+        assert!(exceeds_depth(&nested(MAX_JSON_DEPTH + 1), MAX_JSON_DEPTH));
+        // Far deeper than any recursive walk could go: no stack overflow, and the answer is found early.
+        let mut deep = json!(0);
+        for _ in 0..100_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert!(exceeds_depth(&deep, MAX_JSON_DEPTH));
+        // Dropping a value this deep recurses in serde_json; leak it instead of overflowing the test's stack.
+        std::mem::forget(deep);
+    }
+
+    #[test]
+    fn refuses_deep_outputs_with_a_clear_message() {
+        assert!(check_output(&nested(MAX_JSON_DEPTH), 1 << 20).is_ok());
+        let e = check_output(&nested(MAX_JSON_DEPTH + 1), 1 << 20).unwrap_err();
+        assert_eq!(e.type_, OUTPUT_TOO_DEEP);
+        assert!(
+            e.message
+                .contains("the output nests JSON objects and arrays deeper than 32 levels"),
+            "{}",
+            e.message
+        );
+        // Size is checked first: a deep and large output is too large.
+        let e = check_output(&nested(MAX_JSON_DEPTH + 1), 10).unwrap_err();
+        assert_eq!(e.type_, OUTPUT_TOO_LARGE);
     }
 
     #[test]

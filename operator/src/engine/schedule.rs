@@ -21,7 +21,7 @@ use super::child::child_spec;
 use super::decision::{AttemptRef, ChildFlowRequest, Decision, Note, RunningAttempt, Task};
 use super::expr::{self, Vars};
 use super::foreach;
-use super::output::{INVALID_INPUT, OUTPUT_TOO_LARGE, TIMEOUT, check_output, step_error, stored};
+use super::output::{INVALID_INPUT, TIMEOUT, check_output, step_error, stored};
 use super::rerun::{RetryAction, apply_retry_request, child_name_for};
 use super::timers::{after, ceil_second, earliest, is_due, parse_duration, parse_time, past};
 use super::validate::{StepKind, step_kind, validate};
@@ -385,8 +385,9 @@ impl Scheduler<'_> {
                 let StepKind::Signal(wait) = kind else { return };
                 if let Some(signal) = self.status.signals.get(&wait.name) {
                     let payload = signal.payload.clone().unwrap_or(Value::Null);
-                    if let Err(msg) = check_output(&payload, self.ctx.max_output()) {
-                        self.fail_step(i, OUTPUT_TOO_LARGE, &format!("signal payload: {msg}"));
+                    if let Err(refused) = check_output(&payload, self.ctx.max_output()) {
+                        let message = format!("signal payload: {}", refused.message);
+                        self.fail_step(i, refused.type_, &message);
                         return;
                     }
                     let st = self.st(i);
@@ -662,7 +663,11 @@ impl Scheduler<'_> {
             None => Ok(None),
             Some(out) => expr::resolve(out, &self.vars_for(None))
                 .map_err(|e| format!("spec.output: {e}"))
-                .and_then(|v| check_output(&v, self.ctx.max_output()).map(|()| Some(v)))
+                .and_then(|v| {
+                    check_output(&v, self.ctx.max_output())
+                        .map(|()| Some(v))
+                        .map_err(|refused| refused.message)
+                })
                 .map_err(|e| format!("the flow output could not be built: {e}")),
         };
         match output {

@@ -1012,6 +1012,117 @@ fn outputs_over_the_limit_fail_without_retry() {
     );
 }
 
+/// A value nested `depth` levels deep (alternating arrays and objects).
+fn nested(depth: usize) -> Value {
+    let mut v = json!(1);
+    for i in 0..depth {
+        v = if i % 2 == 0 {
+            json!([v])
+        } else {
+            json!({"k": v})
+        };
+    }
+    v
+}
+
+#[test]
+fn outputs_nested_too_deep_fail_without_retry() {
+    use crate::api::MAX_JSON_DEPTH;
+    let spec = json!({"pool": "p", "defaults": {"retry": {"maxAttempts": 5}}, "steps": [
+        {"name": "a", "handler": "h"},
+        {"name": "w", "waitForSignal": {"name": "s"}},
+        {"name": "kid", "flow": {"spec": {"steps": [{"name": "x", "sleep": "1s"}]}}},
+    ]});
+    let deep = nested(MAX_JSON_DEPTH + 1);
+
+    // A worker's output: the attempt fails for good, and the repeated report is a duplicate.
+    let mut h = H::new(spec.clone());
+    h.decide();
+    h.complete("a", 1, nested(MAX_JSON_DEPTH));
+    assert_eq!(h.phase("a"), StepPhase::Succeeded, "32 levels are fine");
+    let mut h = H::new(spec.clone());
+    h.decide();
+    h.complete("a", 1, deep.clone());
+    let st = h.status.steps["a"].clone();
+    assert_eq!(st.phase, StepPhase::Failed, "not retried");
+    assert_eq!(st.output, None);
+    let e = st.error.unwrap();
+    assert_eq!(e.type_, "OutputTooDeep");
+    assert!(e.message.contains("deeper than 32 levels"), "{}", e.message);
+    assert_eq!(
+        h.event(Event::Completed {
+            attempt: AttemptRef::step("a", 1),
+            output: deep.clone(),
+        }),
+        Ok(EventOutcome::Duplicate)
+    );
+    let d = h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.message.contains("\"a\"") && n.message.contains("OutputTooDeep")),
+        "the run's notes name the step: {:?}",
+        d.notes
+    );
+
+    // A signal payload (written before the admission policy, or with it off).
+    let mut h = H::new(spec.clone());
+    h.status.signals.insert(
+        "s".into(),
+        Signal {
+            payload: Some(deep.clone()),
+        },
+    );
+    h.decide();
+    let e = h.status.steps["w"].error.clone().unwrap();
+    assert_eq!(e.type_, "OutputTooDeep");
+    assert!(e.message.starts_with("signal payload: "), "{}", e.message);
+    assert_eq!(h.status.steps["w"].output, None);
+
+    // A child flow's output.
+    let mut h = H::new(spec.clone());
+    h.decide();
+    h.ok(Event::ChildFinished {
+        step: "kid".into(),
+        child: "order-1-kid".into(),
+        outcome: ChildOutcome::Succeeded(Some(deep.clone())),
+    });
+    let st = &h.status.steps["kid"];
+    assert_eq!(st.phase, StepPhase::Failed);
+    assert_eq!(st.error.as_ref().unwrap().type_, "OutputTooDeep");
+
+    // A child's input built from a deep value: the child is never created.
+    let mut h = H::new(json!({"input": nested(MAX_JSON_DEPTH), "steps": [
+        {"name": "kid", "flow": {"spec": {"input": {"wrapped": "${{ input }}"},
+            "steps": [{"name": "x", "sleep": "1s"}]}}},
+    ]}));
+    let d = h.decide();
+    assert!(d.create_children.is_empty());
+    let e = h.status.steps["kid"].error.clone().unwrap();
+    assert_eq!(e.type_, "InvalidInput");
+    assert!(
+        e.message
+            .contains("child input nests JSON objects and arrays deeper than 32 levels"),
+        "{}",
+        e.message
+    );
+
+    // The flow's output, built from outputs that fit, nested one level too deep.
+    let mut h = H::new(
+        json!({"pool": "p", "steps": [{"name": "a", "handler": "h"}],
+        "output": {"wrapped": "${{ steps.a.output }}"}}),
+    );
+    h.decide();
+    h.complete("a", 1, nested(MAX_JSON_DEPTH));
+    h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+    assert_eq!(h.status.output, None);
+    let (_, reason, message) = h.condition("Succeeded");
+    assert_eq!(reason, "OutputFailed");
+    assert!(message.contains("deeper than 32 levels"), "{message}");
+}
+
 #[test]
 fn runtime_expression_errors_fail_the_step_with_invalid_input() {
     let mut h = H::new(json!({"pool": "p", "input": {}, "steps": [

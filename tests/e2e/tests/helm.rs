@@ -6,7 +6,7 @@
 //!   operator's role may delete FlowRuns;
 //! - the rendered manifests (default, namespaced mode, NetworkPolicy on) pass a server-side dry-run on the local
 //!   control plane, and the ServiceMonitor (whose CRD the cluster lacks) renders to select the metrics Service;
-//!   the admission policies (status integrity, WorkerPool rights) compile on the API server, exempt the
+//!   the admission policies (status integrity, WorkerPool rights, JSON nesting) compile on the API server, exempt the
 //!   operator's ServiceAccount (and `admissionPolicy.operatorUsernames`), are bound to every namespace or to the
 //!   watched ones, and go away with `admissionPolicy.enabled=false`;
 //! - a real `helm install` into a namespace enforcing the `restricted` Pod Security Standard: the operator pod,
@@ -159,6 +159,11 @@ async fn deploy_manifests_are_what_the_chart_renders() -> Result<()> {
             "ValidatingAdmissionPolicyBinding",
             "sluice-workerpool-rights",
         ),
+        ("ValidatingAdmissionPolicy", "sluice-flowrun-json-depth"),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "sluice-flowrun-json-depth",
+        ),
     ] {
         ensure!(
             kinds.contains(&(wanted.0.to_owned(), wanted.1.to_owned())),
@@ -275,7 +280,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
     // The admission policies (the dry run compiles their CEL), bound cluster-wide, exempting the operator's
     // ServiceAccount alone.
     let operator = format!("system:serviceaccount:{}:{release}", ns.name());
-    for name in ["flowrun-status", "workerpool-rights"] {
+    for name in ["flowrun-status", "workerpool-rights", "flowrun-json-depth"] {
         let name = format!("{release}-{name}");
         let policy = docs
             .iter()
@@ -352,7 +357,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
         })
         .collect::<Vec<_>>();
     ensure!(
-        exempt.len() == 2
+        exempt.len() == 3
             && exempt.iter().all(|e| *e
                 == format!("!(request.userInfo.username in [\"{operator}\",\"sluice-admin\"])")),
         "operatorUsernames: {exempt:?}"
@@ -388,7 +393,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
         .filter(|(_, d)| d["kind"] == "ValidatingAdmissionPolicyBinding")
         .map(|(_, d)| d)
         .collect();
-    ensure!(bindings.len() == 2, "{} bindings", bindings.len());
+    ensure!(bindings.len() == 3, "{} bindings", bindings.len());
     for binding in bindings {
         ensure!(
             binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
