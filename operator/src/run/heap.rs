@@ -29,6 +29,7 @@ fn sample(metrics: &Metrics) -> Result<(), tikv_jemalloc_ctl::Error> {
     metrics
         .heap_allocated_bytes
         .set(gauge(stats::allocated::read()?));
+    metrics.heap_active_bytes.set(gauge(stats::active::read()?));
     metrics
         .heap_resident_bytes
         .set(gauge(stats::resident::read()?));
@@ -46,7 +47,12 @@ mod tests {
         sample(&metrics).expect("jemalloc statistics");
         let allocated = metrics.heap_allocated_bytes.get();
         assert!(allocated >= 1 << 20, "allocated {allocated} bytes");
-        assert!(metrics.heap_resident_bytes.get() >= allocated);
+        let active = metrics.heap_active_bytes.get();
+        assert!(
+            active >= allocated,
+            "active {active} < allocated {allocated}"
+        );
+        assert!(metrics.heap_resident_bytes.get() >= active);
         drop(held);
     }
 }

@@ -66,6 +66,9 @@ pub struct Metrics {
     /// Bytes the process's allocator has handed out and not had back (`sluice_heap_allocated_bytes`); set
     /// by the binary, which knows its allocator (0 elsewhere).
     pub heap_allocated_bytes: Gauge,
+    /// Bytes in the allocator's pages that hold at least one live allocation (`sluice_heap_active_bytes`):
+    /// above `heap_allocated_bytes` by the pages' free slots (fragmentation); set by the binary (0 elsewhere).
+    pub heap_active_bytes: Gauge,
     /// Bytes of memory the allocator holds in physical pages, live data and its own retention
     /// (`sluice_heap_resident_bytes`); set by the binary (0 elsewhere).
     pub heap_resident_bytes: Gauge,
@@ -158,6 +161,12 @@ impl Metrics {
             "Bytes the operator's allocator has handed out and not had back: its live data",
             heap_allocated_bytes.clone(),
         );
+        let heap_active_bytes = Gauge::default();
+        registry.register(
+            "heap_active_bytes",
+            "Bytes in the allocator's pages that hold live data: live data plus the free slots between it",
+            heap_active_bytes.clone(),
+        );
         let heap_resident_bytes = Gauge::default();
         registry.register(
             "heap_resident_bytes",
@@ -167,6 +176,7 @@ impl Metrics {
         Self {
             flowruns_deleted,
             heap_allocated_bytes,
+            heap_active_bytes,
             heap_resident_bytes,
             status_patch_seconds,
             flowrun_reads,

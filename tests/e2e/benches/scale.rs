@@ -62,9 +62,10 @@ fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// The operator's allocator figures from its `/metrics`, in KiB: bytes allocated (live data) and bytes resident
-/// (live data plus what the allocator keeps). They tell what RSS is made of.
-async fn heap_kib(operator: &OperatorProcess) -> Result<(u64, u64)> {
+/// The operator's allocator figures from its `/metrics`, in KiB: bytes allocated (live data), active (pages
+/// holding live data, so with the free slots between it) and resident (with the free pages the allocator
+/// keeps). They tell what RSS is made of.
+async fn heap_kib(operator: &OperatorProcess) -> Result<(u64, u64, u64)> {
     let text = operator.metrics().await?;
     let gauge = |name: &str| {
         text.lines()
@@ -75,8 +76,18 @@ async fn heap_kib(operator: &OperatorProcess) -> Result<(u64, u64)> {
     };
     Ok((
         gauge("sluice_heap_allocated_bytes")?,
+        gauge("sluice_heap_active_bytes")?,
         gauge("sluice_heap_resident_bytes")?,
     ))
+}
+
+fn heap_mib((allocated, active, resident): (u64, u64, u64)) -> String {
+    format!(
+        "{:.1} / {:.1} / {:.1}",
+        mib(allocated),
+        mib(active),
+        mib(resident)
+    )
 }
 
 fn mib(kib: u64) -> f64 {
@@ -339,13 +350,10 @@ async fn main() -> Result<()> {
         mib(rss_restarted_now)
     );
     println!(
-        "| memory | heap allocated (resident), settled: empty / loaded / after restart | {:.1} ({:.1}) / {:.1} ({:.1}) / {:.1} ({:.1}) MiB | |",
-        mib(heap_empty.0),
-        mib(heap_empty.1),
-        mib(heap_loaded.0),
-        mib(heap_loaded.1),
-        mib(heap_restarted.0),
-        mib(heap_restarted.1)
+        "| memory | heap allocated / active / resident, settled: empty; loaded; after restart | {}; {}; {} MiB | |",
+        heap_mib(heap_empty),
+        heap_mib(heap_loaded),
+        heap_mib(heap_restarted)
     );
     println!(
         "| latency | fresh chain p50: none idle / {n} idle / {n} after restart | {:.1} / {:.1} / {:.1} ms | {:.2} / {:.2} |",
@@ -374,8 +382,10 @@ async fn main() -> Result<()> {
                    "rssEndKiB": rss_end, "rssPeakKiB": rss_peak,
                    "heapAllocatedKiB": {"empty": heap_empty.0, "loaded": heap_loaded.0,
                                         "restarted": heap_restarted.0},
-                   "heapResidentKiB": {"empty": heap_empty.1, "loaded": heap_loaded.1,
-                                       "restarted": heap_restarted.1},
+                   "heapActiveKiB": {"empty": heap_empty.1, "loaded": heap_loaded.1,
+                                     "restarted": heap_restarted.1},
+                   "heapResidentKiB": {"empty": heap_empty.2, "loaded": heap_loaded.2,
+                                       "restarted": heap_restarted.2},
                    "perRunKiB": per_run_kib, "perRunAfterRestartKiB": per_run_restarted_kib},
         "latency": {"p50EmptyMs": p50(&gaps_empty), "p50LoadedMs": p50(&gaps_loaded),
                     "p50RestartedMs": p50(&gaps_restarted)},
