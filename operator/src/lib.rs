@@ -8,6 +8,7 @@ pub use sluice_api::crds;
 
 pub mod broker;
 pub mod context;
+pub mod cronflow;
 pub mod engine;
 pub mod external_metrics;
 pub mod flowrun;

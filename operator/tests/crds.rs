@@ -117,9 +117,10 @@ fn yaml_round_trips_to_the_same_crds() {
     let stream = crds::all_yaml().unwrap();
     let docs: Vec<Value> =
         serde_saphyr::from_str_multiple(&stream).expect("multi-document YAML parses");
-    assert_eq!(docs.len(), 2);
+    assert_eq!(docs.len(), 3);
     assert_eq!(docs[0]["metadata"]["name"], "flowruns.sluice.dev");
     assert_eq!(docs[1]["metadata"]["name"], "workerpools.sluice.dev");
+    assert_eq!(docs[2]["metadata"]["name"], "cronflows.sluice.dev");
 }
 
 /// Collects the paths of schema properties without a description. Free-form nodes

@@ -104,10 +104,18 @@ Role in each watched namespace.
 - apiGroups: ["sluice.dev"]
   resources: ["workerpools/status", "workerpools/scale"]
   verbs: ["get", "patch"]
-# Owner references with blockOwnerDeletion (child FlowRuns, pool Deployments) need this where the
-# OwnerReferencesPermissionEnforcement admission plugin is on.
+# CronFlows: read the spec, write the status; the FlowRuns they start are created (and, past the history
+# limits, deleted) under the FlowRun rules above.
 - apiGroups: ["sluice.dev"]
-  resources: ["flowruns/finalizers", "workerpools/finalizers"]
+  resources: ["cronflows"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["sluice.dev"]
+  resources: ["cronflows/status"]
+  verbs: ["get", "patch"]
+# Owner references with blockOwnerDeletion (child FlowRuns, a CronFlow's runs, pool Deployments) need this
+# where the OwnerReferencesPermissionEnforcement admission plugin is on.
+- apiGroups: ["sluice.dev"]
+  resources: ["flowruns/finalizers", "workerpools/finalizers", "cronflows/finalizers"]
   verbs: ["update"]
 # One Deployment per WorkerPool, written with server-side apply.
 - apiGroups: ["apps"]
@@ -118,7 +126,7 @@ Role in each watched namespace.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "delete", "patch"]
-# Events on FlowRuns and WorkerPools.
+# Events on FlowRuns, WorkerPools and CronFlows.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -7,7 +7,7 @@ use kube::CustomResourceExt;
 use schemars::Schema;
 use schemars::transform::{RecursiveTransform, Transform};
 
-use crate::{FlowRun, WorkerPool};
+use crate::{CronFlow, FlowRun, WorkerPool};
 use transform::{kubernetes_integer_format, unwrap_description};
 
 pub mod transform;
@@ -15,10 +15,14 @@ pub mod transform;
 /// First line of every generated file, so that nobody edits them by hand.
 pub const HEADER: &str = "# Generated from operator/api by `make crds`; do not edit.\n";
 
-/// Both CRDs, FlowRun first, with every schema finished by [`finish`]. Use these rather than `FlowRun::crd()`
-/// and `WorkerPool::crd()`, which lack the finishing.
+/// Every CRD (FlowRun, WorkerPool, CronFlow), with every schema finished by [`finish`]. Use these rather than
+/// `FlowRun::crd()` and the like, which lack the finishing.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![finish(FlowRun::crd()), finish(WorkerPool::crd())]
+    vec![
+        finish(FlowRun::crd()),
+        finish(WorkerPool::crd()),
+        finish(CronFlow::crd()),
+    ]
 }
 
 /// Rewrites every node of the CRD's schemas, once, for what the derives cannot say once for every field:
@@ -66,7 +70,7 @@ pub fn files() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
         .collect()
 }
 
-/// Both CRDs as one multi-document YAML stream, as `sluice-operator crd` prints it.
+/// Every CRD as one multi-document YAML stream, as `sluice-operator crd` prints it.
 pub fn all_yaml() -> Result<String, serde_saphyr::SerializeError> {
     let docs = all().iter().map(to_yaml).collect::<Result<Vec<_>, _>>()?;
     Ok(docs.join("---\n"))

@@ -1,13 +1,15 @@
-//! The custom resources of Sluice (group `sluice.dev`, version `v1alpha1`): the CRD source of truth, shared by
+//! The custom resources of Sluice (group `sluice.dev`, version `v1alpha1`: FlowRun, WorkerPool, CronFlow): the CRD source of truth, shared by
 //! the operator and the kubectl plugin. Types and schemas only: no client, no controller code.
 #![forbid(unsafe_code)]
 
 pub mod crds;
 
+mod cronflow;
 mod flowrun;
 mod schema;
 mod workerpool;
 
+pub use cronflow::*;
 pub use flowrun::*;
 pub use schema::DURATION_PATTERN;
 pub use workerpool::*;

@@ -9,7 +9,8 @@
 //!                                  metrics API, until `drain`
 //! operator.lead(shutdown)          the leader: rebuild the queue from FlowRun statuses → open the broker →
 //!                                  publish the metrics CA → FlowRun controllers, loss detector, deletion of
-//!                                  expired finished runs and WorkerPool controller until `shutdown`
+//!                                  expired finished runs, CronFlow controller and WorkerPool controller
+//!                                  until `shutdown`
 //! ```
 //! The WorkerPool controller starts only after the rebuild: before it the broker knows no demand and would
 //! scale every pool down.
@@ -28,6 +29,7 @@ use crate::broker::Broker;
 use crate::broker::auth::Authenticator;
 use crate::broker::tokenreview::TokenReviewAuthenticator;
 use crate::context::Scope;
+use crate::cronflow::controller::CronFlowController;
 use crate::engine::Limits;
 use crate::external_metrics::cert::{CertStore, CertificateSource};
 use crate::external_metrics::{self, tls};
@@ -161,6 +163,12 @@ impl OperatorBuilder {
             self.default_ttl_seconds,
             self.metrics.clone(),
         );
+        let cronflows = CronFlowController::new(
+            self.client.clone(),
+            self.scope.clone(),
+            self.metrics.clone(),
+            self.instance.clone(),
+        );
         let pools = self.worker_pools.map(|config| {
             WorkerPoolController::new(
                 self.client.clone(),
@@ -184,6 +192,7 @@ impl OperatorBuilder {
             flowruns,
             broker,
             ttl,
+            cronflows,
             pools,
             external: Mutex::new(external),
             publish_ca: publish,
@@ -253,6 +262,7 @@ pub struct Operator {
     flowruns: FlowRunRuntime,
     broker: Broker,
     ttl: TtlController,
+    cronflows: CronFlowController,
     pools: Option<WorkerPoolController>,
     external: Mutex<Option<ExternalMetricsServer>>,
     publish_ca: Option<PublishCa>,
@@ -349,6 +359,7 @@ impl Operator {
         tokio::join!(
             self.flowruns.run(shutdown.clone()),
             self.ttl.run(shutdown.clone()),
+            self.cronflows.run(shutdown.clone()),
             pools,
             publish
         );

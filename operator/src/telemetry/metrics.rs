@@ -63,6 +63,8 @@ pub struct Metrics {
     pub api_requests: Family<super::api_calls::ApiRequestLabels, Counter>,
     /// Finished FlowRuns deleted because their time to live had passed (`sluice_flowruns_deleted_total`).
     pub flowruns_deleted: Counter,
+    /// FlowRuns created for the slots of CronFlow schedules (`sluice_cronflow_runs_started_total`).
+    pub cronflow_runs_started: Counter,
     /// Bytes the process's allocator has handed out and not had back (`sluice_heap_allocated_bytes`); set
     /// by the binary, which knows its allocator (0 elsewhere).
     pub heap_allocated_bytes: Gauge,
@@ -155,6 +157,12 @@ impl Metrics {
             "Finished FlowRuns the operator deleted because their ttlSecondsAfterFinished (or the operator's default) had passed; their child FlowRuns go with them",
             flowruns_deleted.clone(),
         );
+        let cronflow_runs_started = Counter::default();
+        registry.register(
+            "cronflow_runs_started",
+            "FlowRuns the operator created for the slots of CronFlow schedules",
+            cronflow_runs_started.clone(),
+        );
         let heap_allocated_bytes = Gauge::default();
         registry.register(
             "heap_allocated_bytes",
@@ -175,6 +183,7 @@ impl Metrics {
         );
         Self {
             flowruns_deleted,
+            cronflow_runs_started,
             heap_allocated_bytes,
             heap_active_bytes,
             heap_resident_bytes,

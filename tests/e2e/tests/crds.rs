@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use sluice_e2e::{TestNamespace, kubectl, repo_root};
 
-/// Applies `crds/` as a user would (`kubectl apply --server-side`) and waits until both CRDs are served.
+/// Applies `crds/` as a user would (`kubectl apply --server-side`) and waits until every CRD is served.
 async fn install_crds() -> Result<()> {
     let dir = repo_root().join("crds");
     kubectl([
@@ -21,7 +21,11 @@ async fn install_crds() -> Result<()> {
     .ok()
     .await
     .context("installing crds/ (a rule the API server refuses shows here)")?;
-    for crd in ["flowruns.sluice.dev", "workerpools.sluice.dev"] {
+    for crd in [
+        "flowruns.sluice.dev",
+        "workerpools.sluice.dev",
+        "cronflows.sluice.dev",
+    ] {
         kubectl([
             "wait",
             "--for=condition=Established",
@@ -38,7 +42,10 @@ async fn install_crds() -> Result<()> {
             .output()
             .await?;
         let names = String::from_utf8_lossy(&out.stdout);
-        if names.contains("flowruns") && names.contains("workerpools") {
+        if names.contains("flowruns")
+            && names.contains("workerpools")
+            && names.contains("cronflows")
+        {
             return Ok(());
         }
         ensure!(
@@ -296,7 +303,7 @@ async fn applying_the_crds_prints_no_warning() -> Result<()> {
         .collect::<std::io::Result<_>>()?;
     files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
     files.sort();
-    ensure!(files.len() == 2, "crds/ holds the two CRDs: {files:?}");
+    ensure!(files.len() == 3, "crds/ holds the three CRDs: {files:?}");
     for file in &files {
         let mut crd: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(file)?)
             .with_context(|| format!("parsing {}", file.display()))?;

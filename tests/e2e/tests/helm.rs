@@ -145,6 +145,7 @@ async fn deploy_manifests_are_what_the_chart_renders() -> Result<()> {
         ("Namespace", "sluice-system"),
         ("CustomResourceDefinition", "flowruns.sluice.dev"),
         ("CustomResourceDefinition", "workerpools.sluice.dev"),
+        ("CustomResourceDefinition", "cronflows.sluice.dev"),
         ("ServiceAccount", "sluice"),
         ("ClusterRole", "sluice"),
         ("ClusterRole", "sluice-auth"),
@@ -773,7 +774,11 @@ async fn helm_install_runs_a_flow_and_helm_uninstall_keeps_the_crds_and_flowruns
         "the release's ClusterRole outlived helm uninstall"
     );
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in ["flowruns.sluice.dev", "workerpools.sluice.dev"] {
+    for crd in [
+        "flowruns.sluice.dev",
+        "workerpools.sluice.dev",
+        "cronflows.sluice.dev",
+    ] {
         ensure!(
             crds.get_opt(crd).await?.is_some(),
             "helm uninstall removed CRD {crd}"
