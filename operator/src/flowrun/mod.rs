@@ -134,26 +134,26 @@ impl FlowRunRuntime {
         self.broker.set_ready(false);
     }
 
-    /// Brings every unfinished run into the writer and the broker after the controllers' caches hold their
-    /// first list (invariant 6): queued attempts are offered again, running ones adopted with a fresh
-    /// heartbeat window. Runs with work in flight go first. The broker serves meanwhile; a heartbeat for an
-    /// attempt not loaded yet loads its run first instead of being refused. A run that fails to load is
-    /// logged and left to its controller's retries: it never holds up the others.
+    /// Brings every run with work in flight into the writer and the broker after the controllers' caches
+    /// hold their first list (invariant 6): queued attempts are offered again, running ones adopted with a
+    /// fresh heartbeat window. The broker serves meanwhile; a heartbeat for an attempt not loaded yet loads
+    /// its run first instead of being refused. Idle runs (waiting for a signal, a timer) are left to the
+    /// controllers, which reconcile every run of their first list anyway: loading them here too would decide
+    /// each twice. A run that fails to load is logged and left to its controller's retries: it never holds up
+    /// the others.
     fn load(&self) -> impl Future<Output = ()> + Send + 'static {
         let (writer, broker) = (self.writer.clone(), self.broker.clone());
         async move {
             let cache = writer.cache();
             cache.wait_until_ready().await;
-            let mut runs: Vec<(bool, Arc<cache::CachedFlowRun>)> = cache
+            let runs: Vec<Arc<cache::CachedFlowRun>> = cache
                 .all()
                 .into_iter()
-                .filter(|fr| !fr.is_finished())
-                .map(|fr| (!fr.has_work_in_flight(), fr))
+                .filter(|fr| !fr.is_finished() && fr.has_work_in_flight())
                 .collect();
-            runs.sort_by_key(|(idle, _)| *idle);
             let total = runs.len();
             futures::stream::iter(runs)
-                .for_each_concurrent(LOAD_CONCURRENCY, |(_, fr)| {
+                .for_each_concurrent(LOAD_CONCURRENCY, |fr| {
                     let writer = writer.clone();
                     async move {
                         let (namespace, name) = (fr.namespace().unwrap_or_default(), fr.name_any());
@@ -164,7 +164,7 @@ impl FlowRunRuntime {
                 })
                 .await;
             broker.set_loading(false);
-            info!(flowruns = total, "loaded every unfinished FlowRun");
+            info!(flowruns = total, "loaded every FlowRun with work in flight");
         }
     }
 }

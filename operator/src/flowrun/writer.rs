@@ -118,6 +118,13 @@ impl Lane {
             .is_some_and(|current| newer(&current.metadata, seen) == Some(true))
     }
 
+    /// Whether the lane keeps nothing a later batch needs: no write of its own whose echo is still to come,
+    /// no claim waiting for a write, no copy of the run. Ending it then loses only the version it decided on
+    /// without writing, which the next batch decides on again from the controller's cache.
+    fn holds_nothing(&self) -> bool {
+        self.written.is_empty() && self.pending_claims.is_empty() && self.current.is_none()
+    }
+
     /// Whether a step of the run waits on a child FlowRun (its end arrives as a reconcile, not an event).
     fn has_running_children(&self) -> bool {
         self.current.as_deref().is_some_and(has_running_children)
@@ -180,7 +187,10 @@ pub struct StatusWriter {
     effects: Arc<Effects>,
     broker: OnceLock<Broker>,
     metrics: Metrics,
-    actors: Mutex<HashMap<Key, mpsc::UnboundedSender<Job>>>,
+    /// Each lane's mailbox. Jobs travel boxed: a channel allocates its slots 32 at a time, and a slot of a
+    /// bare job would make every lane's mailbox ~5 KiB — ten thousand lanes at a restart, held for their idle
+    /// time.
+    actors: Mutex<HashMap<Key, mpsc::UnboundedSender<Box<Job>>>>,
     cache: FlowRunCache,
     limits: Limits,
 }
@@ -240,6 +250,7 @@ impl StatusWriter {
         // Sending under the lock pairs with the actor's exit check under the same lock, so no job is dropped
         // by an actor that is just shutting down.
         let mut actors = self.actors.lock().unwrap_or_else(|p| p.into_inner());
+        let job = Box::new(job);
         let job = match actors.get(&key) {
             Some(tx) => match tx.send(job) {
                 Ok(()) => return,
@@ -254,19 +265,32 @@ impl StatusWriter {
         tokio::spawn(async move { writer.actor(key, rx).await });
     }
 
-    async fn actor(self: Arc<Self>, key: Key, mut rx: mpsc::UnboundedReceiver<Job>) {
+    async fn actor(self: Arc<Self>, key: Key, mut rx: mpsc::UnboundedReceiver<Box<Job>>) {
         let mut lane = Lane::default();
         loop {
             let wait = match lane.flush_at {
                 Some(at) => at,
                 None => tokio::time::Instant::now() + IDLE,
             };
-            let first = match tokio::time::timeout_at(wait, rx.recv()).await {
+            // A lane that remembers nothing (no write of its own to recognise, no claim to write, no copy)
+            // ends as soon as its mailbox is empty: after a restart every run is decided once, and ten
+            // thousand lanes idling together would free their memory all at once, long after the load.
+            let waited = if lane.holds_nothing() {
+                match rx.try_recv() {
+                    Ok(job) => Ok(Some(job)),
+                    Err(_) => Err(()),
+                }
+            } else {
+                tokio::time::timeout_at(wait, rx.recv())
+                    .await
+                    .map_err(|_| ())
+            };
+            let first = match waited {
                 Ok(Some(job)) => Some(job),
                 Ok(None) => return,
                 // Claims waited long enough for a write to ride on: write them now.
-                Err(_) if lane.flush_at.is_some() => None,
-                Err(_) => {
+                Err(()) if lane.flush_at.is_some() => None,
+                Err(()) => {
                     let mut actors = self.actors.lock().unwrap_or_else(|p| p.into_inner());
                     match rx.try_recv() {
                         Ok(job) => Some(job),
@@ -278,10 +302,10 @@ impl StatusWriter {
                 }
             };
             let flush = first.is_none();
-            let mut jobs: Vec<Job> = first.into_iter().collect();
+            let mut jobs: Vec<Job> = first.into_iter().map(|job| *job).collect();
             while jobs.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(job) => jobs.push(*job),
                     Err(_) => break,
                 }
             }

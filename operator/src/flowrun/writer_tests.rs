@@ -89,6 +89,40 @@ async fn a_report_for_a_deleted_run_of_the_same_name_is_stale() {
     }
 }
 
+#[tokio::test]
+async fn a_lane_that_wrote_nothing_ends_at_once_and_one_that_wrote_stays_for_its_echo() {
+    let client = client();
+    let writer = StatusWriter::new(
+        client.clone(),
+        Effects::new(client, None),
+        Metrics::default(),
+        Limits::default(),
+    );
+    let lanes = |writer: &Arc<StatusWriter>| writer.actors.lock().unwrap().len();
+    // The run as served is already decided: the reconcile reads it, decides, writes nothing.
+    writer.reconcile("ns", "c", None).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while lanes(&writer) > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the lane of a run decided without a write is still there after 5 s (it should end at once)");
+    assert_eq!(writer.metrics.status_patches.get(), 0, "nothing to write");
+
+    // A result is written; the lane stays to recognise the watch echo of that write.
+    assert_eq!(
+        writer.record(completion(Some("new"))).await,
+        Ok(Recorded::Applied)
+    );
+    assert_eq!(writer.metrics.status_patches.get(), 1);
+    assert_eq!(
+        lanes(&writer),
+        1,
+        "the lane that wrote ended before its echo"
+    );
+}
+
 /// A fake API server holding one FlowRun `ns/s` that waits for a signal, enforcing resourceVersion
 /// preconditions as the API server does. The user's signal lands between the version the lane decides on and
 /// the lane's first patch, so that patch conflicts. Records every status patch.

@@ -6,7 +6,8 @@
 //! - **Start**: health and broker ports are bound first (the broker answers 503 and `/readyz` says "not the
 //!   leader" until this replica leads).
 //! - **Leadership gained**: [`Operator::lead`] opens the broker at once, runs the controllers, and loads
-//!   every unfinished run into the broker from its status as the controllers' caches fill.
+//!   every run with work in flight into the broker from its status as the controllers' caches fill (the
+//!   controllers decide every other run from their first list).
 //! - **Leadership lost after leading**: the process exits non-zero at once and Kubernetes restarts it as a
 //!   follower. Everything the old term kept in memory (queue, claims, watches, pending status batches, spawned
 //!   tasks) dies with the process, so nothing from a stale term can write after a new leader took over — the
