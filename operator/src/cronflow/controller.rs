@@ -254,11 +254,11 @@ async fn reconcile(cf: Arc<CronFlow>, ctx: Arc<Context>) -> Result<Action, Error
     };
     write_status(&ctx, &cf, next).await?;
 
-    let wait = plan
-        .next
-        .and_then(|n| Duration::try_from(n.duration_since(Timestamp::now())).ok())
-        .unwrap_or(MAX_WAIT)
-        .min(MAX_WAIT);
+    // A slot that passed while this reconcile ran (a slow API server) is due at once, not in MAX_WAIT.
+    let wait = plan.next.map_or(MAX_WAIT, |n| {
+        Duration::try_from(n.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
+    });
+    let wait = wait.min(MAX_WAIT);
     // Timers may fire a hair early; the slot must be due when we look.
     Ok(Action::requeue(wait + Duration::from_millis(5)))
 }
