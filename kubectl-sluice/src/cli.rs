@@ -16,7 +16,7 @@ pub const EXIT_CANCELLED: u8 = 4;
     name = "kubectl-sluice",
     bin_name = "kubectl sluice",
     version,
-    after_help = "Examples:\n  kubectl sluice status order-42\n  kubectl sluice status order-42 -o json\n  kubectl sluice signal expense-7 manager-approval --data '{\"approved\": true}'\n  kubectl sluice retry order-42\n  kubectl sluice graph order-42 --format dot | dot -Tsvg > order.svg\n  kubectl sluice watch order-42 && echo done\n\nExit codes: 0 success; 1 an error (not found, API error, invalid input); 2 a usage error;\nwatch: 3 when the run ends Failed, 4 when it ends Cancelled."
+    after_help = "Examples:\n  kubectl sluice status order-42\n  kubectl sluice status order-42 -o json\n  kubectl sluice signal expense-7 manager-approval --data '{\"approved\": true}'\n  kubectl sluice retry order-42\n  kubectl sluice graph order-42 --format dot | dot -Tsvg > order.svg\n  kubectl sluice watch order-42 && echo done\n  kubectl sluice cron trigger nightly-report\n\nExit codes: 0 success; 1 an error (not found, API error, invalid input); 2 a usage error;\nwatch: 3 when the run ends Failed, 4 when it ends Cancelled."
 )]
 pub struct Cli {
     /// Cluster connection flags.
@@ -76,6 +76,30 @@ pub enum Command {
     /// Follow the run live: one line per step phase change until the run ends. Exit code 0 when it Succeeded,
     /// 3 when it Failed, 4 when it was Cancelled.
     Watch(WatchArgs),
+
+    /// CronFlows (FlowRuns on a schedule): list them, or start a run of one now.
+    #[command(subcommand)]
+    Cron(CronCommand),
+}
+
+/// The `cron` commands.
+#[derive(Subcommand, Debug)]
+pub enum CronCommand {
+    /// List the namespace's CronFlows: schedule, time zone, suspend, active runs, last and next schedule.
+    List,
+
+    /// Start one run of a CronFlow now, from its template, whatever its schedule, suspend and
+    /// concurrencyPolicy say. The run is named `<cronflow>-manual-<random suffix>` (scheduled runs are named
+    /// after their slot, `<cronflow>-<unix seconds>`), labelled `sluice.dev/trigger=Manual` and owned by the
+    /// CronFlow, so it counts towards its history limits and goes with it.
+    Trigger(CronTarget),
+}
+
+/// A CronFlow to act on.
+#[derive(Args, Debug, Clone)]
+pub struct CronTarget {
+    /// Name of the CronFlow.
+    pub cronflow: String,
 }
 
 /// A FlowRun to act on.

@@ -39,6 +39,14 @@ pub enum Error {
         /// The namespace looked in.
         namespace: String,
     },
+    /// The CronFlow does not exist.
+    #[error("cronflow {name:?} not found in namespace {namespace:?}")]
+    CronFlowNotFound {
+        /// Its name.
+        name: String,
+        /// The namespace looked in.
+        namespace: String,
+    },
     /// The API server refused or failed a request.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),

@@ -1,6 +1,7 @@
 //! The commands: thin shells that read FlowRuns, write the few fields users own, and print.
 
 pub mod control;
+pub mod cron;
 pub mod graph;
 pub mod retry;
 pub mod signal;
@@ -10,7 +11,7 @@ pub mod watch;
 use kube::Api;
 use sluice_api::FlowRun;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, CronCommand};
 use crate::kubeconfig::{Connection, connect};
 use crate::{Error, Result};
 
@@ -26,6 +27,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Retry(args) => retry::run(&conn, &args).await,
         Command::Graph(args) => graph::run(&conn, &args).await,
         Command::Watch(args) => watch::run(&conn, &args).await,
+        Command::Cron(CronCommand::List) => cron::list(&conn).await,
+        Command::Cron(CronCommand::Trigger(t)) => cron::trigger(&conn, &t.cronflow).await,
     }
 }
 

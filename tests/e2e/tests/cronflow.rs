@@ -22,8 +22,8 @@ use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use sluice_e2e::{
-    InProcessOperator, OperatorProcess, TestNamespace, cluster, init_test_logs, install_crds,
-    wait_for, wait_for_list,
+    InProcessOperator, OperatorProcess, TestNamespace, build_binaries, cluster, init_test_logs,
+    install_crds, kubeconfig_path, wait_for, wait_for_list,
 };
 use sluice_operator::api::{CRONFLOW_LABEL, CronFlow, FlowPhase, FlowRun};
 
@@ -322,6 +322,88 @@ async fn runs_start_on_schedule_forbid_never_overlaps_replace_cancels_and_histor
             );
         }
     }
+
+    // The plugin: `cron trigger` starts a run now, named apart from the scheduled ones and owned by the
+    // CronFlow; `cron list` shows the CronFlows.
+    let plugin = build_binaries().await?.join("kubectl-sluice");
+    let kubeconfig = kubeconfig_path()?;
+    let sluice = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(&plugin);
+        command
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["-n", ns.name()])
+            .args(args);
+        command
+    };
+    let out = sluice(&["cron", "trigger", "forbid"]).output().await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "kubectl sluice cron trigger: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manual = stdout
+        .strip_prefix("flowrun/")
+        .and_then(|r| r.split_whitespace().next())
+        .context(format!("no run name in {stdout:?}"))?
+        .to_owned();
+    ensure!(
+        manual.starts_with("forbid-manual-"),
+        "a manual run is named apart from scheduled ones: {manual}"
+    );
+    let run = runs.get(&manual).await?;
+    ensure!(
+        run.labels().get("sluice.dev/trigger").map(String::as_str) == Some("Manual")
+            && run.owner_references().iter().any(|o| o.name == "forbid"),
+        "the manual run is labelled and owned: {:?}",
+        run.metadata
+    );
+    let out = sluice(&["cron", "list"]).output().await?;
+    let listed_text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success()
+            && ["every2", "forbid", "replace", "*/2 * * * * *"]
+                .iter()
+                .all(|w| listed_text.contains(w)),
+        "kubectl sluice cron list: {listed_text}"
+    );
+
+    // A time zone the CRD rules accept but the time zone database does not know: Ready=False, InvalidSchedule.
+    cronflows
+        .create(
+            &PostParams::default(),
+            &cronflow(
+                "nowhere",
+                "* * * * * *",
+                "1s",
+                json!({"timeZone": "Mars/Olympus_Mons"}),
+            )?,
+        )
+        .await?;
+    let invalid = wait_for(
+        &cronflows,
+        "nowhere",
+        |cf: Option<&CronFlow>| {
+            cf.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Ready" && c.status == "False" && c.reason == "InvalidSchedule"
+                })
+            })
+        },
+        WAIT,
+        "the CronFlow with an unknown time zone to be Ready=False (InvalidSchedule)",
+    )
+    .await?;
+    let message = &invalid.status.unwrap_or_default().conditions[0].message;
+    ensure!(
+        message.contains("spec.timeZone") && message.contains("Mars/Olympus_Mons"),
+        "the condition names the field: {message}"
+    );
+    ensure!(
+        log.slots("nowhere").is_empty(),
+        "a CronFlow with an invalid time zone started runs"
+    );
 
     // One UID per run name everywhere: no slot was started twice.
     for cf in ["every2", "forbid", "replace"] {
