@@ -405,6 +405,34 @@ async fn runs_start_on_schedule_forbid_never_overlaps_replace_cancels_and_histor
         "a CronFlow with an invalid time zone started runs"
     );
 
+    // The README's example, examples/cronflow.yaml: accepted by the API server, Ready, and due next at 03:00
+    // in Berlin (01:00 or 02:00 UTC, by the season).
+    let example: CronFlow = serde_saphyr::from_str(&std::fs::read_to_string(
+        sluice_e2e::repo_root().join("examples/cronflow.yaml"),
+    )?)?;
+    cronflows.create(&PostParams::default(), &example).await?;
+    let example = wait_for(
+        &cronflows,
+        "nightly-report",
+        |cf: Option<&CronFlow>| {
+            cf.and_then(|c| c.status.as_ref())
+                .is_some_and(|s| s.next_schedule_time.is_some())
+        },
+        WAIT,
+        "examples/cronflow.yaml to be scheduled",
+    )
+    .await?;
+    let next = example
+        .status
+        .and_then(|s| s.next_schedule_time)
+        .context("next schedule")?
+        .0;
+    let berlin = next.to_zoned(k8s_openapi::jiff::tz::TimeZone::get("Europe/Berlin")?);
+    ensure!(
+        (berlin.hour(), berlin.minute(), berlin.second()) == (3, 0, 0),
+        "nightly-report is next due at {berlin}, not at 03:00 in Berlin"
+    );
+
     // One UID per run name everywhere: no slot was started twice.
     for cf in ["every2", "forbid", "replace"] {
         for (name, uids) in log.uids(cf) {
