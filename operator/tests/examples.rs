@@ -1,12 +1,13 @@
 //! Every manifest in `examples/` parses into its typed resource without unknown or misspelt fields, passes the
-//! CRDs' CEL rules, and (FlowRuns) passes the engine's validation; the FlowRuns name a WorkerPool the examples
-//! define.
+//! CRDs' CEL rules, and (FlowRuns, and the run templates of CronFlows) passes the engine's validation; the
+//! FlowRuns name a WorkerPool the examples define; a CronFlow's schedule parses in its time zone.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use serde_json::Value;
-use sluice_operator::api::{FlowRun, WorkerPool};
+use sluice_operator::api::{CronFlow, FlowRun, WorkerPool};
+use sluice_operator::cronflow::schedule::Schedule;
 use sluice_operator::engine;
 
 fn examples_dir() -> PathBuf {
@@ -63,6 +64,7 @@ fn the_promised_examples_exist() {
         "fanout-flow.yaml",
         "job-pool.yaml",
         "workerpool.yaml",
+        "cronflow.yaml",
     ] {
         assert!(
             examples_dir().join(file).is_file(),
@@ -113,6 +115,22 @@ fn every_example_is_valid() {
                     "{file}: the pod template has no container"
                 );
                 pools.insert(wp.metadata.name.clone().expect("WorkerPool name"));
+            }
+            Some("CronFlow") => {
+                let cf: CronFlow = serde_json::from_value(raw.clone())
+                    .unwrap_or_else(|e| panic!("{file}: not a CronFlow: {e}"));
+                assert_round_trips(file, raw, serde_json::to_value(&cf).unwrap());
+                if let Err(errors) = cf.validate_cel() {
+                    panic!("{file}: refused by the CRD's CEL rules: {errors:#?}");
+                }
+                if let Err(e) = Schedule::parse(&cf.spec.schedule, cf.spec.time_zone.as_deref()) {
+                    panic!("{file}: {e}");
+                }
+                let template = &cf.spec.flow_run.spec;
+                if let Err(errors) = engine::validate(template) {
+                    panic!("{file}: the run template is refused by engine validation: {errors}");
+                }
+                used_pools.extend(template.pool.iter().map(|p| (file.clone(), p.clone())));
             }
             other => panic!("{file}: unexpected kind {other:?}"),
         }
