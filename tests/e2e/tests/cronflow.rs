@@ -369,6 +369,21 @@ async fn runs_start_on_schedule_forbid_never_overlaps_replace_cancels_and_histor
         "kubectl sluice cron list: {listed_text}"
     );
 
+    // What the CRD rules can check is refused at admission, naming the field and the fix.
+    let refused = cronflows
+        .create(
+            &PostParams::default(),
+            &cronflow("bad", "every day", "1s", json!({}))?,
+        )
+        .await
+        .err()
+        .context("a CronFlow with schedule 'every day' was accepted")?;
+    ensure!(
+        refused.to_string().contains("spec.schedule")
+            && refused.to_string().contains("five cron fields"),
+        "the API server's refusal names the field and the fix: {refused}"
+    );
+
     // A time zone the CRD rules accept but the time zone database does not know: Ready=False, InvalidSchedule.
     cronflows
         .create(
