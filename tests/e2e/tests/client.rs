@@ -1,0 +1,372 @@
+//! The Rust client (`sluice-client`) against the real API server: the operator's FlowRun runtime runs in
+//! this test process and an SDK worker serves `double` (`{"n": n}` → `{"n": 2n}`; anything else fails fatally
+//! with `BadInput`) on pool `pool`. Each test starts runs through the client and checks what its verbs return
+//! against what the API server holds.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use kube::Api;
+use kube::api::ListParams;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sluice_client::api::{FlowPhase, FlowRun, FlowRunSpec, StepPhase};
+use sluice_client::{Client, Error, IfExists, Start};
+use sluice_e2e::{
+    InProcessOperator, TestNamespace, cluster, init_test_logs, install_crds, start_doubling_worker,
+    wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[derive(Serialize)]
+struct Doubling {
+    n: f64,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct Doubled {
+    n: i64,
+}
+
+struct Setup {
+    ns: TestNamespace,
+    client: Client,
+    api: Api<FlowRun>,
+    _operator: InProcessOperator,
+    worker: sluice_worker::ShutdownHandle,
+}
+
+async fn setup(prefix: &str) -> Result<Setup> {
+    init_test_logs();
+    install_crds(&cluster().await?).await?;
+    let ns = TestNamespace::new(prefix).await?;
+    let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
+    let worker = start_doubling_worker(&operator, ns.name());
+    Ok(Setup {
+        client: Client::new(ns.client()).namespaced(ns.name()),
+        api: ns.api(),
+        ns,
+        _operator: operator,
+        worker,
+    })
+}
+
+impl Setup {
+    async fn finish(self) -> Result<()> {
+        self.worker.shutdown();
+        self.ns.cleanup().await?;
+        Ok(())
+    }
+
+    /// Waits (bounded) until step `step` of run `name` is Waiting for its signal.
+    async fn step_waiting(&self, name: &str, step: &str) -> Result<()> {
+        let step_name = step.to_owned();
+        wait_for(
+            &self.api,
+            name,
+            move |fr: Option<&FlowRun>| {
+                fr.and_then(|f| f.status.as_ref())
+                    .and_then(|s| s.steps.get(&step_name))
+                    .is_some_and(|s| s.phase == StepPhase::Waiting)
+            },
+            WAIT,
+            &format!("step {step} of {name} to wait for its signal"),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// One `double` step on the flow's input; the flow's output is the step's.
+fn doubling_flow() -> Result<FlowRunSpec> {
+    Ok(serde_json::from_value(json!({
+        "pool": "pool",
+        "steps": [{"name": "double", "handler": "double", "input": "${{ input }}"}],
+        "output": "${{ steps.double.output }}",
+    }))?)
+}
+
+/// One step waiting for signal `go` (forever); the flow's output is the signal's payload.
+fn waiting_flow() -> Result<FlowRunSpec> {
+    Ok(serde_json::from_value(json!({
+        "steps": [{"name": "gate", "waitForSignal": {"name": "go"}}],
+        "output": "${{ steps.gate.output }}",
+    }))?)
+}
+
+#[tokio::test]
+async fn a_started_run_is_awaited_for_its_typed_output() -> Result<()> {
+    let s = setup("client-output").await?;
+    let start = Start::inline("double-21", doubling_flow()?).input(&Doubling { n: 21.0 })?;
+    let run = s.client.start(start).await?;
+    ensure!(run.created(), "the first start creates the run");
+    let out: Doubled = run.wait(WAIT).await?;
+    assert_eq!(out, Doubled { n: 42 });
+
+    let status = run.status().await?;
+    assert_eq!(status.phase, FlowPhase::Succeeded);
+    assert_eq!(status.progress.as_deref(), Some("1/1"));
+    assert_eq!(status.output, Some(json!({"n": 42})));
+    assert_eq!(status.steps.len(), 1);
+    assert_eq!(
+        (
+            status.steps[0].name.as_str(),
+            status.steps[0].phase,
+            status.steps[0].attempts
+        ),
+        ("double", StepPhase::Succeeded, 1)
+    );
+
+    // A run that already ended answers at once; an output of another shape is a Decode error.
+    match run.wait::<Vec<String>>(Duration::from_secs(10)).await {
+        Err(Error::Decode { name, .. }) => assert_eq!(name, "double-21"),
+        other => bail!("expected a Decode error, got {other:?}"),
+    }
+    s.finish().await
+}
+
+#[tokio::test]
+async fn a_failed_run_is_a_typed_failure_naming_its_step_and_error() -> Result<()> {
+    let s = setup("client-failed").await?;
+    let start = Start::inline("bad-input", doubling_flow()?).input(&json!({"n": "x"}))?;
+    let run = s.client.start(start).await?;
+    match run.wait::<Value>(WAIT).await {
+        Err(Error::Failed(failure)) => {
+            assert_eq!(failure.name, "bad-input");
+            assert_eq!(failure.namespace, s.ns.name());
+            assert_eq!(failure.reason, "StepFailed");
+            assert_eq!(failure.failed_steps.len(), 1, "{failure:?}");
+            let step = &failure.failed_steps[0];
+            assert_eq!(step.name, "double");
+            let error = step.error.as_ref().context("the failed step's error")?;
+            assert_eq!(error.type_, "BadInput");
+            assert!(error.message.contains("n must be a number"), "{error:?}");
+            let text = failure.to_string();
+            assert!(
+                text.contains("bad-input") && text.contains("BadInput"),
+                "{text}"
+            );
+        }
+        other => bail!("expected Error::Failed, got {other:?}"),
+    }
+    s.finish().await
+}
+
+#[tokio::test]
+async fn a_signal_completes_a_waiting_run_and_keeps_other_signals() -> Result<()> {
+    let s = setup("client-signal").await?;
+    let run = s
+        .client
+        .start(Start::inline("gated", waiting_flow()?))
+        .await?;
+    s.step_waiting("gated", "gate").await?;
+
+    // An unrelated signal first: the next one must not remove it (a merge patch of status.signals).
+    run.signal("unrelated", &()).await?;
+    run.signal("go", &json!({"approved": true, "by": "grace"}))
+        .await?;
+    let out: Value = run.wait(WAIT).await?;
+    assert_eq!(out, json!({"approved": true, "by": "grace"}));
+
+    let fr = s.api.get("gated").await?;
+    let signals = fr.status.context("status")?.signals;
+    let names: Vec<&str> = signals.keys().map(String::as_str).collect();
+    assert_eq!(names, ["go", "unrelated"]);
+    assert_eq!(signals["unrelated"].payload, None);
+
+    // A run that does not exist is NotFound for every verb.
+    let ghost = s.client.run("no-such-run");
+    ensure!(
+        matches!(ghost.signal("go", &1).await, Err(Error::NotFound { .. })),
+        "signal"
+    );
+    ensure!(
+        matches!(ghost.cancel().await, Err(Error::NotFound { .. })),
+        "cancel"
+    );
+    ensure!(
+        matches!(ghost.status().await, Err(Error::NotFound { .. })),
+        "status"
+    );
+    ensure!(
+        matches!(ghost.wait::<Value>(WAIT).await, Err(Error::NotFound { .. })),
+        "wait"
+    );
+    s.finish().await
+}
+
+#[tokio::test]
+async fn a_cancelled_run_ends_cancelled_and_wait_says_so() -> Result<()> {
+    let s = setup("client-cancel").await?;
+    let run = s
+        .client
+        .start(Start::inline("to-cancel", waiting_flow()?))
+        .await?;
+    s.step_waiting("to-cancel", "gate").await?;
+    run.cancel().await?;
+    match run.wait::<Value>(WAIT).await {
+        Err(Error::Cancelled {
+            name, namespace, ..
+        }) => {
+            assert_eq!(
+                (name.as_str(), namespace.as_str()),
+                ("to-cancel", s.ns.name())
+            );
+        }
+        other => bail!("expected Error::Cancelled, got {other:?}"),
+    }
+    let status = run.status().await?;
+    assert_eq!(status.phase, FlowPhase::Cancelled);
+    assert_eq!(status.steps[0].phase, StepPhase::Cancelled);
+    s.finish().await
+}
+
+#[tokio::test]
+async fn starting_a_name_again_returns_the_same_run_and_a_different_spec_is_refused() -> Result<()>
+{
+    let s = setup("client-idem").await?;
+    // 21.0 is sent as the JSON float `21.0`; the API server stores it as `21`: still the same run.
+    let first = Start::inline("order-7", doubling_flow()?)
+        .input(&Doubling { n: 21.0 })?
+        .label("app", "shop");
+    let run = s.client.start(first.clone()).await?;
+    ensure!(run.created(), "the first start creates the run");
+    let stored = s.api.get("order-7").await?;
+    let uid = stored.metadata.uid;
+    // What makes the comparison below non-trivial: the stored input is not the JSON that was sent.
+    assert_eq!(
+        serde_json::to_string(&stored.spec.input)?,
+        r#"{"n":21}"#,
+        "the API server rewrites the float 21.0"
+    );
+
+    let again = s.client.start(first.clone()).await?;
+    ensure!(
+        !again.created(),
+        "the second start returns the existing run"
+    );
+    assert_eq!(again.name(), "order-7");
+    let list = s.api.list(&ListParams::default()).await?;
+    assert_eq!(list.items.len(), 1, "one FlowRun, not a duplicate");
+    assert_eq!(list.items[0].metadata.uid, uid, "the same FlowRun");
+    let out: Doubled = again.wait(WAIT).await?;
+    assert_eq!(out, Doubled { n: 42 });
+
+    // A finished run of the same spec is still the same run: its result, not a new charge.
+    let after_end = s.client.start(first.clone()).await?;
+    ensure!(!after_end.created());
+    assert_eq!(after_end.wait::<Doubled>(WAIT).await?, Doubled { n: 42 });
+
+    // Another input under the same name is refused, naming where the specs differ (the local comparison
+    // and the API server's dry-run rendering agree).
+    let other = Start::inline("order-7", doubling_flow()?).input(&Doubling { n: 5.0 })?;
+    match s.client.start(other.clone()).await {
+        Err(Error::SpecConflict {
+            name, differences, ..
+        }) => {
+            assert_eq!(name, "order-7");
+            assert_eq!(differences, ["spec.input.n"]);
+        }
+        other => bail!("expected Error::SpecConflict, got {other:?}"),
+    }
+    // Reject refuses any existing run; ReturnExisting returns it whatever its spec.
+    ensure!(matches!(
+        s.client
+            .start(first.clone().if_exists(IfExists::Reject))
+            .await,
+        Err(Error::AlreadyExists { .. })
+    ));
+    let existing = s
+        .client
+        .start(other.clone().if_exists(IfExists::ReturnExisting))
+        .await?;
+    ensure!(!existing.created());
+    // ReplaceFailed does not replace a Succeeded run: it is a conflict as by default.
+    ensure!(matches!(
+        s.client
+            .start(other.clone().if_exists(IfExists::ReplaceFailed))
+            .await,
+        Err(Error::SpecConflict { .. })
+    ));
+    let list = s.api.list(&ListParams::default()).await?;
+    assert_eq!(list.items.len(), 1, "still one FlowRun");
+    assert_eq!(list.items[0].metadata.uid, uid);
+    s.finish().await
+}
+
+#[tokio::test]
+async fn run_controls_do_not_make_another_run_and_replace_failed_starts_anew() -> Result<()> {
+    let s = setup("client-replace").await?;
+    let gated = Start::inline("gated", waiting_flow()?);
+    let run = s.client.start(gated.clone()).await?;
+    s.step_waiting("gated", "gate").await?;
+    run.cancel().await?;
+    ensure!(matches!(
+        run.wait::<Value>(WAIT).await,
+        Err(Error::Cancelled { .. })
+    ));
+    // spec.cancel is now true on the stored run: a start of the same spec still finds the same run.
+    let again = s.client.start(gated.clone()).await?;
+    ensure!(
+        !again.created(),
+        "cancel is a run control, not part of the spec's identity"
+    );
+
+    // ReplaceFailed replaces a Cancelled run, here with a spec that differs.
+    let old_uid = s.api.get("gated").await?.metadata.uid;
+    let replacement = Start::inline("gated", doubling_flow()?)
+        .input(&Doubling { n: 4.0 })?
+        .if_exists(IfExists::ReplaceFailed);
+    let new = s.client.start(replacement).await?;
+    ensure!(new.created(), "the Cancelled run was replaced");
+    assert_eq!(new.wait::<Doubled>(WAIT).await?, Doubled { n: 8 });
+    let list = s.api.list(&ListParams::default()).await?;
+    assert_eq!(list.items.len(), 1);
+    ensure!(
+        list.items[0].metadata.uid != old_uid,
+        "a new FlowRun took the name"
+    );
+    s.finish().await
+}
+
+#[tokio::test]
+async fn wait_times_out_naming_the_run_and_its_last_phase() -> Result<()> {
+    let s = setup("client-timeout").await?;
+    let run = s
+        .client
+        .start(Start::inline("forever", waiting_flow()?))
+        .await?;
+    s.step_waiting("forever", "gate").await?;
+    let started = std::time::Instant::now();
+    match run.wait::<Value>(Duration::from_secs(2)).await {
+        Err(e @ Error::Timeout { .. }) => {
+            let Error::Timeout {
+                ref name,
+                last_phase,
+                waited,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!(name, "forever");
+            assert_eq!(last_phase, Some(FlowPhase::Running));
+            assert_eq!(waited, Duration::from_secs(2));
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("{}/forever", s.ns.name())) && text.contains("Running"),
+                "{text}"
+            );
+        }
+        other => bail!("expected Error::Timeout, got {other:?}"),
+    }
+    let elapsed = started.elapsed();
+    ensure!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(10),
+        "wait returned after {elapsed:?}"
+    );
+    // The run goes on.
+    assert_eq!(run.status().await?.phase, FlowPhase::Running);
+    s.finish().await
+}
