@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
@@ -29,11 +29,6 @@ pub struct Context {
     /// Metrics.
     pub metrics: Metrics,
 }
-
-/// How many runs one controller reconciles at once. A reconcile is short (the lane answers an echo from
-/// memory, or decides and writes one patch), so a hundred keep the API server busy; unbounded, the first list
-/// after a restart starts one per run at once, each holding its decoded run until the decision is made.
-const CONCURRENCY: u16 = 128;
 
 /// The longest a run with a timer waits for its next look (a timer further out is looked at again then).
 const RESYNC: Duration = Duration::from_secs(300);
@@ -65,7 +60,6 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
     Controller::for_stream(runs, reader)
-        .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(children)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

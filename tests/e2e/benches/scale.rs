@@ -318,6 +318,7 @@ async fn main() -> Result<()> {
     let finished_in = signalled.elapsed();
     let ran = timings.count_prefix("idle");
     let repeated = timings.repeated_prefix("idle");
+    let same_attempt = timings.same_attempt_repeated_prefix("idle");
     let (rss_end, rss_peak) = memory_kib(operator_pid(&operator)?)?;
 
     let p50 = |gaps: &[Duration]| ms(percentile(gaps, 50.0));
@@ -368,7 +369,7 @@ async fn main() -> Result<()> {
         ms(first_dispatch)
     );
     println!(
-        "| signals | {n} signalled (sent in {:.1} s) until all Succeeded | {:.1} s, {signal_rate:.1} runs/s | {:.3} of the PATCH rate; {ran} task steps ran, {repeated} more than once |",
+        "| signals | {n} signalled (sent in {:.1} s) until all Succeeded | {:.1} s, {signal_rate:.1} runs/s | {:.3} of the PATCH rate; {ran} task steps ran, {repeated} more than once ({same_attempt} of them one attempt twice) |",
         sent_in.as_secs_f64(),
         finished_in.as_secs_f64(),
         signal_rate / patch_rate_8
@@ -392,7 +393,8 @@ async fn main() -> Result<()> {
         "restart": {"firstDispatchMs": ms(first_dispatch)},
         "signals": {"sentSeconds": sent_in.as_secs_f64(), "allSucceededSeconds": finished_in.as_secs_f64(),
                     "runsPerSecond": signal_rate, "ratio": signal_rate / patch_rate_8,
-                    "taskStepsRan": ran, "ranMoreThanOnce": repeated},
+                    "taskStepsRan": ran, "ranMoreThanOnce": repeated,
+                    "sameAttemptMoreThanOnce": same_attempt},
     });
     let dir = repo_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -402,7 +404,10 @@ async fn main() -> Result<()> {
     )?;
     println!("(written to target/bench/scale.json)");
     ensure!(ran == n, "{} of {n} signalled runs' task steps ran", ran);
-    ensure!(repeated == 0, "{repeated} task steps ran more than once");
+    ensure!(
+        repeated == 0,
+        "{repeated} task steps ran more than once ({same_attempt} of them one attempt twice)"
+    );
 
     operator.stop().await?;
     for w in workers {

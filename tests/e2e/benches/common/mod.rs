@@ -30,6 +30,9 @@ pub struct Span {
     pub start: Instant,
     pub end: Instant,
     pub runs: u32,
+    /// Whether one attempt number ran more than once (a lost attempt retried is a new number).
+    pub same_attempt_again: bool,
+    last_attempt: u32,
 }
 
 /// When each handler ran: (FlowRun, step name or forEach index) → its last run, and how many there were.
@@ -39,16 +42,20 @@ pub struct Timings {
 }
 
 impl Timings {
-    fn record(&self, flow: &str, key: String, start: Instant) {
+    fn record(&self, flow: &str, key: String, attempt: u32, start: Instant) {
         let mut spans = self.spans.lock().unwrap();
         let span = spans.entry((flow.to_owned(), key)).or_insert(Span {
             start,
             end: start,
             runs: 0,
+            same_attempt_again: false,
+            last_attempt: 0,
         });
         span.start = start;
         span.end = Instant::now();
         span.runs += 1;
+        span.same_attempt_again |= attempt <= span.last_attempt;
+        span.last_attempt = span.last_attempt.max(attempt);
     }
 
     /// How many distinct handler runs of FlowRuns named `prefix-*` were seen.
@@ -70,6 +77,18 @@ impl Timings {
             .unwrap()
             .iter()
             .filter(|((f, _), span)| f.starts_with(&prefix) && span.runs > 1)
+            .count()
+    }
+
+    /// How many handlers of FlowRuns named `prefix-*` ran one attempt number more than once: a durability bug,
+    /// where a handler run again for a newer attempt (its worker was presumed lost) is not.
+    pub fn same_attempt_repeated_prefix(&self, prefix: &str) -> usize {
+        let prefix = format!("{prefix}-");
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((f, _), span)| f.starts_with(&prefix) && span.same_attempt_again)
             .count()
     }
 
@@ -131,7 +150,7 @@ pub fn start_workers(
                             Some(i) => format!("{}[{i}]", ctx.step()),
                             None => input["key"].as_str().unwrap_or_default().to_owned(),
                         };
-                        t.record(ctx.flow_run_name(), key, start);
+                        t.record(ctx.flow_run_name(), key, ctx.attempt(), start);
                         Ok(json!({"ok": true}))
                     }
                 },
