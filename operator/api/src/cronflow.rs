@@ -126,10 +126,11 @@ pub struct CronFlowSpec {
     #[schemars(range(min = 0, max = 31_536_000))]
     pub starting_deadline_seconds: Option<u32>,
 
-    /// What happens to slots that came due while the operator was not running (or while the CronFlow was
-    /// suspended). `RunOnce` (default, as a CronJob): the latest of them starts once, as soon as the operator
-    /// is back, within `startingDeadlineSeconds`; the earlier ones are reported missed. `Skip`: none of them
-    /// starts; the next slot runs as usual. Missed slots are reported with a `MissedSchedule` Event.
+    /// What happens to slots that came due while the operator was not running. `RunOnce` (default, as a
+    /// CronJob): the latest of them starts once, as soon as the operator is back, within
+    /// `startingDeadlineSeconds`; the earlier ones are reported missed. `Skip`: none of them starts; the next
+    /// slot runs as usual. Missed slots are reported with a `MissedSchedule` Event. (Slots missed while the
+    /// CronFlow was suspended are not covered: see `suspend`.)
     #[serde(default)]
     pub missed_schedule_policy: MissedSchedulePolicy,
 
@@ -143,8 +144,9 @@ pub struct CronFlowSpec {
     #[schemars(range(min = 0, max = 1000))]
     pub failed_runs_history_limit: Option<u32>,
 
-    /// true holds back new runs (runs already started go on); set back to false to resume. Slots missed
-    /// meanwhile follow `missedSchedulePolicy`.
+    /// true holds back new runs (runs already started go on); set back to false to resume. As with a CronJob,
+    /// the latest slot missed while suspended starts once on resume, unless `startingDeadlineSeconds` has
+    /// passed for it (set a deadline to skip such slots).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
 }

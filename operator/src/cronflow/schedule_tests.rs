@@ -252,6 +252,30 @@ fn suspended_nothing_starts_and_history_is_still_kept() {
 }
 
 #[test]
+fn on_resume_the_latest_slot_missed_while_suspended_starts_once_within_its_deadline() {
+    // Suspended from 105 to 163 with the operator up: on resume only 160 starts (as a CronJob would).
+    let spec = spec("*/10 * * * * *");
+    let s = Schedule::parse(&spec.schedule, None).unwrap();
+    let mut o = observed(&spec, &[], 163);
+    o.last_schedule = Some(secs(100));
+    let slot = decide(&o, &s).slot.unwrap();
+    assert_eq!((slot.run.as_str(), slot.skipped_before), ("nightly-160", 5));
+    assert_eq!(slot.action, SlotAction::Start);
+    // With a deadline shorter than the wait, it does not.
+    let with_deadline = CronFlowSpec {
+        starting_deadline_seconds: Some(2),
+        ..spec.clone()
+    };
+    o.spec = &with_deadline;
+    assert_eq!(
+        decide(&o, &s).slot.unwrap().action,
+        SlotAction::TooLate {
+            deadline_seconds: 2
+        }
+    );
+}
+
+#[test]
 fn daylight_saving_in_a_time_zone() {
     // Europe/Berlin: 2026-03-29 02:00 CET → 03:00 CEST; 2026-10-25 03:00 CEST → 02:00 CET.
     let daily = Schedule::parse("30 2 * * *", Some("Europe/Berlin")).unwrap();
