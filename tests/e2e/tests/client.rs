@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use sluice_client::api::{FlowPhase, FlowRun, FlowRunSpec, StepPhase};
 use sluice_client::{Client, Error, IfExists, Start};
 use sluice_e2e::{
-    InProcessOperator, TestNamespace, cluster, init_test_logs, install_crds, start_doubling_worker,
-    wait_for,
+    InProcessOperator, TestNamespace, cargo_test_env, cluster, init_test_logs, install_crds,
+    kubeconfig_path, repo_root, start_doubling_worker, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -369,4 +369,87 @@ async fn wait_times_out_naming_the_run_and_its_last_phase() -> Result<()> {
     // The run goes on.
     assert_eq!(run.status().await?.phase, FlowPhase::Running);
     s.finish().await
+}
+
+/// Runs the crate's example binary with `args` against namespace `ns`; returns (exit code, stdout, stderr).
+async fn run_charge_example(ns: &str, args: &[&str]) -> Result<(Option<i32>, String, String)> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let out = tokio::process::Command::new(target.join("debug/examples/charge"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path()?)
+        .env("SLUICE_NAMESPACE", ns)
+        .output()
+        .await
+        .context("running the charge example")?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn the_charge_example_starts_a_flow_and_prints_its_result() -> Result<()> {
+    init_test_logs();
+    // The example binary, built like the harness builds the operator (outside this test's cargo env).
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = tokio::process::Command::new(cargo);
+    build.args(["build", "-q", "-p", "sluice-client", "--example", "charge"]);
+    for name in cargo_test_env() {
+        build.env_remove(name);
+    }
+    let built = build
+        .current_dir(repo_root())
+        .output()
+        .await
+        .context("cargo build --example charge")?;
+    ensure!(
+        built.status.success(),
+        "building the charge example: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    install_crds(&cluster().await?).await?;
+    let ns = TestNamespace::new("client-example").await?;
+    let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
+    // The example's pool `examples`, serving `charge_payment` as the example worker does.
+    let config = sluice_worker::Config::new(
+        operator.broker_url(),
+        format!("{}/examples", ns.name()),
+        "worker-1",
+    );
+    let worker = sluice_worker::Worker::new(config).handler(
+        "charge_payment",
+        |_ctx: sluice_worker::StepContext, input: Value| async move {
+            Ok(json!({
+                "paymentId": format!("pay-{}", input["orderId"].as_str().unwrap_or_default()),
+                "amount": input["amount"],
+                "status": "charged",
+            }))
+        },
+    );
+    let handle = worker.shutdown_handle();
+    tokio::spawn(async move { worker.run_until(std::future::pending()).await });
+
+    let (code, stdout, stderr) = run_charge_example(ns.name(), &["1001", "42.50"]).await?;
+    ensure!(code == Some(0), "the example exited {code:?}: {stderr}");
+    assert_eq!(stdout, "charged 42.50: pay-1001\n");
+    // Again: the same run and its recorded result, no second FlowRun.
+    let (code, again, stderr) = run_charge_example(ns.name(), &["1001", "42.50"]).await?;
+    ensure!(code == Some(0), "the second run exited {code:?}: {stderr}");
+    assert_eq!(again, stdout);
+    let api: Api<FlowRun> = ns.api();
+    assert_eq!(api.list(&ListParams::default()).await?.items.len(), 1);
+    // Another amount for the same order is a spec conflict, reported as an error.
+    let (code, _, stderr) = run_charge_example(ns.name(), &["1001", "50"]).await?;
+    ensure!(code != Some(0), "a conflicting charge must fail");
+    ensure!(
+        stderr.contains("different spec") && stderr.contains("spec.input.amount"),
+        "{stderr}"
+    );
+    handle.shutdown();
+    ns.cleanup().await?;
+    Ok(())
 }
