@@ -140,6 +140,67 @@ pub async fn ship_order(_ctx: StepContext, input: ShipInput) -> Result<Value, St
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The saga (examples/saga-flow.yaml): book → charge → ship, and the compensations its exit steps run.
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BookInput {
+    pub order_id: String,
+    #[serde(default)]
+    pub items: Vec<String>,
+}
+
+/// Books the order's items (possibly none): one booking per item, named after the order.
+pub async fn book_items(_ctx: StepContext, input: BookInput) -> Result<Value, StepError> {
+    let bookings: Vec<Value> = input
+        .items
+        .iter()
+        .map(|sku| json!({"sku": sku, "bookingId": format!("bk-{}-{sku}", input.order_id)}))
+        .collect();
+    Ok(json!({"orderId": input.order_id, "bookings": bookings}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundInput {
+    pub payment: Value,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Refunds a charge (the compensation of `charge_payment`).
+pub async fn refund_payment(_ctx: StepContext, input: RefundInput) -> Result<Value, StepError> {
+    let Some(id) = input.payment.get("paymentId").and_then(Value::as_str) else {
+        return Err(StepError::fatal(
+            "NoPayment",
+            "payment.paymentId is missing: nothing to refund",
+        ));
+    };
+    Ok(json!({"refundId": format!("ref-{id}"), "paymentId": id, "reason": input.reason}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseInput {
+    pub booking: Value,
+}
+
+/// Releases an order's bookings (the compensation of `book_items`).
+pub async fn release_booking(_ctx: StepContext, input: ReleaseInput) -> Result<Value, StepError> {
+    let released: Vec<Value> = input
+        .booking
+        .get("bookings")
+        .and_then(Value::as_array)
+        .map(|b| {
+            b.iter()
+                .filter_map(|b| b.get("bookingId").cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(json!({"orderId": input.booking.get("orderId"), "released": released}))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Manager approval (examples/approval-flow.yaml); the approval itself is a signal, no handler.
 
 #[derive(Debug, Deserialize)]
@@ -394,6 +455,31 @@ mod tests {
         let empty = json!({"orderId": "1", "address": {}, "reservations": []});
         assert!(
             !ship_order(ctx(1), input(empty))
+                .await
+                .unwrap_err()
+                .is_retryable()
+        );
+    }
+
+    #[tokio::test]
+    async fn saga_handlers_undo_what_was_done() {
+        let booked = book_items(ctx(1), input(json!({"orderId": "7", "items": ["mug"]})))
+            .await
+            .unwrap();
+        assert_eq!(booked["bookings"][0]["bookingId"], "bk-7-mug");
+        let released = release_booking(ctx(1), input(json!({"booking": booked})))
+            .await
+            .unwrap();
+        assert_eq!(released["released"], json!(["bk-7-mug"]));
+        let refund = refund_payment(
+            ctx(1),
+            input(json!({"payment": {"paymentId": "pay-7"}, "reason": "ship failed"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(refund["refundId"], "ref-pay-7");
+        assert!(
+            !refund_payment(ctx(1), input(json!({"payment": null})))
                 .await
                 .unwrap_err()
                 .is_retryable()

@@ -55,6 +55,9 @@ fn worker(worker: Worker, log: &SideEffectLog) -> Worker {
     let worker = register(worker, log, "send_newsletter", send_newsletter);
     let worker = register(worker, log, "export_report", export_report);
     let worker = register(worker, log, "import_records", import_records);
+    let worker = register(worker, log, "book_items", book_items);
+    let worker = register(worker, log, "refund_payment", refund_payment);
+    let worker = register(worker, log, "release_booking", release_booking);
     register(worker, log, "slow_task", slow_task)
 }
 

@@ -83,6 +83,25 @@ pub struct FlowRunSpec {
     #[schemars(length(min = 1, max = 200))]
     pub steps: Vec<Step>,
 
+    /// Exit steps: they run once the steps of `spec.steps` have ended, whatever the outcome (Succeeded,
+    /// Failed, Cancelled, or past `activeDeadline`), for clean-up, notifications or saga compensations. Their
+    /// expressions see every step as `steps.<name>` and the outcome of the main steps as `flow.phase`
+    /// (Succeeded, Failed or Cancelled) and `flow.failedSteps` (names of the steps that failed). They are steps
+    /// like the others: their names share one namespace with `spec.steps`, and their `dependsOn` names other
+    /// exit steps (each starts once the main steps ended and its own dependencies are done). The run ends when
+    /// they have: with the outcome of the main steps, or Failed (reason ExitStepFailed) if an exit step failed.
+    /// At most 50.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub on_exit: Vec<Step>,
+
+    /// The longest the run may take from its start (`status.startedAt`), as a duration such as `30s`, `10m` or
+    /// `2h`. Past it, every main step still going is cancelled (running workers are asked to stop), the run
+    /// fails with reason DeadlineExceeded, and its exit steps (`onExit`) still run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "positive_duration_string")]
+    pub active_deadline: Option<String>,
+
     /// Output of the flow, usually built from step outputs with expressions such as
     /// `${{ steps.ship.output.tracking }}`. Defaults to nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +353,19 @@ pub struct ChildFlow {
     pub spec: Value,
 }
 
+/// How the main steps of a run with exit steps ended.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MainOutcome {
+    /// Succeeded, Failed or Cancelled.
+    pub phase: FlowPhase,
+    /// Why, in one word: Succeeded, StepFailed, DeadlineExceeded or Cancelled.
+    pub reason: String,
+    /// Why, for people: which step failed and how, or what cancelled the run.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
 /// Phase of a whole FlowRun.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum FlowPhase {
@@ -449,6 +481,12 @@ pub struct FlowRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_any_json")]
     pub output: Option<Value>,
+
+    /// How the main steps (`spec.steps`) ended, in a run with exit steps (`spec.onExit`): recorded when they
+    /// end, before the exit steps start. Exit steps see it as `flow.phase`, `flow.reason` and `flow.message`;
+    /// the run ends with this phase once they are done, unless one of them fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_outcome: Option<MainOutcome>,
 
     /// Size of this FlowRun's status in bytes of JSON, to watch against the object size limit: measured by
     /// every decision of the operator, estimated between them. A step that would take it past the operator's

@@ -207,7 +207,13 @@ pub fn apply_event(
     event: &Event,
     now: Timestamp,
 ) -> Result<EventOutcome, Refusal> {
-    let ctx = Ctx::new(flow, now);
+    let scheduled = super::exit::scheduled(flow.spec);
+    let declared = flow.spec;
+    let flow = &FlowRunInput {
+        spec: &scheduled,
+        ..*flow
+    };
+    let ctx = Ctx::new(flow, declared, now);
     let room = Room::new(flow.status, ctx.limits);
     let mut status = flow.status.clone();
     let flow_phase = status.phase.unwrap_or_default();

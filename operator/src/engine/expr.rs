@@ -23,7 +23,7 @@ pub const OPEN: &str = "${{";
 pub const CLOSE: &str = "}}";
 
 /// Root variables an expression may use.
-pub const VARIABLES: [&str; 4] = ["input", "steps", "item", "index"];
+pub const VARIABLES: [&str; 5] = ["input", "steps", "item", "index", "flow"];
 
 /// Most loop iterations an expression may be estimated to take. The `cel` crate has no cost limit of its own,
 /// and one expression such as `input.items.map(a, input.items.map(b, [a, b]))` over a large input would
@@ -201,6 +201,8 @@ pub struct Vars {
     steps: cel::Value,
     item: Option<cel::Value>,
     index: Option<cel::Value>,
+    /// The main steps' outcome, in exit steps.
+    flow: Option<cel::Value>,
     /// The largest number of entries of a list or map in these variables (at least 1): what one loop of an
     /// expression can iterate over.
     widest: u64,
@@ -219,7 +221,17 @@ impl Vars {
             steps: object_to_cel(steps),
             item: None,
             index: None,
+            flow: None,
             widest,
+        }
+    }
+
+    /// The same variables plus `flow` (`{phase, reason, message, failedSteps}`), which exit steps see.
+    pub fn with_flow(&self, flow: &Value) -> Self {
+        Self {
+            flow: Some(to_cel(flow)),
+            widest: self.widest.max(widest(flow)),
+            ..self.clone()
         }
     }
 
@@ -242,6 +254,9 @@ impl Vars {
         }
         if let Some(index) = &self.index {
             ctx.add_variable_from_value("index", index.clone());
+        }
+        if let Some(flow) = &self.flow {
+            ctx.add_variable_from_value("flow", flow.clone());
         }
         ctx
     }

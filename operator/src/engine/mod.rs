@@ -49,6 +49,7 @@ pub mod child;
 pub mod dag;
 mod decision;
 pub mod events;
+pub mod exit;
 pub mod expr;
 pub mod foreach;
 pub mod output;
@@ -112,6 +113,7 @@ static EMPTY_STATUS: FlowRunStatus = FlowRunStatus {
     steps: std::collections::BTreeMap::new(),
     signals: std::collections::BTreeMap::new(),
     output: None,
+    main_outcome: None,
     status_bytes: None,
     conditions: Vec::new(),
     retry: None,
@@ -144,21 +146,34 @@ impl<'a> FlowRunInput<'a> {
 /// What both entry points need: the flow, its graph and the time.
 pub(crate) struct Ctx<'a> {
     pub meta: &'a FlowMeta,
+    /// The steps as scheduled: the main steps, then the exit steps (see [`exit::scheduled`]).
     pub spec: &'a FlowRunSpec,
+    /// The spec as written (what validation reports on).
+    pub declared: &'a FlowRunSpec,
+    /// How many of `spec.steps` are main steps; the rest are exit steps.
+    pub main: usize,
     pub dag: Dag,
     pub now: Timestamp,
     pub limits: Limits,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(flow: &FlowRunInput<'a>, now: Timestamp) -> Self {
+    /// `flow.spec` is the spec as scheduled ([`exit::scheduled`] of `declared`).
+    pub fn new(flow: &FlowRunInput<'a>, declared: &'a FlowRunSpec, now: Timestamp) -> Self {
         Self {
             meta: flow.meta,
             spec: flow.spec,
+            declared,
+            main: declared.steps.len(),
             dag: Dag::new(&flow.spec.steps),
             now,
             limits: flow.limits,
         }
+    }
+
+    /// Whether step `i` is an exit step.
+    pub fn is_exit(&self, i: usize) -> bool {
+        i >= self.main
     }
 
     pub fn step(&self, name: &str) -> Option<(usize, &'a Step)> {

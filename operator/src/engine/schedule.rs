@@ -25,12 +25,18 @@ use super::output::{INVALID_INPUT, TIMEOUT, check_output, step_error, stored};
 use super::rerun::{RetryAction, apply_retry_request, child_name_for};
 use super::timers::{after, ceil_second, earliest, is_due, parse_duration, parse_time, past};
 use super::validate::{StepKind, step_kind, validate};
-use super::{Ctx, FlowRunInput};
-use crate::api::{FlowPhase, FlowRunStatus, StepPhase, StepStatus};
+use super::{Ctx, FlowRunInput, exit};
+use crate::api::{FlowPhase, FlowRunStatus, MainOutcome, StepPhase, StepStatus};
 
 /// The attempts the status shows Running on workers (plain handler steps and forEach instances).
 pub fn running_attempts(flow: &FlowRunInput<'_>) -> Vec<RunningAttempt> {
-    let ctx = Ctx::new(flow, Timestamp::UNIX_EPOCH);
+    let scheduled = exit::scheduled(flow.spec);
+    let declared = flow.spec;
+    let flow = &FlowRunInput {
+        spec: &scheduled,
+        ..*flow
+    };
+    let ctx = Ctx::new(flow, declared, Timestamp::UNIX_EPOCH);
     let mut out = Vec::new();
     for step in &flow.spec.steps {
         let (Some(handler), Some(st)) = (&step.handler, flow.status.steps.get(&step.name)) else {
@@ -99,8 +105,14 @@ struct Ending {
 
 /// Decides what happens next for a FlowRun. Pure: the same input and `now` give the same decision.
 pub fn decide(flow: &FlowRunInput<'_>, now: Timestamp) -> Decision {
+    let scheduled = exit::scheduled(flow.spec);
+    let declared = flow.spec;
+    let flow = &FlowRunInput {
+        spec: &scheduled,
+        ..*flow
+    };
     let mut s = Scheduler {
-        ctx: Ctx::new(flow, now),
+        ctx: Ctx::new(flow, declared, now),
         old: flow.status,
         status: flow.status.clone(),
         fx: Effects::default(),
@@ -142,11 +154,48 @@ impl Scheduler<'_> {
             .unwrap_or_default()
     }
 
-    /// The first step (in spec order) that failed without `continueOnFailure`: it fails the run.
+    /// The first main step (in spec order) that failed without `continueOnFailure`: it fails the run.
     fn failed_step(&self) -> Option<usize> {
-        (0..self.ctx.spec.steps.len()).find(|&i| {
+        self.first_failed(0..self.ctx.main)
+    }
+
+    /// The first exit step that failed without `continueOnFailure`: it fails the run after the others.
+    fn failed_exit_step(&self) -> Option<usize> {
+        self.first_failed(self.ctx.main..self.ctx.spec.steps.len())
+    }
+
+    fn first_failed(&self, mut steps: std::ops::Range<usize>) -> Option<usize> {
+        steps.find(|&i| {
             self.step_phase(i) == StepPhase::Failed && !self.ctx.spec.steps[i].continue_on_failure
         })
+    }
+
+    fn has_exit_steps(&self) -> bool {
+        self.ctx.main < self.ctx.spec.steps.len()
+    }
+
+    /// Whether every main step has ended.
+    fn main_ended(&self) -> bool {
+        (0..self.ctx.main).all(|i| self.step_phase(i).is_terminal())
+    }
+
+    /// Ends the main steps of a run with exit steps (those still going are cancelled) and records how, once:
+    /// the exit steps start from this.
+    fn end_main(&mut self, phase: FlowPhase, reason: &str, message: String) {
+        if self.status.main_outcome.is_some() {
+            return;
+        }
+        self.cancel_steps(0..self.ctx.main, &format!("cancelled: {message}"));
+        self.fx.notes.push(Note::normal(
+            "ExitStepsStarted",
+            None,
+            format!("the main steps ended {phase:?} ({reason}): running the exit steps"),
+        ));
+        self.status.main_outcome = Some(MainOutcome {
+            phase,
+            reason: reason.to_owned(),
+            message,
+        });
     }
 
     fn run(&mut self) {
@@ -160,10 +209,14 @@ impl Scheduler<'_> {
             &mut self.fx.notes,
         );
         self.retried = action == RetryAction::Retried;
+        if self.retried {
+            // The main steps run again; the exit steps that did not succeed run again after them.
+            self.status.main_outcome = None;
+        }
         if self.phase().is_terminal() {
             return;
         }
-        if let Err(errors) = validate(self.ctx.spec) {
+        if let Err(errors) = validate(self.ctx.declared) {
             let message = errors.to_string();
             self.fx.notes.push(Note::warning(
                 "FlowInvalid",
@@ -184,7 +237,14 @@ impl Scheduler<'_> {
             self.status.steps.entry(step.name.clone()).or_default();
         }
 
-        if self.ctx.spec.cancel {
+        if self.ctx.spec.cancel && self.has_exit_steps() {
+            // The exit steps still run (a cancel after the main steps ended changes nothing).
+            self.end_main(
+                FlowPhase::Cancelled,
+                "Cancelled",
+                "the run was cancelled (spec.cancel)".into(),
+            );
+        } else if self.ctx.spec.cancel {
             self.cancel_all("cancelled: the run was cancelled (spec.cancel)");
             self.status.phase = Some(FlowPhase::Cancelled);
             self.fx.notes.push(Note::normal(
@@ -197,6 +257,29 @@ impl Scheduler<'_> {
                 message: "the run was cancelled (spec.cancel)".into(),
             });
             return;
+        }
+
+        if let Some(deadline) = exit::deadline(self.ctx.spec, &self.status)
+            && deadline <= self.ctx.now
+            && self.status.main_outcome.is_none()
+            && !self.main_ended()
+        {
+            let limit = self.ctx.spec.active_deadline.clone().unwrap_or_default();
+            let message = format!("the run passed its activeDeadline of {limit}");
+            self.fx
+                .notes
+                .push(Note::warning("DeadlineExceeded", None, message.clone()));
+            if self.has_exit_steps() {
+                self.end_main(FlowPhase::Failed, "DeadlineExceeded", message);
+            } else {
+                self.cancel_all(&format!("cancelled: {message}"));
+                self.status.phase = Some(FlowPhase::Failed);
+                self.ending = Some(Ending {
+                    reason: "DeadlineExceeded",
+                    message,
+                });
+                return;
+            }
         }
 
         let order = self.ctx.dag.order.clone();
@@ -217,15 +300,12 @@ impl Scheduler<'_> {
     /// Derives the run's phase from its steps: Failed when a step failed it (the rest are cancelled),
     /// Succeeded when every step ended, Running once a step started.
     fn conclude(&mut self) {
-        if let Some(i) = self.failed_step() {
+        if self.has_exit_steps() {
+            self.conclude_with_exit_steps();
+        } else if let Some(i) = self.failed_step() {
             let name = self.ctx.spec.steps[i].name.clone();
-            let error = self.status.steps[&name].error.clone().unwrap_or_default();
             self.cancel_all(&format!("cancelled: step {name:?} failed"));
-            let message = if error.message.is_empty() {
-                format!("step {name:?} failed: {}", error.type_)
-            } else {
-                format!("step {name:?} failed: {}: {}", error.type_, error.message)
-            };
+            let message = self.failure_message(i);
             self.fx
                 .notes
                 .push(Note::warning("FlowFailed", None, message.clone()));
@@ -258,6 +338,103 @@ impl Scheduler<'_> {
         }
     }
 
+    /// What a step's failure says, for the run's condition.
+    fn failure_message(&self, i: usize) -> String {
+        let name = &self.ctx.spec.steps[i].name;
+        let error = self
+            .status
+            .steps
+            .get(name)
+            .and_then(|st| st.error.clone())
+            .unwrap_or_default();
+        if error.message.is_empty() {
+            format!("step {name:?} failed: {}", error.type_)
+        } else {
+            format!("step {name:?} failed: {}: {}", error.type_, error.message)
+        }
+    }
+
+    /// [`Self::conclude`] for a run with exit steps: the main steps end first (their outcome recorded), then
+    /// the exit steps run, then the run ends with the main steps' outcome — or Failed if an exit step failed.
+    fn conclude_with_exit_steps(&mut self) {
+        if self.status.main_outcome.is_none() {
+            if let Some(i) = self.failed_step() {
+                let message = self.failure_message(i);
+                self.end_main(FlowPhase::Failed, "StepFailed", message);
+            } else if self.main_ended() {
+                self.end_main(
+                    FlowPhase::Succeeded,
+                    "Succeeded",
+                    "the main steps succeeded".into(),
+                );
+            }
+        }
+        let Some(outcome) = self.status.main_outcome.clone() else {
+            if (0..self.ctx.main).any(|i| self.step_phase(i) != StepPhase::Pending) {
+                self.status.phase = Some(FlowPhase::Running);
+            }
+            return;
+        };
+        // Exit steps the main steps' end let start in this same decision.
+        let exits: Vec<usize> = (self.ctx.dag.order.iter().copied())
+            .filter(|&i| self.ctx.is_exit(i))
+            .collect();
+        for i in exits {
+            for _ in 0..4 {
+                let before = self.step_phase(i);
+                self.advance(i);
+                if self.step_phase(i) == before {
+                    break;
+                }
+            }
+        }
+        let all = self.ctx.spec.steps.len();
+        if let Some(i) = self.failed_exit_step() {
+            let name = self.ctx.spec.steps[i].name.clone();
+            self.cancel_steps(
+                self.ctx.main..all,
+                &format!("cancelled: exit step {name:?} failed"),
+            );
+            let message = format!(
+                "{} (after the main steps ended {:?}: {})",
+                self.failure_message(i),
+                outcome.phase,
+                outcome.reason
+            );
+            self.fx
+                .notes
+                .push(Note::warning("FlowFailed", None, message.clone()));
+            self.status.phase = Some(FlowPhase::Failed);
+            self.ending = Some(Ending {
+                reason: "ExitStepFailed",
+                message,
+            });
+        } else if (self.ctx.main..all).all(|i| self.step_phase(i).is_terminal()) {
+            match outcome.phase {
+                FlowPhase::Succeeded => self.succeed(),
+                phase => {
+                    let (event, reason) = match outcome.reason.as_str() {
+                        "Cancelled" => ("FlowCancelled", "Cancelled"),
+                        "DeadlineExceeded" => ("FlowFailed", "DeadlineExceeded"),
+                        _ => ("FlowFailed", "StepFailed"),
+                    };
+                    self.fx.notes.push(if phase == FlowPhase::Cancelled {
+                        Note::normal(event, None, "the run was cancelled".into())
+                    } else {
+                        Note::warning(event, None, outcome.message.clone())
+                    });
+                    self.status.phase = Some(phase);
+                    self.ending = Some(Ending {
+                        reason,
+                        message: outcome.message,
+                    });
+                }
+            }
+        } else {
+            self.status.phase = Some(FlowPhase::Running);
+        }
+    }
+
     /// The variables step `i` sees: the flow input and its upstream steps.
     fn vars_for(&self, i: Option<usize>) -> Vars {
         let mut steps = serde_json::Map::new();
@@ -281,13 +458,25 @@ impl Scheduler<'_> {
             steps.insert(name.clone(), Value::Object(view));
         }
         let input = self.ctx.spec.input.clone().unwrap_or(Value::Null);
-        Vars::new(&input, &steps)
+        let vars = Vars::new(&input, &steps);
+        match (&self.status.main_outcome, i) {
+            (Some(outcome), Some(i)) if self.ctx.is_exit(i) => vars.with_flow(
+                &exit::flow_variable(outcome, self.ctx.declared, &self.status),
+            ),
+            _ => vars,
+        }
     }
 
     fn deps_satisfied(&self, i: usize) -> bool {
+        // An exit step waits for the main steps' outcome; a main step it depends on then counts as done,
+        // whatever its phase.
+        if self.ctx.is_exit(i) && self.status.main_outcome.is_none() {
+            return false;
+        }
         self.ctx.dag.deps[i]
             .iter()
             .all(|&d| match self.step_phase(d) {
+                _ if self.ctx.is_exit(i) && !self.ctx.is_exit(d) => true,
                 StepPhase::Succeeded | StepPhase::Skipped => true,
                 StepPhase::Failed => self.ctx.spec.steps[d].continue_on_failure,
                 _ => false,
@@ -299,7 +488,11 @@ impl Scheduler<'_> {
         let spec = self.ctx.spec;
         let step = &spec.steps[i];
         let suspended = spec.suspend;
-        let failing = self.failed_step().is_some();
+        let failing = if self.ctx.is_exit(i) {
+            self.failed_exit_step().is_some()
+        } else {
+            self.failed_step().is_some()
+        };
         let now = self.ctx.now;
         let Ok(kind) = step_kind(step) else { return };
         match self.step_phase(i) {
@@ -532,8 +725,13 @@ impl Scheduler<'_> {
 
     /// Cancels every step that has not ended; their workers are asked to stop.
     fn cancel_all(&mut self, message: &str) {
+        self.cancel_steps(0..self.ctx.spec.steps.len(), message);
+    }
+
+    /// Cancels the steps of `steps` that have not ended; their workers are asked to stop.
+    fn cancel_steps(&mut self, steps: std::ops::Range<usize>, message: &str) {
         let now = self.ctx.now;
-        for i in 0..self.ctx.spec.steps.len() {
+        for i in steps {
             if self.step_phase(i).is_terminal()
                 || !self.status.steps.contains_key(&self.ctx.spec.steps[i].name)
             {
@@ -710,16 +908,24 @@ impl Scheduler<'_> {
         let mut tasks = Vec::new();
         let mut wake_at = None;
         let mut cancel_children = Vec::new();
-        if phase.is_terminal() {
-            for step in &spec.steps {
-                if let Some(st) = self.status.steps.get(&step.name)
-                    && st.phase == StepPhase::Cancelled
-                    && let Some(child) = &st.child
-                {
-                    cancel_children.push(child.clone());
-                }
+        // Children of cancelled steps: all of them once the run ended; while exit steps run, those of main
+        // steps this decision cancelled.
+        let ending = phase.is_terminal();
+        for step in &spec.steps {
+            if let Some(st) = self.status.steps.get(&step.name)
+                && st.phase == StepPhase::Cancelled
+                && let Some(child) = &st.child
+                && (ending
+                    || self
+                        .old
+                        .steps
+                        .get(&step.name)
+                        .is_none_or(|o| o.phase != StepPhase::Cancelled))
+            {
+                cancel_children.push(child.clone());
             }
-        } else {
+        }
+        if !ending {
             if !spec.suspend {
                 tasks = self.tasks();
             }
@@ -843,6 +1049,12 @@ impl Scheduler<'_> {
         let hold = self.ctx.spec.suspend;
         let future = |t: &Option<Time>| t.as_ref().map(|t| t.0).filter(|t| *t > now);
         let mut wake = None;
+        if self.status.main_outcome.is_none() && !self.main_ended() {
+            wake = earliest(
+                wake,
+                exit::deadline(self.ctx.spec, &self.status).filter(|t| *t > now),
+            );
+        }
         for step in &self.ctx.spec.steps {
             let Some(st) = self.status.steps.get(&step.name) else {
                 continue;

@@ -1690,3 +1690,6 @@ fn the_estimate_of_events_is_the_real_size() {
         assert_eq!(h.status.status_bytes, Some(real_size(&h)), "after {e:?}");
     }
 }
+
+#[path = "tests_exit.rs"]
+mod exit_steps;

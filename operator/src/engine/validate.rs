@@ -118,6 +118,8 @@ struct Scope<'a> {
     step: Option<usize>,
     /// Whether `item` and `index` exist (the input of a forEach step).
     item: bool,
+    /// Whether `flow` exists (an exit step).
+    flow: bool,
 }
 
 #[derive(Default)]
@@ -161,10 +163,25 @@ impl Validator {
             }
         }
 
+        self.positive_duration(
+            &format!("{base}.activeDeadline"),
+            spec.active_deadline.as_deref(),
+        );
+        // Exit steps are checked as the engine schedules them: after the main steps, depending on all.
+        let main = spec.steps.len();
+        let path = |i: usize| {
+            if i < main {
+                format!("{base}.steps[{i}]")
+            } else {
+                format!("{base}.onExit[{}]", i - main)
+            }
+        };
+        let scheduled = super::exit::scheduled(spec);
+        let spec: &FlowRunSpec = &scheduled;
         let dag = Dag::new(&spec.steps);
         let mut seen = BTreeSet::new();
         for (i, step) in spec.steps.iter().enumerate() {
-            let p = format!("{base}.steps[{i}]");
+            let p = path(i);
             if !is_valid_step_name(&step.name) {
                 self.err(
                     format!("{p}.name"),
@@ -181,7 +198,7 @@ impl Validator {
                     Some("step names must be unique".into()),
                 );
             }
-            self.step(spec, &dag, i, &p);
+            self.step(spec, &dag, i, main, &p);
         }
         // A step depending on itself is reported above.
         for cycle in dag.cycles.iter().filter(|c| c.len() > 1) {
@@ -192,7 +209,7 @@ impl Validator {
                 .collect();
             // dependsOn points backwards along the walk: name[k] depends on name[k+1].
             self.err(
-                format!("{base}.steps[{}].dependsOn", cycle[0]),
+                format!("{}.dependsOn", path(cycle[0])),
                 format!("dependency cycle: {}", names.join(" → ")),
                 Some("remove one of these dependsOn entries".into()),
             );
@@ -203,15 +220,24 @@ impl Validator {
                 dag: &dag,
                 step: None,
                 item: false,
+                flow: false,
             };
             self.expressions_in(output, &format!("{base}.output"), scope);
         }
     }
 
-    fn step(&mut self, spec: &FlowRunSpec, dag: &Dag, i: usize, p: &str) {
+    fn step(&mut self, spec: &FlowRunSpec, dag: &Dag, i: usize, main: usize, p: &str) {
         let step = &spec.steps[i];
         for (j, dep) in step.depends_on.iter().enumerate() {
-            if dep == &step.name {
+            if i < main && dag.index.get(dep).is_some_and(|&d| d >= main) {
+                self.err(
+                    format!("{p}.dependsOn[{j}]"),
+                    format!(
+                        "{dep:?} is an exit step (spec.onExit), which runs after every main step"
+                    ),
+                    Some("a main step can depend on main steps only".into()),
+                );
+            } else if dep == &step.name {
                 self.err(
                     format!("{p}.dependsOn[{j}]"),
                     format!("step {:?} depends on itself", step.name),
@@ -250,6 +276,7 @@ impl Validator {
             dag,
             step: Some(i),
             item: false,
+            flow: i >= main,
         };
 
         match kind {
@@ -452,8 +479,14 @@ impl Validator {
                     path,
                     format!("expression `{e}` uses unknown variable {var:?}"),
                     Some(
-                        "expressions see input, steps, and in forEach steps item and index".into(),
+                        "expressions see input, steps, in forEach steps item and index, and in exit steps flow".into(),
                     ),
+                );
+            } else if var == "flow" && !scope.flow {
+                self.err(
+                    path,
+                    format!("expression `{e}` uses \"flow\", which exists only in exit steps (spec.onExit)"),
+                    None,
                 );
             } else if (var == "item" || var == "index") && !scope.item {
                 self.err(

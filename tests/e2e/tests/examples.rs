@@ -273,6 +273,58 @@ async fn order_flow_ships_after_the_managers_approval_and_cooling_off() -> Resul
 }
 
 #[tokio::test]
+async fn saga_flow_compensates_a_failed_shipment_and_ends_failed_with_the_compensations_outputs()
+-> Result<()> {
+    let s = Setup::new("ex-saga").await?;
+    s.start_workers(1).await?;
+    let name = s.apply_example("saga-flow.yaml").await?;
+    let fr = s.wait_phase(&name, FlowPhase::Failed, FLOW_TIMEOUT).await?;
+    let status = fr.status.as_ref().context("status")?;
+    let outcome = status.main_outcome.as_ref().context("status.mainOutcome")?;
+    assert_eq!(
+        (outcome.phase, outcome.reason.as_str()),
+        (FlowPhase::Failed, "StepFailed")
+    );
+    assert!(outcome.message.contains("NothingToShip"), "{outcome:?}");
+    for (name, phase) in [
+        ("book", StepPhase::Succeeded),
+        ("charge", StepPhase::Succeeded),
+        ("ship", StepPhase::Failed),
+        ("refund", StepPhase::Succeeded),
+        ("release", StepPhase::Succeeded),
+    ] {
+        assert_eq!(step(&fr, name).phase, phase, "{name}");
+    }
+    let refund = step(&fr, "refund")
+        .output
+        .clone()
+        .context("refund output")?;
+    assert_eq!(refund["refundId"], "ref-pay-42");
+    assert!(
+        refund["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("ship")),
+        "the compensation sees why the main steps failed: {refund}"
+    );
+    let release = step(&fr, "release")
+        .output
+        .clone()
+        .context("release output")?;
+    assert_eq!(release["orderId"], "42");
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .context("condition Succeeded")?;
+    assert_eq!(failed.reason, "StepFailed");
+    // Every handler ran once: book, charge, ship, then the two compensations.
+    let counts = invocation_counts(&s.invocations());
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    s.finish().await
+}
+
+#[tokio::test]
 async fn approval_flow_consumes_a_signal_sent_before_the_wait_started() -> Result<()> {
     let s = Setup::new("ex-approval").await?;
     let name = s.apply_example("approval-flow.yaml").await?;
