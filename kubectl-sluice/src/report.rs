@@ -47,7 +47,7 @@ pub struct FlowRunReport {
     /// The last retry request the operator acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryReport>,
-    /// Steps in the order of `spec.steps`.
+    /// Steps in the order of `spec.steps`, then the exit steps of `spec.onExit`.
     pub steps: Vec<StepReport>,
 }
 
@@ -92,6 +92,9 @@ pub struct StepReport {
     pub handler: Option<String>,
     /// Steps it depends on.
     pub depends_on: Vec<String>,
+    /// Whether it is an exit step (`spec.onExit`): it runs once the main steps ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_exit: bool,
     /// Its phase.
     pub phase: StepPhase,
     /// Current (or last) attempt number; 0 when none was made.
@@ -253,11 +256,11 @@ impl FlowRunReport {
         } else {
             None
         };
-        let steps = fr
-            .spec
-            .steps
-            .iter()
-            .map(|step| {
+        let main = fr.spec.steps.iter().map(|step| (step, false));
+        let exit = fr.spec.on_exit.iter().map(|step| (step, true));
+        let steps = main
+            .chain(exit)
+            .map(|(step, on_exit)| {
                 let st = status.steps.get(&step.name).cloned().unwrap_or_default();
                 let started = ts(&st.started_at);
                 let finished = ts(&st.finished_at);
@@ -266,6 +269,7 @@ impl FlowRunReport {
                     kind: kind(step),
                     handler: step.handler.clone(),
                     depends_on: step.depends_on.clone(),
+                    on_exit,
                     phase: st.phase,
                     attempts: st.attempts,
                     started_at: started,

@@ -257,6 +257,9 @@ pub fn render(report: &FlowRunReport, style: Style) -> String {
         }
         let phase = format!("{:<phase_width$}", format!("{:?}", step.phase));
         let mut line = format!("{label}  {}", style.step_phase(step.phase, &phase));
+        if step.on_exit {
+            let _ = write!(line, "  {}", style.dim("on exit"));
+        }
         if step.attempts > 0 {
             let _ = write!(line, "  attempt {}", step.attempts);
         }
@@ -349,6 +352,32 @@ mod tests {
         );
         // No colour codes when not asked for.
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn exit_steps_come_last_and_say_so() {
+        let mut fr = fixtures::order();
+        fr.spec.on_exit = vec![
+            serde_json::from_value(serde_json::json!({"name": "refund", "handler": "refund"}))
+                .unwrap(),
+        ];
+        let report = FlowRunReport::new(&fr, "2026-03-01T12:01:00Z".parse::<Timestamp>().unwrap());
+        let last = report.steps.last().unwrap();
+        assert!(last.name == "refund" && last.on_exit, "{last:?}");
+        let text = render(&report, Style::PLAIN);
+        let line = text
+            .lines()
+            .find(|l| l.contains("refund"))
+            .expect("the exit step is shown");
+        assert!(
+            line.contains("Pending") && line.contains("on exit"),
+            "{line}"
+        );
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.contains("charge") && l.contains("on exit"))
+        );
     }
 
     #[test]
