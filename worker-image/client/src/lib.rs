@@ -3,8 +3,9 @@
 //! A [`Client`] creates FlowRuns in one namespace and hands back a [`Run`]: a handle to one FlowRun by name,
 //! with the verbs a program needs — [`Run::wait`] for the typed output (or a typed failure), [`Run::signal`],
 //! [`Run::cancel`] and [`Run::status`]. Everything goes through the Kubernetes API with the caller's
-//! credentials, exactly as `kubectl` and `kubectl sluice` would: the client writes `spec` on create,
-//! `spec.cancel`, and `status.signals` through the status subresource, and nothing else.
+//! credentials, exactly as `kubectl` and `kubectl sluice` would: the client creates FlowRuns, writes
+//! `spec.cancel` and `status.signals` (through the status subresource), deletes a finished run only when a
+//! start asks to replace it ([`IfExists::ReplaceFailed`]), and writes nothing else.
 //!
 //! Starting is **idempotent by name**: the FlowRun's name is the run's identity, so a program that restarts
 //! and starts the same name again gets the same run back instead of a second one. What happens when the name
