@@ -186,6 +186,13 @@ pub struct RetryPolicy {
     #[schemars(schema_with = "duration_string")]
     pub max_backoff: Option<String>,
 
+    /// Total time budget for retries, as a duration such as `10m`, counted from the step's first attempt
+    /// (`startedAt`; for a forEach, the step's start): no retry is scheduled whose attempt would begin after
+    /// it, and the step fails instead (whatever `maxAttempts` still allows). Unset: no budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "positive_duration_string")]
+    pub max_duration: Option<String>,
+
     /// Error types (as reported by the handler) that fail the step at once, without retry. At most 50.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50), inner(length(min = 1, max = 253)))]

@@ -1,6 +1,7 @@
 //! The attempt life cycle shared by plain handler steps and forEach instances:
 //! Ready(N) → Running(N) → Succeeded | Retrying(N) → Ready(N+1) … | Failed.
 
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::Ctx;
@@ -18,6 +19,8 @@ pub(crate) struct Slot<'a> {
     pub deadline: &'a mut Option<Time>,
     /// Attempts made before the run's last retry request: the retry policy counts from here.
     pub retry_base: u32,
+    /// When the step began: the retry budget (`maxDuration`) counts from here.
+    pub started: Option<Timestamp>,
 }
 
 impl<'a> Slot<'a> {
@@ -30,10 +33,12 @@ impl<'a> Slot<'a> {
             wake_at: &mut s.wake_at,
             deadline: &mut s.deadline,
             retry_base: s.retry_base,
+            started: s.started_at.as_ref().map(|t| t.0),
         }
     }
 
-    pub fn of_instance(s: &'a mut InstanceStatus) -> Self {
+    /// An instance's slot; `started` is its forEach step's start.
+    pub fn of_instance(s: &'a mut InstanceStatus, started: Option<Timestamp>) -> Self {
         Self {
             phase: &mut s.phase,
             attempts: &mut s.attempts,
@@ -42,6 +47,7 @@ impl<'a> Slot<'a> {
             wake_at: &mut s.wake_at,
             deadline: &mut s.deadline,
             retry_base: s.retry_base,
+            started,
         }
     }
 
@@ -84,7 +90,7 @@ pub(crate) fn fail_attempt(
         Some(i) => format!("step {:?} instance {i}", step.name),
         None => format!("step {:?}", step.name),
     };
-    let v = verdict(&policy, &kind, key, ctx.now);
+    let v = verdict(&policy, &kind, key, ctx.now, slot.started);
     let numbered = if slot.retry_base > 0 {
         format!(
             "attempt {attempt} ({counted} of {} since the run was retried)",
@@ -122,7 +128,7 @@ pub(crate) fn fail_attempt(
                 Some(&step.name),
                 format!(
                     "{what} failed at attempt {attempt}: {} ({described})",
-                    why.explain(policy.max_attempts)
+                    why.explain(&policy)
                 ),
             )
         }

@@ -528,7 +528,7 @@ fn instance(
         room,
         step,
         Some(index),
-        &mut Slot::of_instance(&mut one),
+        &mut Slot::of_instance(&mut one, st.started_at.as_ref().map(|t| t.0)),
         event,
         notes,
     );

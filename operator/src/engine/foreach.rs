@@ -90,6 +90,7 @@ pub(crate) fn advance(
     hold: bool,
     fx: &mut Effects,
 ) {
+    let started = st.started_at.as_ref().map(|t| t.0);
     let Some(inst) = st.instances.as_mut() else {
         return;
     };
@@ -112,7 +113,7 @@ pub(crate) fn advance(
                 ctx,
                 step,
                 Some(index),
-                &mut Slot::of_instance(one),
+                &mut Slot::of_instance(one, started),
                 err,
                 true,
             );
@@ -121,7 +122,7 @@ pub(crate) fn advance(
                 inst.failed += 1;
             }
         } else if one.phase == StepPhase::Retrying && !hold && is_due(&one.wake_at, ctx.now) {
-            Slot::of_instance(one).reserve_next();
+            Slot::of_instance(one, started).reserve_next();
         }
     }
     if settle(ctx, step, st, fx) || hold {

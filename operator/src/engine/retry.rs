@@ -32,6 +32,8 @@ pub struct EffectivePolicy {
     pub backoff_factor: f64,
     /// Cap of the backoff.
     pub max_backoff: Duration,
+    /// Budget of the retries, from the step's start.
+    pub max_duration: Option<Duration>,
     /// Error types that are never retried.
     pub non_retryable_errors: Vec<String>,
     /// Exit codes that are never retried.
@@ -45,6 +47,7 @@ impl Default for EffectivePolicy {
             initial_backoff: DEFAULT_INITIAL_BACKOFF,
             backoff_factor: DEFAULT_BACKOFF_FACTOR,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            max_duration: None,
             non_retryable_errors: Vec::new(),
             non_retryable_exit_codes: Vec::new(),
         }
@@ -80,6 +83,14 @@ pub fn effective_policy(
         {
             policy.max_backoff = d;
         }
+        if let Some(d) = layer
+            .max_duration
+            .as_deref()
+            .and_then(|s| parse_duration(s).ok())
+            .filter(|d| !d.is_zero())
+        {
+            policy.max_duration = Some(d);
+        }
         if !layer.non_retryable_errors.is_empty() {
             policy.non_retryable_errors = layer.non_retryable_errors.clone();
         }
@@ -112,11 +123,14 @@ pub enum GiveUp {
     NonRetryableExitCode,
     /// This was the last allowed attempt.
     MaxAttempts,
+    /// The next attempt would begin after `maxDuration` from the step's start.
+    MaxDuration,
 }
 
 impl GiveUp {
     /// A short human explanation, for messages and events.
-    pub fn explain(self, max_attempts: u32) -> String {
+    pub fn explain(self, policy: &EffectivePolicy) -> String {
+        let max_attempts = policy.max_attempts;
         match self {
             GiveUp::NotRetryable => "the error is not retryable".to_owned(),
             GiveUp::NonRetryableError => {
@@ -126,6 +140,10 @@ impl GiveUp {
                 "the exit code is listed in nonRetryableExitCodes".to_owned()
             }
             GiveUp::MaxAttempts => format!("all {max_attempts} attempts failed"),
+            GiveUp::MaxDuration => format!(
+                "its retry budget (maxDuration {}s) leaves no time for another attempt",
+                policy.max_duration.unwrap_or_default().as_secs()
+            ),
         }
     }
 }
@@ -157,12 +175,14 @@ pub struct JitterKey<'a> {
     pub attempt: u32,
 }
 
-/// Decides whether failed attempt `key.attempt` is retried, and when.
+/// Decides whether failed attempt `key.attempt` is retried, and when; `started` is when the step began,
+/// which the retry budget (`maxDuration`) counts from.
 pub fn verdict(
     policy: &EffectivePolicy,
     failure: &FailureKind<'_>,
     key: JitterKey<'_>,
     now: Timestamp,
+    started: Option<Timestamp>,
 ) -> Verdict {
     if !failure.retryable {
         return Verdict::GiveUp(GiveUp::NotRetryable);
@@ -184,10 +204,13 @@ pub fn verdict(
         return Verdict::GiveUp(GiveUp::MaxAttempts);
     }
     let backoff = backoff(policy, key);
-    Verdict::Retry {
-        backoff,
-        wake_at: after(now, backoff),
+    let wake_at = after(now, backoff);
+    if let (Some(budget), Some(started)) = (policy.max_duration, started)
+        && wake_at > after(started, budget)
+    {
+        return Verdict::GiveUp(GiveUp::MaxDuration);
     }
+    Verdict::Retry { backoff, wake_at }
 }
 
 /// The backoff after failed attempt `key.attempt` (1-based): a uniform draw ("full jitter") in
@@ -340,30 +363,31 @@ mod tests {
             retryable,
         };
         assert!(matches!(
-            verdict(&p, &f("x", None, true), key(1), now()),
+            verdict(&p, &f("x", None, true), key(1), now(), None),
             Verdict::Retry { .. }
         ));
         assert_eq!(
-            verdict(&p, &f("x", None, false), key(1), now()),
+            verdict(&p, &f("x", None, false), key(1), now(), None),
             Verdict::GiveUp(GiveUp::NotRetryable)
         );
         assert_eq!(
-            verdict(&p, &f("card_declined", None, true), key(1), now()),
+            verdict(&p, &f("card_declined", None, true), key(1), now(), None),
             Verdict::GiveUp(GiveUp::NonRetryableError)
         );
         assert_eq!(
-            verdict(&p, &f("NonZeroExit", Some(42), true), key(1), now()),
+            verdict(&p, &f("NonZeroExit", Some(42), true), key(1), now(), None),
             Verdict::GiveUp(GiveUp::NonRetryableExitCode)
         );
         assert!(matches!(
-            verdict(&p, &f("NonZeroExit", Some(1), true), key(2), now()),
+            verdict(&p, &f("NonZeroExit", Some(1), true), key(2), now(), None),
             Verdict::Retry { .. }
         ));
         assert_eq!(
-            verdict(&p, &f("x", None, true), key(3), now()),
+            verdict(&p, &f("x", None, true), key(3), now(), None),
             Verdict::GiveUp(GiveUp::MaxAttempts)
         );
-        if let Verdict::Retry { backoff, wake_at } = verdict(&p, &f("x", None, true), key(2), now())
+        if let Verdict::Retry { backoff, wake_at } =
+            verdict(&p, &f("x", None, true), key(2), now(), None)
         {
             assert!(wake_at >= now().saturating_add(backoff).unwrap());
             assert!(backoff <= Duration::from_secs(2));

@@ -1,4 +1,5 @@
-//! Scenario tests of exit steps (`spec.onExit`) and the run's deadline (`spec.activeDeadline`).
+//! Scenario tests of exit steps (`spec.onExit`), the run's deadline (`spec.activeDeadline`) and the retry
+//! budget (`retry.maxDuration`).
 
 use super::*;
 
@@ -241,4 +242,37 @@ fn exit_steps_are_validated_in_their_own_place() {
     ] {
         assert!(errors.contains(expected), "{expected:?} not in {errors}");
     }
+}
+
+#[test]
+fn a_retry_budget_fails_the_step_when_the_next_attempt_would_start_past_it() {
+    let mut h = H::new(json!({
+        "pool": "p",
+        "steps": [{"name": "flaky", "handler": "h",
+                   "retry": {"maxAttempts": 100, "initialBackoff": "10s", "backoffFactor": 1, "maxDuration": "60s"}}],
+    }));
+    h.decide();
+    let mut attempt = 1;
+    loop {
+        h.claim("flaky", attempt);
+        h.advance(20);
+        h.fail("flaky", attempt, "Flaky", true);
+        if h.phase("flaky") == StepPhase::Failed {
+            break;
+        }
+        assert_eq!(h.phase("flaky"), StepPhase::Retrying);
+        h.advance(10);
+        h.decide();
+        attempt += 1;
+        assert!(attempt < 10, "the budget never ran out");
+    }
+    // Each round takes 20 s of work and up to 10 s of backoff: the budget of 60 s allows three attempts
+    // at most, far below maxAttempts.
+    assert!((2..=3).contains(&attempt), "failed at attempt {attempt}");
+    let message = &h.status.steps["flaky"].error.as_ref().unwrap().message;
+    assert!(!message.is_empty());
+    h.decide();
+    assert_eq!(h.flow_phase(), FlowPhase::Failed);
+    let (_, _, condition) = h.condition("Succeeded");
+    assert!(condition.contains("flaky"), "{condition}");
 }

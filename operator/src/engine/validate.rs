@@ -430,6 +430,7 @@ impl Validator {
                 self.err(format!("{p}.{field}"), e.to_string(), None);
             }
         }
+        self.positive_duration(&format!("{p}.maxDuration"), r.max_duration.as_deref());
     }
 
     fn positive_duration(&mut self, path: &str, d: Option<&str>) {
