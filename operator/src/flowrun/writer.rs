@@ -21,8 +21,9 @@
 //! - **Every write is fenced.** The patch carries the resourceVersion it was decided on, so the API server
 //!   refuses it (409) if anyone wrote in between — a user's signal, a spec change, another operator. The lane
 //!   then reads the run afresh and decides again; a stale copy can never overwrite a newer state.
-//! - **Idle runs cost no task.** A lane with nothing to do for [`IDLE`] ends; its copy was the controller's
-//!   (shared, not cloned) or is dropped with it.
+//! - **Idle runs cost no task.** A lane ends as soon as the watch has delivered its last write (the cache
+//!   then holds all the lane knows), or when it decided without writing, or after [`IDLE`] without work; its
+//!   copy was the controller's (shared, not cloned) or is dropped with it.
 //! - **Side effects run off the lane.** Child FlowRuns and Kubernetes Events are written by a spawned task after
 //!   the status write and never delay the next one.
 
@@ -123,6 +124,13 @@ impl Lane {
     /// without writing, which the next batch decides on again from the controller's cache.
     fn holds_nothing(&self) -> bool {
         self.written.is_empty() && self.pending_claims.is_empty() && self.current.is_none()
+    }
+
+    /// Drops what the lane remembers once the cache has caught up with it (see [`Lane::holds_nothing`]).
+    fn forget(&mut self) {
+        self.written.clear();
+        self.current = None;
+        self.decided = None;
     }
 
     /// Whether a step of the run waits on a child FlowRun (its end arrives as a reconcile, not an event).
@@ -322,6 +330,8 @@ impl StatusWriter {
         let mut reconciles = Vec::new();
         let mut observed: Option<Arc<CachedFlowRun>> = None;
         let mut all_known = true;
+        // Whether the watch delivered the lane's last write: the cache holds what the lane holds.
+        let mut caught_up = false;
         for job in jobs {
             match job {
                 Job::Event { event, reply, uid } => events.push((event, reply, uid)),
@@ -332,7 +342,9 @@ impl StatusWriter {
                     match &seen {
                         // Our own write, or an older version than the lane's (a watch running behind):
                         // nothing the lane does not know.
-                        Some(fr) if lane.knows(fr.meta()) || lane.is_newer_than(fr.meta()) => {}
+                        Some(fr) if lane.knows(fr.meta()) || lane.is_newer_than(fr.meta()) => {
+                            caught_up |= lane.written.back() == fr.meta().resource_version.as_ref();
+                        }
                         Some(fr) => {
                             all_known = false;
                             // Keep the newest object the reconciles brought.
@@ -378,6 +390,11 @@ impl StatusWriter {
             self.metrics.own_write_reconciles.inc();
             for reply in reconciles {
                 let _ = reply.send(Ok(lane.wake_at));
+            }
+            if caught_up && lane.pending_claims.is_empty() {
+                // Nothing left to recognise: the next batch starts from the cache, which now holds the
+                // lane's last write, so the lane and its decoded copy can go.
+                lane.forget();
             }
             return;
         }

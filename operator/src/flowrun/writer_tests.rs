@@ -90,7 +90,7 @@ async fn a_report_for_a_deleted_run_of_the_same_name_is_stale() {
 }
 
 #[tokio::test]
-async fn a_lane_that_wrote_nothing_ends_at_once_and_one_that_wrote_stays_for_its_echo() {
+async fn a_lane_ends_when_it_wrote_nothing_or_once_the_watch_delivered_its_last_write() {
     let client = client();
     let writer = StatusWriter::new(
         client.clone(),
@@ -121,6 +121,23 @@ async fn a_lane_that_wrote_nothing_ends_at_once_and_one_that_wrote_stays_for_its
         1,
         "the lane that wrote ended before its echo"
     );
+
+    // The watch delivers that write: the cache now holds all the lane knew, and the lane goes.
+    let echo = Arc::new(CachedFlowRun::new(serde_json::from_value(run()).unwrap()));
+    writer.reconcile("ns", "c", Some(echo)).await.unwrap();
+    assert_eq!(
+        writer.metrics.own_write_reconciles.get(),
+        1,
+        "the echo is answered from memory"
+    );
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while lanes(&writer) > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the lane is still there 5 s after the echo of its last write");
+    assert_eq!(writer.metrics.status_patches.get(), 1);
 }
 
 /// A fake API server holding one FlowRun `ns/s` that waits for a signal, enforcing resourceVersion
