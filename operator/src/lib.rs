@@ -14,4 +14,5 @@ pub mod external_metrics;
 pub mod flowrun;
 pub mod runtime;
 pub mod telemetry;
+pub mod template;
 pub mod workerpool;

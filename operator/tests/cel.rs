@@ -3,7 +3,7 @@
 //! message, and every valid one passes.
 
 use serde_json::{Value, json};
-use sluice_operator::api::{FlowRun, WorkerPool};
+use sluice_operator::api::{FlowRun, FlowTemplate, WorkerPool};
 
 /// The failures of the CEL rules for a FlowRun with this spec, as `path: message`.
 fn flowrun_errors(spec: Value) -> Vec<String> {
@@ -385,5 +385,104 @@ fn engine_validation_refuses_what_the_rules_refuse() {
     assert!(
         missed.is_empty(),
         "engine validation accepts specs the CRD rules refuse: {missed:#?}"
+    );
+}
+
+/// A run of a FlowTemplate: `templateRef` instead of steps, and then nothing of the flow itself.
+#[test]
+fn a_run_names_its_steps_or_a_template_but_not_both() {
+    accepted(flowrun_errors(json!({
+        "templateRef": {"name": "expense-approval", "input": {"amount": 1}},
+        "pool": "orders",
+        "ttlSecondsAfterFinished": 60,
+    })));
+    refused(
+        flowrun_errors(json!({"pool": "orders"})),
+        "spec.steps: a flow needs steps: list them in spec.steps, or set spec.templateRef to run a FlowTemplate",
+    );
+    refused(
+        flowrun_errors(json!({"pool": "orders", "steps": []})),
+        "spec.steps: a flow needs steps: list them in spec.steps, or set spec.templateRef to run a FlowTemplate",
+    );
+    for extra in [
+        json!({"steps": [{"name": "a", "handler": "h"}]}),
+        json!({"input": {"amount": 1}}),
+        json!({"output": 1}),
+        json!({"onExit": [{"name": "a", "handler": "h"}]}),
+    ] {
+        let mut spec = json!({"pool": "orders", "templateRef": {"name": "t"}});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        refused(
+            flowrun_errors(spec),
+            "spec.templateRef runs a FlowTemplate, which brings the steps, onExit and output, and the input comes from spec.templateRef.input: remove spec.steps, spec.onExit, spec.output and spec.input, or remove spec.templateRef",
+        );
+    }
+}
+
+#[test]
+fn a_flow_step_runs_an_inline_spec_or_a_template() {
+    accepted(flowrun_errors(spec(json!([
+        {"name": "child", "flow": {"templateRef": {"name": "expense-approval", "input": {"id": "${{ input.id }}"}}}},
+    ]))));
+    let both = spec(json!([
+        {"name": "child", "flow": {"templateRef": {"name": "t"}, "spec": {"steps": []}}},
+    ]));
+    refused(
+        flowrun_errors(both),
+        "spec.steps[0].flow: flow needs exactly one of spec (the child's FlowRun spec, inline) or templateRef (a FlowTemplate to run): keep one of them",
+    );
+    refused(
+        flowrun_errors(spec(json!([{"name": "child", "flow": {}}]))),
+        "spec.steps[0].flow: flow needs exactly one of spec (the child's FlowRun spec, inline) or templateRef (a FlowTemplate to run): keep one of them",
+    );
+}
+
+fn flowtemplate_errors(spec: Value) -> Vec<String> {
+    let obj = json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "FlowTemplate",
+        "metadata": {"name": "test"},
+        "spec": spec,
+    });
+    let ft: FlowTemplate = serde_json::from_value(obj).expect("the spec parses into FlowTemplate");
+    match ft.validate_cel() {
+        Ok(()) => vec![],
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn template_inputs_are_identifiers_either_required_or_defaulted() {
+    let steps = json!([{"name": "a", "handler": "h", "input": "${{ input.orderId }}"}]);
+    accepted(flowtemplate_errors(json!({
+        "pool": "orders",
+        "inputs": {
+            "orderId": {"type": "string", "required": true},
+            "copies": {"type": "integer", "default": 1},
+            "note": {"type": "string"},
+        },
+        "steps": steps,
+    })));
+    refused(
+        flowtemplate_errors(json!({
+            "inputs": {"copies": {"type": "integer", "required": true, "default": 1}},
+            "steps": steps,
+        })),
+        "spec.inputs.copies: an input is either required or has a default: remove default, or set required to false",
+    );
+    refused(
+        flowtemplate_errors(json!({
+            "inputs": {"order-id": {"type": "string"}},
+            "steps": steps,
+        })),
+        "spec.inputs: input names must be identifiers of at most 63 characters (letters, digits and _, not starting with a digit, e.g. orderId), so that expressions can read them as input.<name>",
+    );
+    refused(
+        flowtemplate_errors(json!({
+            "steps": [{"name": "a", "handler": "h"}, {"name": "a", "handler": "h"}],
+        })),
+        "spec.steps: step names must be unique: rename the step whose name appears more than once",
     );
 }

@@ -117,10 +117,11 @@ fn yaml_round_trips_to_the_same_crds() {
     let stream = crds::all_yaml().unwrap();
     let docs: Vec<Value> =
         serde_saphyr::from_str_multiple(&stream).expect("multi-document YAML parses");
-    assert_eq!(docs.len(), 3);
+    assert_eq!(docs.len(), 4);
     assert_eq!(docs[0]["metadata"]["name"], "flowruns.sluice.dev");
     assert_eq!(docs[1]["metadata"]["name"], "workerpools.sluice.dev");
     assert_eq!(docs[2]["metadata"]["name"], "cronflows.sluice.dev");
+    assert_eq!(docs[3]["metadata"]["name"], "flowtemplates.sluice.dev");
 }
 
 /// Collects the paths of schema properties without a description. Free-form nodes
@@ -350,8 +351,8 @@ fn lists_and_strings_that_rules_walk_are_bounded() {
     // request, and refuses the CRD's rules as too expensive.
     let fr = schema(&crd("FlowRun"));
     for (path, key, max) in [
+        // No minItems: a run of a FlowTemplate starts without steps (a rule asks for steps or templateRef).
         ("spec.steps", "maxItems", 200),
-        ("spec.steps", "minItems", 1),
         ("spec.steps[].name", "maxLength", 63),
         ("spec.steps[].dependsOn", "maxItems", 20),
         ("spec.steps[].dependsOn[]", "maxLength", 63),
@@ -367,6 +368,18 @@ fn lists_and_strings_that_rules_walk_are_bounded() {
         ("status.signals", "maxProperties", 256),
     ] {
         assert_eq!(node(&fr, path)[key].as_u64(), Some(max), "{key} of {path}");
+    }
+    assert!(node(&fr, "spec.steps").get("minItems").is_none());
+    let ft = schema(&crd("FlowTemplate"));
+    for (path, key, max) in [
+        ("spec.steps", "maxItems", 200),
+        ("spec.steps", "minItems", 1),
+        ("spec.onExit", "maxItems", 50),
+        ("spec.steps[].name", "maxLength", 63),
+        ("spec.steps[].dependsOn", "maxItems", 20),
+        ("spec.inputs", "maxProperties", 64),
+    ] {
+        assert_eq!(node(&ft, path)[key].as_u64(), Some(max), "{key} of {path}");
     }
 }
 
@@ -427,4 +440,51 @@ fn every_rule_compiles_and_explains_itself() {
         errors(&compiled, &mut errs);
         assert!(errs.is_empty(), "rules that do not compile: {errs:#?}");
     }
+}
+
+#[test]
+fn flowtemplate_names_columns_and_documentation() {
+    let ft = crd("FlowTemplate");
+    assert_eq!(
+        ft.metadata.name.as_deref(),
+        Some("flowtemplates.sluice.dev")
+    );
+    assert_eq!(ft.spec.scope, "Namespaced");
+    assert_eq!(ft.spec.names.short_names, Some(vec!["ft".to_string()]));
+    assert_eq!(ft.spec.names.categories, Some(vec!["sluice".to_string()]));
+    let v = version(&ft);
+    // A definition, not something the operator reports on: no status.
+    assert!(v.subresources.as_ref().is_none_or(|s| s.status.is_none()));
+    let columns: Vec<(&str, &str)> = v
+        .additional_printer_columns
+        .as_ref()
+        .expect("FlowTemplate printer columns")
+        .iter()
+        .map(|c| (c.name.as_str(), c.json_path.as_str()))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("Pool", ".spec.pool"),
+            ("Description", ".spec.description"),
+            ("Age", ".metadata.creationTimestamp"),
+        ]
+    );
+    // `kubectl explain flowtemplate.spec.inputs.<name>`: every field says what it is.
+    let s = schema(&ft);
+    let input = &s["properties"]["spec"]["properties"]["inputs"]["additionalProperties"];
+    for field in ["type", "description", "default", "required"] {
+        assert!(
+            input["properties"][field]["description"].is_string(),
+            "spec.inputs.<name>.{field} is documented"
+        );
+    }
+    assert_eq!(
+        input["properties"]["type"]["enum"],
+        serde_json::json!(["string", "number", "integer", "boolean", "object", "array"])
+    );
+    let fr = schema(&crd("FlowRun"));
+    let template_ref = node(&fr, "spec.templateRef");
+    assert!(template_ref["description"].is_string());
+    assert!(node(&fr, "status.template.resourceVersion")["description"].is_string());
 }

@@ -1,14 +1,15 @@
 //! Every manifest in `examples/` parses into its typed resource without unknown or misspelt fields, passes the
-//! CRDs' CEL rules, and (FlowRuns, and the run templates of CronFlows) passes the engine's validation; the
-//! FlowRuns name a WorkerPool the examples define; a CronFlow's schedule parses in its time zone.
+//! CRDs' CEL rules, and (FlowRuns, the flows runs take from FlowTemplates, and the run templates of CronFlows)
+//! passes the engine's validation; the FlowRuns name a WorkerPool the examples define; a CronFlow's schedule
+//! parses in its time zone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde_json::Value;
-use sluice_operator::api::{CronFlow, FlowRun, WorkerPool};
+use sluice_operator::api::{CronFlow, FlowRun, FlowTemplate, WorkerPool};
 use sluice_operator::cronflow::schedule::Schedule;
-use sluice_operator::engine;
+use sluice_operator::{engine, template};
 
 fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
@@ -65,6 +66,7 @@ fn the_promised_examples_exist() {
         "job-pool.yaml",
         "workerpool.yaml",
         "cronflow.yaml",
+        "flowtemplate.yaml",
     ] {
         assert!(
             examples_dir().join(file).is_file(),
@@ -79,9 +81,21 @@ fn every_example_is_valid() {
     let mut pools = BTreeSet::new();
     let mut used_pools = vec![];
     let mut flowruns = 0;
+    let mut templates = BTreeMap::new();
+    for (file, raw) in docs.iter().filter(|(_, raw)| raw["kind"] == "FlowTemplate") {
+        let ft: FlowTemplate = serde_json::from_value(raw.clone())
+            .unwrap_or_else(|e| panic!("{file}: not a FlowTemplate: {e}"));
+        assert_round_trips(file, raw, serde_json::to_value(&ft).unwrap());
+        if let Err(errors) = ft.validate_cel() {
+            panic!("{file}: refused by the CRD's CEL rules: {errors:#?}");
+        }
+        used_pools.extend(ft.spec.pool.iter().map(|p| (file.clone(), p.clone())));
+        templates.insert(ft.metadata.name.clone().expect("FlowTemplate name"), ft);
+    }
     for (file, raw) in &docs {
         assert_eq!(raw["apiVersion"], "sluice.dev/v1alpha1", "{file}");
         match raw["kind"].as_str() {
+            Some("FlowTemplate") => {}
             Some("FlowRun") => {
                 flowruns += 1;
                 let fr: FlowRun = serde_json::from_value(raw.clone())
@@ -90,7 +104,19 @@ fn every_example_is_valid() {
                 if let Err(errors) = fr.validate_cel() {
                     panic!("{file}: refused by the CRD's CEL rules: {errors:#?}");
                 }
-                if let Err(errors) = engine::validate(&fr.spec) {
+                // A run of a template is validated as the flow it takes from the template.
+                let spec = match &fr.spec.template_ref {
+                    Some(reference) => {
+                        let template = templates.get(&reference.name).unwrap_or_else(|| {
+                            panic!("{file}: no example defines FlowTemplate {}", reference.name)
+                        });
+                        template::resolve(&fr.spec, template)
+                            .unwrap_or_else(|e| panic!("{file}: the template refuses the run: {e}"))
+                            .spec
+                    }
+                    None => fr.spec.clone(),
+                };
+                if let Err(errors) = engine::validate(&spec) {
                     panic!("{file}: refused by engine validation: {errors}");
                 }
                 used_pools.extend(fr.spec.pool.iter().map(|p| (file.clone(), p.clone())));

@@ -112,6 +112,10 @@ Role in each watched namespace.
 - apiGroups: ["sluice.dev"]
   resources: ["cronflows/status"]
   verbs: ["get", "patch"]
+# FlowTemplates: read when a run of one starts (the run copies the template's flow into its own spec).
+- apiGroups: ["sluice.dev"]
+  resources: ["flowtemplates"]
+  verbs: ["get"]
 # Owner references with blockOwnerDeletion (child FlowRuns, a CronFlow's runs, pool Deployments) need this
 # where the OwnerReferencesPermissionEnforcement admission plugin is on.
 - apiGroups: ["sluice.dev"]

@@ -7,7 +7,7 @@ use kube::CustomResourceExt;
 use schemars::Schema;
 use schemars::transform::{RecursiveTransform, Transform};
 
-use crate::{CronFlow, FlowRun, WorkerPool};
+use crate::{CronFlow, FlowRun, FlowTemplate, WorkerPool};
 use transform::{kubernetes_integer_format, unwrap_description};
 
 pub mod transform;
@@ -15,13 +15,14 @@ pub mod transform;
 /// First line of every generated file, so that nobody edits them by hand.
 pub const HEADER: &str = "# Generated from operator/api by `make crds`; do not edit.\n";
 
-/// Every CRD (FlowRun, WorkerPool, CronFlow), with every schema finished by [`finish`]. Use these rather than
+/// Every CRD (FlowRun, WorkerPool, CronFlow, FlowTemplate), with every schema finished by [`finish`]. Use these rather than
 /// `FlowRun::crd()` and the like, which lack the finishing.
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         finish(FlowRun::crd()),
         finish(WorkerPool::crd()),
         finish(CronFlow::crd()),
+        finish(FlowTemplate::crd()),
     ]
 }
 

@@ -12,9 +12,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::schema::{
-    any_json, any_json_map, duration_string, optional_any_json, positive_duration_string,
-};
+use super::schema::{any_json_map, duration_string, optional_any_json, positive_duration_string};
+use crate::{TemplateRef, TemplateSource};
 
 /// A FlowRun declares a flow: a DAG of steps with inputs, outputs, retries, timeouts, signals, timers, fan-out
 /// and child flows. The Sluice operator runs it to completion and records each step's state in `status.steps`.
@@ -42,19 +41,32 @@ use super::schema::{
     ),
     // `--field-selector status.phase=...`: the operator watches only finished runs for their time to live,
     // and users can list runs by phase.
-    selectable = ".status.phase"
+    selectable = ".status.phase",
+    // On the whole object, because a run of a template gets its steps copied into its spec by the operator:
+    // that is allowed once `status.template` records the template (which the operator writes first), and only
+    // then. (Status is dropped on create, so a new run never has it.) No field path: see CronFlow's rule.
+    validation = Rule::new(
+        "!has(self.spec.templateRef) || (has(self.status) && has(self.status.template)) || ((!has(self.spec.steps) || size(self.spec.steps) == 0) && !has(self.spec.onExit) && !has(self.spec.output) && !has(self.spec.input))"
+    )
+    .message("spec.templateRef runs a FlowTemplate, which brings the steps, onExit and output, and the input comes from spec.templateRef.input: remove spec.steps, spec.onExit, spec.output and spec.input, or remove spec.templateRef"),
+    validation = Rule::new("has(self.spec.templateRef) == has(oldSelf.spec.templateRef)")
+        .message("spec.templateRef cannot be added to or removed from an existing FlowRun: create a new FlowRun")
 )]
 #[x_kube(
-    validation = Rule::new("self.steps.map(s, s.name).distinct().size() == self.steps.size()")
+    validation = Rule::new("(has(self.steps) && size(self.steps) > 0) || has(self.templateRef)")
+        .message("a flow needs steps: list them in spec.steps, or set spec.templateRef to run a FlowTemplate")
+        .field_path(".steps")
+        .reason(Reason::FieldValueRequired),
+    validation = Rule::new("!has(self.steps) || self.steps.map(s, s.name).distinct().size() == self.steps.size()")
         .message("step names must be unique: rename the step whose name appears more than once")
         // Not Reason::FieldValueDuplicate: the API server reports that reason without the message.
         .field_path(".steps"),
     validation = Rule::new(
-        "sets.contains(self.steps.map(s, s.name), self.steps.map(s, has(s.dependsOn) ? s.dependsOn : []).flatten())"
+        "!has(self.steps) || sets.contains(self.steps.map(s, s.name), self.steps.map(s, has(s.dependsOn) ? s.dependsOn : []).flatten())"
     )
     .message("every dependsOn entry must be the name of a step in spec.steps: fix the name or add the missing step")
     .field_path(".steps"),
-    validation = Rule::new("has(self.pool) || self.steps.all(s, !has(s.handler) || has(s.pool))")
+    validation = Rule::new("has(self.pool) || !has(self.steps) || self.steps.all(s, !has(s.handler) || has(s.pool))")
         .message(
             "spec.pool is required when a handler step sets no pool of its own: set spec.pool to the name of a WorkerPool"
         )
@@ -79,9 +91,26 @@ pub struct FlowRunSpec {
     pub defaults: Option<StepDefaults>,
 
     /// The steps of the flow. Steps without `dependsOn` start at once; the others start when every step they
-    /// depend on has Succeeded or been Skipped. At most 200 steps.
-    #[schemars(length(min = 1, max = 200))]
+    /// depend on has Succeeded or been Skipped. At most 200 steps. Required unless `templateRef` is set (then
+    /// the operator copies the template's steps here when the run starts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200))]
     pub steps: Vec<Step>,
+
+    /// Runs a FlowTemplate (in the same namespace) instead of listing the steps here: `{name, input}`. When
+    /// the run starts, the operator checks `input` against the template's declared inputs (a mismatch fails
+    /// the run with reason InvalidInput, naming the field; a template that does not exist, with reason
+    /// TemplateNotFound), then copies the template's `steps`, `onExit` and `output` into this spec, its
+    /// `pool`, `defaults` and `activeDeadline` where this spec sets none, and the checked input with defaults
+    /// filled in as `spec.input`; `status.template` records the template version. Editing or deleting the
+    /// template later never changes this run. With `templateRef`, leave `steps`, `onExit`, `output` and
+    /// `input` out. It cannot be added, changed or removed once the run exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new("self == oldSelf")
+            .message("spec.templateRef cannot be changed once the FlowRun exists: create a new FlowRun to run another template or input")
+    )]
+    pub template_ref: Option<TemplateRef>,
 
     /// Exit steps: they run once the steps of `spec.steps` have ended, whatever the outcome (Succeeded,
     /// Failed, Cancelled, or past `activeDeadline`), for clean-up, notifications or saga compensations. Their
@@ -350,14 +379,26 @@ pub struct SignalWait {
     pub timeout: Option<String>,
 }
 
-/// A child flow run by a step.
+/// A child flow run by a step: an inline spec, or a FlowTemplate.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("has(self.spec) != has(self.templateRef)")
+        .message("flow needs exactly one of spec (the child's FlowRun spec, inline) or templateRef (a FlowTemplate to run): keep one of them")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ChildFlow {
     /// Spec of the child FlowRun, written like a FlowRun's `spec`; strings may hold expressions over the
     /// parent's values. It is validated when the step starts.
-    #[schemars(schema_with = "any_json")]
-    pub spec: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_any_json")]
+    pub spec: Option<Value>,
+
+    /// Run a FlowTemplate as the child: `{name, input}`. Strings in `input` may hold expressions over the
+    /// parent's values; the child FlowRun is created with this `templateRef` and checks its input against the
+    /// template's declared inputs when it starts, as any run of a template does (it takes its pool and
+    /// defaults from the template, not from the parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_ref: Option<TemplateRef>,
 }
 
 /// How the main steps of a run with exit steps ended.
@@ -508,6 +549,11 @@ pub struct FlowRunStatus {
     /// The last `spec.retryRequest` the operator acted on, and what it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryStatus>,
+
+    /// For a run of a FlowTemplate (`spec.templateRef`): the template version whose flow the run took when
+    /// it started (name, uid, resourceVersion, generation). Later edits of the template do not change the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateSource>,
 }
 
 /// What the operator did with the last `spec.retryRequest`.

@@ -117,6 +117,7 @@ static EMPTY_STATUS: FlowRunStatus = FlowRunStatus {
     status_bytes: None,
     conditions: Vec::new(),
     retry: None,
+    template: None,
 };
 
 impl FlowMeta {

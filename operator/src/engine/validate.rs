@@ -310,7 +310,7 @@ impl Validator {
                     self.err(format!("{p}.until"), e, None);
                 }
             }
-            Some(StepKind::Flow(f)) => self.child_flow(spec, f, &format!("{p}.flow.spec"), scope),
+            Some(StepKind::Flow(f)) => self.child_flow(spec, f, &format!("{p}.flow"), scope),
             None => {}
         }
 
@@ -386,7 +386,27 @@ impl Validator {
     }
 
     fn child_flow(&mut self, parent: &FlowRunSpec, flow: &ChildFlow, p: &str, scope: Scope<'_>) {
-        let mut child: FlowRunSpec = match serde_json::from_value(flow.spec.clone()) {
+        // A child of a FlowTemplate checks its input against the template when it starts; here only the
+        // parent's expressions in that input can be checked.
+        let spec = match (&flow.spec, &flow.template_ref) {
+            (Some(spec), None) => spec,
+            (None, Some(reference)) => {
+                if let Some(input) = &reference.input {
+                    self.expressions_in(input, &format!("{p}.templateRef.input"), scope);
+                }
+                return;
+            }
+            _ => {
+                self.err(
+                    p.to_owned(),
+                    "flow needs exactly one of spec and templateRef",
+                    Some("keep the inline spec or the FlowTemplate reference".into()),
+                );
+                return;
+            }
+        };
+        let p = &format!("{p}.spec");
+        let mut child: FlowRunSpec = match serde_json::from_value(spec.clone()) {
             Ok(c) => c,
             Err(e) => {
                 self.err(p.to_owned(), format!("not a FlowRun spec: {e}"), None);

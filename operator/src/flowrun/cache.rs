@@ -29,6 +29,9 @@ pub struct CachedFlowRun {
     phase: Option<FlowPhase>,
     /// Never decided on, or a step Ready or Running: work a restart must bring back first.
     in_flight: bool,
+    /// A run of a FlowTemplate that has not taken its flow yet: the controller resolves it before the
+    /// status writer sees it.
+    awaits_template: bool,
     body: Body,
 }
 
@@ -67,11 +70,14 @@ impl CachedFlowRun {
     pub fn new(mut fr: FlowRun) -> Self {
         compact(&mut fr);
         let phase = fr.status.as_ref().and_then(|s| s.phase);
-        let in_flight = fr.status.as_ref().is_none_or(|s| {
-            s.steps
-                .values()
-                .any(|st| matches!(st.phase, StepPhase::Ready | StepPhase::Running))
-        });
+        let awaits_template = crate::template::awaits_template(&fr.spec);
+        // A run still to take its flow from a template has nothing for the loader: its controller resolves it.
+        let in_flight = !awaits_template
+            && fr.status.as_ref().is_none_or(|s| {
+                s.steps
+                    .values()
+                    .any(|st| matches!(st.phase, StepPhase::Ready | StepPhase::Running))
+            });
         let body = SpecAndStatus {
             spec: &fr.spec,
             status: fr.status.as_ref(),
@@ -95,6 +101,7 @@ impl CachedFlowRun {
             metadata: fr.metadata,
             phase,
             in_flight,
+            awaits_template,
             body,
         }
     }
@@ -125,6 +132,11 @@ impl CachedFlowRun {
     /// Running, or an object that does not decode (so its failure is not left for last).
     pub fn has_work_in_flight(&self) -> bool {
         self.in_flight
+    }
+
+    /// Whether this is a run of a FlowTemplate that has not taken its flow from the template yet.
+    pub fn awaits_template(&self) -> bool {
+        self.awaits_template
     }
 
     /// Whether the run has ended (its phase is terminal).
@@ -185,6 +197,7 @@ impl<'de> Deserialize<'de> for CachedFlowRun {
                     metadata,
                     phase,
                     in_flight: true,
+                    awaits_template: false,
                     body: Body::Undecodable(e.to_string().into_boxed_str()),
                 })
             }

@@ -18,6 +18,7 @@ use tracing::{info, instrument, warn};
 
 use super::Error;
 use super::cache::{CachedFlowRun, FlowRunCache};
+use super::template::TemplateResolver;
 use super::writer::StatusWriter;
 use crate::api::FlowRun;
 use crate::telemetry::Metrics;
@@ -26,6 +27,8 @@ use crate::telemetry::Metrics;
 pub struct Context {
     /// The single writer of FlowRun statuses.
     pub writer: Arc<StatusWriter>,
+    /// Runs of FlowTemplates take their flow here before the writer sees them.
+    pub templates: TemplateResolver,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -74,6 +77,15 @@ pub async fn run(
 
 #[instrument(skip_all, fields(namespace = fr.namespace().unwrap_or_default(), flowrun = %fr.name_any()))]
 async fn reconcile(fr: Arc<CachedFlowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if fr.awaits_template() {
+        // A run of a template that failed to take its flow has no steps to decide on.
+        if fr.is_finished() {
+            return Ok(Action::await_change());
+        }
+        if let Ok(run) = fr.decode() {
+            return ctx.templates.resolve(&run, Timestamp::now()).await;
+        }
+    }
     let namespace = fr.namespace().unwrap_or_default();
     let wake = ctx
         .writer

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod cache;
 pub mod controller;
 pub mod effects;
+pub mod template;
 pub mod ttl;
 pub mod writer;
 
@@ -59,6 +60,8 @@ pub struct FlowRunRuntime {
     writer: Arc<StatusWriter>,
     metrics: Metrics,
     scope: Scope,
+    /// The pod name Events are reported from.
+    instance: Option<String>,
 }
 
 impl FlowRunRuntime {
@@ -74,7 +77,7 @@ impl FlowRunRuntime {
     ) -> Self {
         let writer = StatusWriter::new(
             client.clone(),
-            Effects::new(client.clone(), instance),
+            Effects::new(client.clone(), instance.clone()),
             metrics.clone(),
             limits,
         );
@@ -90,6 +93,7 @@ impl FlowRunRuntime {
             writer,
             metrics,
             scope,
+            instance,
         }
     }
 
@@ -105,6 +109,10 @@ impl FlowRunRuntime {
         let shutdown = shutdown.shared();
         let ctx = Arc::new(controller::Context {
             writer: self.writer.clone(),
+            templates: template::TemplateResolver::new(
+                self.client.clone(),
+                crate::context::event_recorder(self.client.clone(), self.instance.clone()),
+            ),
             metrics: self.metrics.clone(),
         });
         let cache = self.writer.cache();
