@@ -1,6 +1,7 @@
 //! Start Sluice flows from Rust code and await their results.
 //!
-//! A [`Client`] creates FlowRuns in one namespace and hands back a [`Run`]: a handle to one FlowRun by name,
+//! A [`Client`] creates FlowRuns in one namespace — from a spec written inline ([`Start::inline`]) or from a
+//! FlowTemplate ([`Start::template`]) — and hands back a [`Run`]: a handle to one FlowRun by name,
 //! with the verbs a program needs — [`Run::wait`] for the typed output (or a typed failure), [`Run::signal`],
 //! [`Run::cancel`] and [`Run::status`]. Everything goes through the Kubernetes API with the caller's
 //! credentials, exactly as `kubectl` and `kubectl sluice` would: the client creates FlowRuns, writes

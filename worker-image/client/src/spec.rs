@@ -8,6 +8,14 @@ use sluice_api::FlowRunSpec;
 /// without them: starting `order-42` again after it was cancelled is the same run, not a conflict.
 const RUN_CONTROLS: [&str; 3] = ["cancel", "suspend", "retryRequest"];
 
+/// Fields the operator copies from the template into a run of a FlowTemplate (`spec.templateRef`): they are
+/// the template's, not what the starter asked for, so they are not compared.
+const FROM_TEMPLATE: [&str; 4] = ["steps", "onExit", "output", "input"];
+
+/// Fields the operator copies from the template only where the run sets none: compared when the starter set
+/// them.
+const TEMPLATE_FALLBACKS: [&str; 3] = ["pool", "defaults", "activeDeadline"];
+
 /// Most differences listed; more are summarised, so an error message stays readable.
 const MAX_LISTED: usize = 10;
 
@@ -17,7 +25,10 @@ const MAX_LISTED: usize = 10;
 /// The comparison is on the JSON the API server stores, not on Rust values: numbers compare by value (the API
 /// server writes the float `1.0` back as `1`), a field set to its empty default (`suspend: false`, an empty
 /// `dependsOn`) equals a field left out, and the run controls `cancel`, `suspend` and `retryRequest` are
-/// ignored. Fields only the API server could have added (schema defaults, admission mutations) are not
+/// ignored. For a run of a FlowTemplate (`spec.templateRef` sent), what the operator copies from the
+/// template into the stored spec is not compared: the steps, exit steps, output and input always, the pool,
+/// defaults and deadline unless `sent` sets them; `templateRef` itself (template name and input) is.
+/// Fields only the API server could have added (schema defaults, admission mutations) are not
 /// guessed here: [`Client::start`](crate::Client::start) asks the API server for its own rendering of the
 /// sent spec (a dry-run create) before it calls two specs different.
 ///
@@ -40,8 +51,23 @@ const MAX_LISTED: usize = 10;
 /// assert_eq!(spec_differences(&sent, &other), ["spec.input.amount"]);
 /// ```
 pub fn spec_differences(sent: &FlowRunSpec, stored: &FlowRunSpec) -> Vec<String> {
+    let (mut sent_json, mut stored_json) = (identity(sent), identity(stored));
+    if sent.template_ref.is_some()
+        && let (Value::Object(sent_map), Value::Object(stored_map)) =
+            (&mut sent_json, &mut stored_json)
+    {
+        for key in FROM_TEMPLATE {
+            sent_map.remove(key);
+            stored_map.remove(key);
+        }
+        for key in TEMPLATE_FALLBACKS {
+            if !sent_map.contains_key(key) {
+                stored_map.remove(key);
+            }
+        }
+    }
     let mut out = Vec::new();
-    diff("spec", &identity(sent), &identity(stored), &mut out);
+    diff("spec", &sent_json, &stored_json, &mut out);
     if out.len() > MAX_LISTED {
         let more = out.len() - MAX_LISTED;
         out.truncate(MAX_LISTED);
@@ -161,6 +187,43 @@ mod tests {
                 "spec.pool",
                 "spec.steps[1].handler"
             ]
+        );
+    }
+
+    #[test]
+    fn a_template_run_is_compared_by_its_template_and_input_not_by_the_copied_flow() {
+        let sent = spec(json!({"templateRef": {"name": "t", "input": {"n": 1.0}}}));
+        // What the operator made of it: the template's flow, pool and defaults copied in.
+        let resolved = spec(json!({
+            "templateRef": {"name": "t", "input": {"n": 1}},
+            "pool": "from-template", "defaults": {"timeout": "1m"}, "activeDeadline": "1h",
+            "input": {"n": 1, "currency": "EUR"},
+            "steps": [{"name": "a", "handler": "h"}], "output": "${{ steps.a.output }}"
+        }));
+        assert!(spec_differences(&sent, &resolved).is_empty());
+
+        let other_input = spec(json!({"templateRef": {"name": "t", "input": {"n": 2}}}));
+        assert_eq!(
+            spec_differences(&other_input, &resolved),
+            ["spec.templateRef.input.n"]
+        );
+        let other_template = spec(json!({"templateRef": {"name": "u", "input": {"n": 1}}}));
+        assert_eq!(
+            spec_differences(&other_template, &resolved),
+            ["spec.templateRef.name"]
+        );
+        // A pool the starter sets is its own, and compared.
+        let own_pool =
+            spec(json!({"pool": "mine", "templateRef": {"name": "t", "input": {"n": 1}}}));
+        assert_eq!(spec_differences(&own_pool, &resolved), ["spec.pool"]);
+        // An inline spec is not the template run, nor the other way round.
+        let inline =
+            spec(json!({"pool": "from-template", "steps": [{"name": "a", "handler": "h"}]}));
+        assert!(!spec_differences(&inline, &resolved).is_empty());
+        let inline_stored = spec(json!({"pool": "p", "steps": [{"name": "a", "handler": "h"}]}));
+        assert_eq!(
+            spec_differences(&sent, &inline_stored),
+            ["spec.templateRef"]
         );
     }
 

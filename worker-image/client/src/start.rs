@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sluice_api::FlowRunSpec;
+use sluice_api::{FlowRunSpec, TemplateRef};
 
 use crate::{Error, Result};
 
@@ -42,15 +42,17 @@ pub enum IfExists {
     ReplaceFailed,
 }
 
-/// Where the run's spec comes from. Private so that starting from a FlowTemplate can be added (as
-/// `Start::template`) without breaking callers.
+/// Where the run's spec comes from. Private, so that other sources can be added without breaking callers.
 #[derive(Clone, Debug)]
 pub(crate) enum Source {
+    /// A spec written inline; it may itself name a template (`spec.templateRef`) and set the pool, defaults
+    /// or deadline a template run should use instead of the template's.
     Inline(Box<FlowRunSpec>),
 }
 
-/// A run to start: its name, its spec, its input, labels, and the [`IfExists`] policy. Build one with
-/// [`Start::inline`] and hand it to [`Client::start`](crate::Client::start).
+/// A run to start: its name, its spec (inline, or a FlowTemplate to run), its input, labels, and the
+/// [`IfExists`] policy. Build one with [`Start::inline`] or [`Start::template`] and hand it to
+/// [`Client::start`](crate::Client::start).
 ///
 /// ```
 /// use serde::Serialize;
@@ -100,9 +102,36 @@ impl Start {
         }
     }
 
-    /// Sets the flow's input (`spec.input`, visible to expressions as `input`) from any `Serialize` value,
-    /// replacing an input the spec carried. Fails with [`Error::Encode`] when the value has no JSON form (a
-    /// map with non-string keys, for example).
+    /// A run named `name` of the FlowTemplate `template` (in the client's namespace): `spec.templateRef`.
+    /// Set the template's inputs with [`Start::input`]. The operator checks the input against the template's
+    /// declared inputs when the run starts (a mismatch fails the run with reason `InvalidInput`, which
+    /// [`Run::wait`](crate::Run::wait) returns as [`Error::Failed`]) and copies the template's flow into the
+    /// run, so editing the template later never changes it.
+    ///
+    /// A template run is the same run as another start when it names the same template with the same input
+    /// (and sets the same pool, defaults or deadline, if it sets any): the steps the operator copied into the
+    /// stored run are not compared.
+    ///
+    /// ```
+    /// use sluice_client::Start;
+    /// let start = Start::template("expense-77", "expense-approval")
+    ///     .input(&serde_json::json!({"reportId": "77", "employee": "grace", "amount": 42.5}))?;
+    /// # Ok::<(), sluice_client::Error>(())
+    /// ```
+    pub fn template(name: impl Into<String>, template: impl Into<String>) -> Self {
+        let spec = FlowRunSpec {
+            template_ref: Some(TemplateRef {
+                name: template.into(),
+                input: None,
+            }),
+            ..FlowRunSpec::default()
+        };
+        Self::inline(name, spec)
+    }
+
+    /// Sets the flow's input from any `Serialize` value: `spec.input` (visible to expressions as `input`), or
+    /// for a run of a template `spec.templateRef.input`; it replaces an input the spec carried. Fails with
+    /// [`Error::Encode`] when the value has no JSON form (a map with non-string keys, for example).
     ///
     /// ```
     /// let start = sluice_client::Start::inline("r", Default::default())
@@ -159,12 +188,15 @@ impl Start {
         self.if_exists
     }
 
-    /// The spec this start asks for: the inline spec with the input set.
+    /// The spec this start asks for: the inline spec with the input set where it belongs.
     pub(crate) fn spec(&self) -> FlowRunSpec {
         let Source::Inline(spec) = &self.source;
         let mut spec = (**spec).clone();
         if let Some(input) = &self.input {
-            spec.input = Some(input.clone());
+            match &mut spec.template_ref {
+                Some(template) => template.input = Some(input.clone()),
+                None => spec.input = Some(input.clone()),
+            }
         }
         spec
     }
