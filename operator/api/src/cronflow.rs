@@ -78,9 +78,9 @@ pub const MAX_CRONFLOW_NAME: usize = 242;
         .message("metadata.name of a CronFlow has at most 242 characters: its runs are named <name>-<10 digits>, and a name has at most 253"),
     // The same rule as a FlowRun's: a run of a template takes its flow from the template.
     validation = Rule::new(
-        "!has(self.spec.flowRun.spec.templateRef) || ((!has(self.spec.flowRun.spec.steps) || size(self.spec.flowRun.spec.steps) == 0) && !has(self.spec.flowRun.spec.onExit) && !has(self.spec.flowRun.spec.output) && !has(self.spec.flowRun.spec.input))"
+        "!has(self.spec.flowRun.spec.templateRef) || ((!has(self.spec.flowRun.spec.steps) || size(self.spec.flowRun.spec.steps) == 0) && !has(self.spec.flowRun.spec.onExit))"
     )
-    .message("spec.flowRun.spec.templateRef runs a FlowTemplate, which brings the steps, onExit and output, and the input comes from templateRef.input: remove steps, onExit, output and input from spec.flowRun.spec, or remove templateRef")
+    .message("spec.flowRun.spec.templateRef runs a FlowTemplate, which brings the steps and exit steps: remove steps and onExit from spec.flowRun.spec, or remove templateRef")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CronFlowSpec {

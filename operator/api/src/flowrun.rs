@@ -45,10 +45,11 @@ use crate::{TemplateRef, TemplateSource};
     // On the whole object, because a run of a template gets its steps copied into its spec by the operator:
     // that is allowed once `status.template` records the template (which the operator writes first), and only
     // then. (Status is dropped on create, so a new run never has it.) No field path: see CronFlow's rule.
+    // `input` and `output` are free-form, which CEL cannot see; the operator refuses them next to templateRef.
     validation = Rule::new(
-        "!has(self.spec.templateRef) || (has(self.status) && has(self.status.template)) || ((!has(self.spec.steps) || size(self.spec.steps) == 0) && !has(self.spec.onExit) && !has(self.spec.output) && !has(self.spec.input))"
+        "!has(self.spec.templateRef) || (has(self.status) && has(self.status.template)) || ((!has(self.spec.steps) || size(self.spec.steps) == 0) && !has(self.spec.onExit))"
     )
-    .message("spec.templateRef runs a FlowTemplate, which brings the steps, onExit and output, and the input comes from spec.templateRef.input: remove spec.steps, spec.onExit, spec.output and spec.input, or remove spec.templateRef"),
+    .message("spec.templateRef runs a FlowTemplate, which brings the steps and exit steps: remove spec.steps and spec.onExit, or remove spec.templateRef"),
     validation = Rule::new("has(self.spec.templateRef) == has(oldSelf.spec.templateRef)")
         .message("spec.templateRef cannot be added to or removed from an existing FlowRun: create a new FlowRun")
 )]
@@ -104,7 +105,8 @@ pub struct FlowRunSpec {
     /// `pool`, `defaults` and `activeDeadline` where this spec sets none, and the checked input with defaults
     /// filled in as `spec.input`; `status.template` records the template version. Editing or deleting the
     /// template later never changes this run. With `templateRef`, leave `steps`, `onExit`, `output` and
-    /// `input` out. It cannot be added, changed or removed once the run exists.
+    /// `input` out (a run that sets `input` or `output` fails with reason InvalidInput). It cannot be added,
+    /// changed or removed once the run exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(
         validation = Rule::new("self == oldSelf")
@@ -379,12 +381,9 @@ pub struct SignalWait {
     pub timeout: Option<String>,
 }
 
-/// A child flow run by a step: an inline spec, or a FlowTemplate.
+/// A child flow run by a step: an inline spec, or a FlowTemplate. Exactly one of the two (checked when the run
+/// starts: `spec` is free-form, which the CRD's rules cannot see).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(
-    validation = Rule::new("has(self.spec) != has(self.templateRef)")
-        .message("flow needs exactly one of spec (the child's FlowRun spec, inline) or templateRef (a FlowTemplate to run): keep one of them")
-)]
 #[serde(rename_all = "camelCase")]
 pub struct ChildFlow {
     /// Spec of the child FlowRun, written like a FlowRun's `spec`; strings may hold expressions over the

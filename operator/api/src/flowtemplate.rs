@@ -119,10 +119,6 @@ pub struct FlowTemplateSpec {
 
 /// One declared input of a FlowTemplate.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(
-    validation = Rule::new("!(has(self.required) && self.required) || !has(self.default)")
-        .message("an input is either required or has a default: remove default, or set required to false")
-)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateInput {
     /// JSON type of the value: `string`, `number` (any number), `integer` (a number without a fractional
@@ -142,7 +138,9 @@ pub struct TemplateInput {
     #[schemars(schema_with = "optional_any_json")]
     pub default: Option<Value>,
 
-    /// true: every run must give this input (a run without it fails with reason InvalidInput).
+    /// true: every run must give this input (a run without it fails with reason InvalidInput). A required
+    /// input has no `default` (runs of a template that sets both fail with reason InvalidTemplate; `default`
+    /// is free-form, which the CRD's rules cannot see).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub required: bool,
 }

@@ -837,3 +837,43 @@ mod tests {
         assert!(text.contains("spec.steps[0].dependsOn[0]: unknown step \"zz\" (known steps: a)"));
     }
 }
+
+#[cfg(test)]
+mod template_child_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn paths(spec: serde_json::Value) -> Vec<String> {
+        let spec: FlowRunSpec = serde_json::from_value(spec).unwrap();
+        match validate(&spec) {
+            Ok(()) => vec![],
+            Err(e) => e.0.into_iter().map(|e| e.path).collect(),
+        }
+    }
+
+    #[test]
+    fn a_template_child_has_its_input_expressions_checked_and_one_kind_only() {
+        assert_eq!(
+            paths(json!({"steps": [
+                {"name": "c", "flow": {"templateRef": {"name": "t", "input": {"x": "${{ input.a }}"}}}},
+            ]})),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            paths(json!({"steps": [
+                {"name": "c", "flow": {"templateRef": {"name": "t", "input": {"x": "${{ steps.nope.output }}"}}}},
+            ]})),
+            ["spec.steps[0].flow.templateRef.input.x"]
+        );
+        for flow in [
+            json!({}),
+            json!({"templateRef": {"name": "t"}, "spec": {"steps": [{"name": "x", "sleep": "1s"}]}}),
+        ] {
+            assert_eq!(
+                paths(json!({"steps": [{"name": "c", "flow": flow}]})),
+                ["spec.steps[0].flow"]
+            );
+        }
+    }
+}

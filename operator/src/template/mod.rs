@@ -138,6 +138,11 @@ pub fn check_input(
     let mut input = Map::new();
     for (name, declared) in inputs {
         let t = declared.type_;
+        if declared.required && declared.default.is_some() {
+            template_problems.push(format!(
+                "FlowTemplate {template}: spec.inputs.{name}: an input is either required or has a default: remove default, or set required to false"
+            ));
+        }
         match given.get(name) {
             Some(v) if matches_type(t, v) => {
                 input.insert(name.clone(), v.clone());
@@ -203,6 +208,23 @@ pub struct Resolved {
 pub fn resolve(run: &FlowRunSpec, template: &FlowTemplate) -> Result<Resolved, TemplateError> {
     let name = template.metadata.name.clone().unwrap_or_default();
     let t: &FlowTemplateSpec = &template.spec;
+    // The CRD refuses steps and exit steps next to templateRef; input and output are free-form, which its
+    // rules cannot see, so they are refused here rather than silently replaced.
+    let mut own = Vec::new();
+    if run.input.is_some() {
+        own.push(
+            "spec.input: a run of a FlowTemplate takes its input from spec.templateRef.input: move it there"
+                .to_owned(),
+        );
+    }
+    if run.output.is_some() {
+        own.push(format!(
+            "spec.output: a run of a FlowTemplate takes its output from FlowTemplate {name}: remove it"
+        ));
+    }
+    if !own.is_empty() {
+        return Err(TemplateError::InvalidInput(own));
+    }
     let given = run.template_ref.as_ref().and_then(|r| r.input.as_ref());
     let input = Value::Object(check_input(&name, &t.inputs, given)?);
     // Users' values are held to MAX_JSON_DEPTH at admission; the input is written by the operator.

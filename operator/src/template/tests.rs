@@ -228,3 +228,29 @@ fn a_template_without_inputs_takes_none() {
         "templateRef.input.x: FlowTemplate expense declares no such input (it takes none)"
     );
 }
+
+#[test]
+fn a_run_of_a_template_sets_no_input_or_output_of_its_own() {
+    let mut spec = run(json!({"reportId": "1", "amount": 1}));
+    spec.input = Some(json!({"reportId": "1"}));
+    spec.output = Some(json!("mine"));
+    let e = resolve(&spec, &template()).unwrap_err();
+    assert_eq!(e.reason(), INVALID_INPUT);
+    assert_eq!(
+        e.to_string(),
+        "spec.input: a run of a FlowTemplate takes its input from spec.templateRef.input: move it there; \
+         spec.output: a run of a FlowTemplate takes its output from FlowTemplate expense: remove it"
+    );
+}
+
+#[test]
+fn a_required_input_with_a_default_is_the_templates_fault() {
+    let mut t = template();
+    t.spec.inputs.get_mut("amount").unwrap().default = Some(json!(1));
+    let e = resolve(&run(json!({"reportId": "1", "amount": 1})), &t).unwrap_err();
+    assert_eq!(e.reason(), INVALID_TEMPLATE);
+    assert_eq!(
+        e.to_string(),
+        "FlowTemplate expense: spec.inputs.amount: an input is either required or has a default: remove default, or set required to false"
+    );
+}
