@@ -16,7 +16,7 @@ pub const EXIT_CANCELLED: u8 = 4;
     name = "kubectl-sluice",
     bin_name = "kubectl sluice",
     version,
-    after_help = "Examples:\n  kubectl sluice status order-42\n  kubectl sluice status order-42 -o json\n  kubectl sluice signal expense-7 manager-approval --data '{\"approved\": true}'\n  kubectl sluice retry order-42\n  kubectl sluice graph order-42 --format dot | dot -Tsvg > order.svg\n  kubectl sluice watch order-42 && echo done\n  kubectl sluice cron trigger nightly-report\n\nExit codes: 0 success; 1 an error (not found, API error, invalid input); 2 a usage error;\nwatch: 3 when the run ends Failed, 4 when it ends Cancelled."
+    after_help = "Examples:\n  kubectl sluice status order-42\n  kubectl sluice status order-42 -o json\n  kubectl sluice signal expense-7 manager-approval --data '{\"approved\": true}'\n  kubectl sluice retry order-42\n  kubectl sluice graph order-42 --format dot | dot -Tsvg > order.svg\n  kubectl sluice watch order-42 && echo done\n  kubectl sluice cron trigger nightly-report\n  kubectl sluice templates\n\nExit codes: 0 success; 1 an error (not found, API error, invalid input); 2 a usage error;\nwatch: 3 when the run ends Failed, 4 when it ends Cancelled."
 )]
 pub struct Cli {
     /// Cluster connection flags.
@@ -80,6 +80,10 @@ pub enum Command {
     /// CronFlows (FlowRuns on a schedule): list them, or start a run of one now.
     #[command(subcommand)]
     Cron(CronCommand),
+
+    /// List the namespace's FlowTemplates: pool, declared inputs (`name:type`, `*` when required, `=value`
+    /// for a default), steps (and exit steps) and description. Run one with a FlowRun's spec.templateRef.
+    Templates,
 }
 
 /// The `cron` commands.

@@ -89,31 +89,7 @@ pub fn render_list(items: &[CronFlow], now: Timestamp) -> String {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let mut out = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("   ");
-        out.truncate(out.trim_end().len());
-        out.push('\n');
-        out
-    };
-    let mut text = line(header.to_vec());
-    for r in &rows {
-        text.push_str(&line(r.iter().map(String::as_str).collect()));
-    }
-    text
+    super::table(&header, &rows)
 }
 
 /// `t` relative to `now`: `5s ago`, `in 2m`, `3h ago`, `4d ago`.

@@ -6,6 +6,7 @@ pub mod graph;
 pub mod retry;
 pub mod signal;
 pub mod status;
+pub mod templates;
 pub mod watch;
 
 use kube::Api;
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Watch(args) => watch::run(&conn, &args).await,
         Command::Cron(CronCommand::List) => cron::list(&conn).await,
         Command::Cron(CronCommand::Trigger(t)) => cron::trigger(&conn, &t.cronflow).await,
+        Command::Templates => templates::list(&conn).await,
     }
 }
 
@@ -55,4 +57,33 @@ pub(crate) fn print(text: &str) -> Result<()> {
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// A table as kubectl prints one: left-aligned columns three spaces apart, no trailing spaces.
+pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let mut out = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("   ");
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut text = line(header.to_vec());
+    for r in rows {
+        text.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    text
 }
