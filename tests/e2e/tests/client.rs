@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sluice_client::api::{FlowPhase, FlowRun, FlowRunSpec, StepPhase};
+use sluice_client::api::{FlowPhase, FlowRun, FlowRunSpec, FlowTemplate, StepPhase};
 use sluice_client::{Client, Error, IfExists, Start};
 use sluice_e2e::{
     InProcessOperator, TestNamespace, cargo_test_env, cluster, init_test_logs, install_crds,
@@ -327,6 +327,61 @@ async fn run_controls_do_not_make_another_run_and_replace_failed_starts_anew() -
         list.items[0].metadata.uid != old_uid,
         "a new FlowRun took the name"
     );
+    s.finish().await
+}
+
+#[tokio::test]
+async fn a_template_run_is_awaited_and_found_again_by_its_template_and_input() -> Result<()> {
+    let s = setup("client-template").await?;
+    let templates: Api<FlowTemplate> = s.ns.api();
+    let template: FlowTemplate = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowTemplate",
+        "metadata": {"name": "doubler"},
+        "spec": {
+            "pool": "pool",
+            "inputs": {"n": {"type": "number", "required": true}},
+            "steps": [{"name": "double", "handler": "double", "input": {"n": "${{ input.n }}"}}],
+            "output": "${{ steps.double.output }}",
+        },
+    }))?;
+    templates.create(&PostParams::default(), &template).await?;
+
+    let start = Start::template("by-template", "doubler").input(&Doubling { n: 21.0 })?;
+    let run = s.client.start(start.clone()).await?;
+    ensure!(run.created(), "the first start creates the run");
+    assert_eq!(run.wait::<Doubled>(WAIT).await?, Doubled { n: 42 });
+    let stored = s.api.get("by-template").await?;
+    ensure!(
+        !stored.spec.steps.is_empty() && stored.spec.pool.as_deref() == Some("pool"),
+        "the operator copied the template's flow into the run: {:?}",
+        stored.spec
+    );
+
+    // The stored spec now differs from the one sent (steps, pool, input), yet it is the same run.
+    let again = s.client.start(start).await?;
+    ensure!(
+        !again.created(),
+        "the same template and input is the same run"
+    );
+    let other = Start::template("by-template", "doubler").input(&Doubling { n: 5.0 })?;
+    match s.client.start(other).await {
+        Err(Error::SpecConflict { differences, .. }) => {
+            assert_eq!(differences, ["spec.templateRef.input.n"]);
+        }
+        other => bail!("expected Error::SpecConflict, got {other:?}"),
+    }
+
+    // Input the template does not accept fails the run, which wait reports with the operator's reason.
+    let bad = Start::template("bad-template-input", "doubler").input(&json!({"n": "x"}))?;
+    match s.client.start(bad).await?.wait::<Value>(WAIT).await {
+        Err(Error::Failed(failure)) => {
+            assert_eq!(failure.reason, "InvalidInput");
+            ensure!(failure.message.contains("n"), "{failure}");
+        }
+        other => bail!("expected Error::Failed, got {other:?}"),
+    }
+    let list = s.api.list(&ListParams::default()).await?;
+    assert_eq!(list.items.len(), 2);
     s.finish().await
 }
 
