@@ -284,14 +284,7 @@ impl Scheduler<'_> {
 
         let order = self.ctx.dag.order.clone();
         for i in order {
-            // Each pass moves the step one phase; a few passes settle instant transitions.
-            for _ in 0..4 {
-                let before = self.step_phase(i);
-                self.advance(i);
-                if self.step_phase(i) == before {
-                    break;
-                }
-            }
+            self.settle(i);
         }
 
         self.conclude();
@@ -306,14 +299,7 @@ impl Scheduler<'_> {
             let name = self.ctx.spec.steps[i].name.clone();
             self.cancel_all(&format!("cancelled: step {name:?} failed"));
             let message = self.failure_message(i);
-            self.fx
-                .notes
-                .push(Note::warning("FlowFailed", None, message.clone()));
-            self.status.phase = Some(FlowPhase::Failed);
-            self.ending = Some(Ending {
-                reason: "StepFailed",
-                message,
-            });
+            self.fail_run("StepFailed", message);
         } else if self
             .ctx
             .spec
@@ -335,6 +321,26 @@ impl Scheduler<'_> {
         }
         if self.phase() != FlowPhase::Pending && self.status.started_at.is_none() {
             self.status.started_at = Some(past(self.ctx.now));
+        }
+    }
+
+    /// Ends the run Failed for `reason`, with a Warning note.
+    fn fail_run(&mut self, reason: &'static str, message: String) {
+        self.fx
+            .notes
+            .push(Note::warning("FlowFailed", None, message.clone()));
+        self.status.phase = Some(FlowPhase::Failed);
+        self.ending = Some(Ending { reason, message });
+    }
+
+    /// Moves step `i` as far as it goes now: each pass moves it one phase, a few settle instant transitions.
+    fn settle(&mut self, i: usize) {
+        for _ in 0..4 {
+            let before = self.step_phase(i);
+            self.advance(i);
+            if self.step_phase(i) == before {
+                break;
+            }
         }
     }
 
@@ -380,13 +386,7 @@ impl Scheduler<'_> {
             .filter(|&i| self.ctx.is_exit(i))
             .collect();
         for i in exits {
-            for _ in 0..4 {
-                let before = self.step_phase(i);
-                self.advance(i);
-                if self.step_phase(i) == before {
-                    break;
-                }
-            }
+            self.settle(i);
         }
         let all = self.ctx.spec.steps.len();
         if let Some(i) = self.failed_exit_step() {
@@ -401,14 +401,7 @@ impl Scheduler<'_> {
                 outcome.phase,
                 outcome.reason
             );
-            self.fx
-                .notes
-                .push(Note::warning("FlowFailed", None, message.clone()));
-            self.status.phase = Some(FlowPhase::Failed);
-            self.ending = Some(Ending {
-                reason: "ExitStepFailed",
-                message,
-            });
+            self.fail_run("ExitStepFailed", message);
         } else if (self.ctx.main..all).all(|i| self.step_phase(i).is_terminal()) {
             match outcome.phase {
                 FlowPhase::Succeeded => self.succeed(),

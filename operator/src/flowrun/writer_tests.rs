@@ -89,6 +89,20 @@ async fn a_report_for_a_deleted_run_of_the_same_name_is_stale() {
     }
 }
 
+/// Waits until the writer has no lane left; fails after 5 s (a lane idles 10 s when it cannot end at once).
+async fn no_lane_within_5s(writer: &Arc<StatusWriter>, what: &str) {
+    let lanes = || writer.actors.lock().unwrap().len();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while lanes() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("the lane of {what} is still there after 5 s (it should end at once)")
+    });
+}
+
 #[tokio::test]
 async fn a_lane_ends_when_it_wrote_nothing_or_once_the_watch_delivered_its_last_write() {
     let client = client();
@@ -101,13 +115,7 @@ async fn a_lane_ends_when_it_wrote_nothing_or_once_the_watch_delivered_its_last_
     let lanes = |writer: &Arc<StatusWriter>| writer.actors.lock().unwrap().len();
     // The run as served is already decided: the reconcile reads it, decides, writes nothing.
     writer.reconcile("ns", "c", None).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while lanes(&writer) > 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the lane of a run decided without a write is still there after 5 s (it should end at once)");
+    no_lane_within_5s(&writer, "a run decided without a write").await;
     assert_eq!(writer.metrics.status_patches.get(), 0, "nothing to write");
 
     // A result is written; the lane stays to recognise the watch echo of that write.
@@ -130,13 +138,7 @@ async fn a_lane_ends_when_it_wrote_nothing_or_once_the_watch_delivered_its_last_
         1,
         "the echo is answered from memory"
     );
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while lanes(&writer) > 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the lane is still there 5 s after the echo of its last write");
+    no_lane_within_5s(&writer, "a run whose last write the watch delivered").await;
     assert_eq!(writer.metrics.status_patches.get(), 1);
 }
 
