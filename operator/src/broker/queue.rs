@@ -186,6 +186,9 @@ struct FinishedPools {
     capacity: usize,
     order: VecDeque<TaskId>,
     pools: HashMap<TaskId, String>,
+    /// The last attempt of each task whose result (or loss) was persisted: that attempt has ended in status
+    /// for good, so an offer of it again comes from an older copy of the run and is refused.
+    ended: HashMap<TaskId, u32>,
 }
 
 impl Default for FinishedPools {
@@ -200,6 +203,7 @@ impl FinishedPools {
             capacity,
             order: VecDeque::new(),
             pools: HashMap::new(),
+            ended: HashMap::new(),
         }
     }
 
@@ -211,12 +215,26 @@ impl FinishedPools {
         while self.order.len() > self.capacity {
             if let Some(oldest) = self.order.pop_front() {
                 self.pools.remove(&oldest);
+                self.ended.remove(&oldest);
             }
         }
     }
 
     fn get(&self, id: &TaskId) -> Option<&str> {
         self.pools.get(id).map(String::as_str)
+    }
+
+    /// Records that `attempt` of a remembered task ended in status.
+    fn end(&mut self, id: &TaskId, attempt: u32) {
+        if self.pools.contains_key(id) {
+            let last = self.ended.entry(id.clone()).or_insert(attempt);
+            *last = (*last).max(attempt);
+        }
+    }
+
+    /// Whether `attempt` of `id` is known to have ended.
+    fn has_ended(&self, id: &TaskId, attempt: u32) -> bool {
+        self.ended.get(id).is_some_and(|&last| attempt <= last)
     }
 }
 
@@ -258,6 +276,9 @@ impl TaskQueue {
             Some(existing) if existing.attempt() == attempt => Offer::AlreadyKnown,
             Some(existing) if existing.attempt() > attempt => Offer::Stale,
             Some(_) => Offer::Replaced,
+            // A status copy older than the result just persisted (a lane started from a cache the watch
+            // has not brought up to date) still shows the attempt Ready or Running: it ran already.
+            None if self.finished.has_ended(id, attempt) => Offer::Stale,
             None => Offer::Queued,
         }
     }
@@ -453,6 +474,7 @@ impl TaskQueue {
     pub fn finish(&mut self, id: &TaskId, attempt: u32) {
         if self.entries.get(id).is_some_and(|e| e.attempt() == attempt) {
             self.remove(id);
+            self.finished.end(id, attempt);
         }
     }
 

@@ -58,6 +58,28 @@ fn offer_is_idempotent_and_fenced_by_attempt() {
 }
 
 #[test]
+fn an_attempt_whose_result_was_persisted_is_never_queued_again() {
+    let mut q = TaskQueue::new();
+    q.offer(task("a", "h", 1), t0());
+    let claimed = q.claim("p", &handlers(&["h"]), 10, "w", t0());
+    assert_eq!(claimed.len(), 1);
+    let id = claimed[0].id.clone();
+    q.finish(&id, 1);
+    // A decision on an older copy of the run still shows attempt 1 Ready, or Running on its worker.
+    assert_eq!(q.offer(task("a", "h", 1), at(1)), Offer::Stale);
+    assert_eq!(q.adopt_running(task("a", "h", 1), "w", at(1)), Offer::Stale);
+    assert!(q.claim("p", &handlers(&["h"]), 10, "w2", at(1)).is_empty());
+    // The next attempt (a retry) is queued as usual.
+    assert_eq!(q.offer(task("a", "h", 2), at(2)), Offer::Queued);
+
+    // An attempt dropped without a result (a suspended run withholds it) is offered again on resume.
+    q.offer(task("b", "h", 1), t0());
+    let b = task("b", "h", 1).task.id;
+    q.cancel(&b);
+    assert_eq!(q.offer(task("b", "h", 1), at(3)), Offer::Queued);
+}
+
+#[test]
 fn claim_respects_pool_handlers_capacity_and_fills_deadline() {
     let mut q = TaskQueue::new();
     q.offer(task("a", "h1", 1), at(0));
