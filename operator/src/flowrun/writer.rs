@@ -544,6 +544,9 @@ impl StatusWriter {
         // (a signal, a spec change, another operator): read afresh and decide again.
         let mut fr = fr;
         let mut conflicts = 0;
+        // Whether the API server refused the write itself (an admission rule, the object's size), which a
+        // retry of the same write will not change: the run's owner hears of it through an Event.
+        let mut refused = false;
         let (fr, plan) = loop {
             let plan = batch::plan(&fr, &events, now, self.limits);
             if !plan.needs_write() {
@@ -579,14 +582,36 @@ impl StatusWriter {
                         Err(e) => break (Err(e.to_string()), plan),
                     }
                 }
-                Err(e) => break (Err(e.to_string()), plan),
+                Err(e) => {
+                    refused = matches!(&e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409);
+                    break (Err(e.to_string()), plan);
+                }
             }
         };
         let fr = match fr {
             Ok(fr) => fr,
             Err(e) => {
                 // The lane's copy may be what the API server refused: read afresh next time.
-                warn!(error = %e, "status patch failed; the batch will be retried by its senders");
+                warn!(error = %e, refused, "status patch failed; the batch will be retried by its senders");
+                if refused {
+                    let reference = k8s_openapi::api::core::v1::ObjectReference {
+                        api_version: Some(FlowRun::api_version(&()).into_owned()),
+                        kind: Some(FlowRun::kind(&()).into_owned()),
+                        namespace: Some(key.0.clone()),
+                        name: Some(key.1.clone()),
+                        uid: run_uid.clone(),
+                        ..Default::default()
+                    };
+                    let (effects, message) = (
+                        self.effects.clone(),
+                        format!("the operator cannot write this run's status: {e}"),
+                    );
+                    tokio::spawn(async move {
+                        effects
+                            .warn(reference, "StatusWriteRefused", &message)
+                            .await
+                    });
+                }
                 let msg = e;
                 for reply in replies {
                     answer(reply, Err(SinkError::Unavailable(msg.clone())));

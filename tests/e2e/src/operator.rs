@@ -222,6 +222,8 @@ pub struct OperatorProcess {
     worker_pools: bool,
     /// Lease name and identity, when not the defaults.
     lease: Option<(String, String)>,
+    /// Namespaces watched besides `namespace` (which also holds the Lease).
+    also_watch: Vec<String>,
 }
 
 impl OperatorProcess {
@@ -242,6 +244,24 @@ impl OperatorProcess {
     /// process's broker, which the pool's pods reach on loopback).
     pub async fn start_with_worker_pools(ns: &TestNamespace) -> Result<Self> {
         Self::launch_with(ns, false, true).await
+    }
+
+    /// Like [`OperatorProcess::start_trusting_workers`], watching the namespaces of `others` too: one
+    /// operator for several namespaces, its Lease in `ns`.
+    pub async fn start_trusting_workers_watching(
+        ns: &TestNamespace,
+        others: &[&TestNamespace],
+    ) -> Result<Self> {
+        let mut this = Self::unstarted(
+            build_binaries().await?.join("sluice-operator"),
+            ns,
+            true,
+            false,
+        )?;
+        this.also_watch = others.iter().map(|o| o.name().to_owned()).collect();
+        this.spawn().await?;
+        this.wait_ready(READY_TIMEOUT).await?;
+        Ok(this)
     }
 
     /// Like [`OperatorProcess::start_trusting_workers`], running the binary `bin` (e.g. the release build
@@ -337,6 +357,7 @@ impl OperatorProcess {
             trust_workers,
             worker_pools,
             lease: None,
+            also_watch: Vec::new(),
         })
     }
 
@@ -369,8 +390,12 @@ impl OperatorProcess {
             }
             [] => Command::new(&self.bin),
         };
+        let watched = std::iter::once(self.namespace.clone())
+            .chain(self.also_watch.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(",");
         let child = command
-            .args(["run", "--namespace", &self.namespace])
+            .args(["run", "--namespace", &watched])
             .args(["--lease-namespace", &self.namespace])
             .arg(format!("--identity={identity}"))
             .args(
