@@ -40,6 +40,9 @@ pub struct FlowRunReport {
     /// Why the run failed or was cancelled (the message of its `Succeeded` condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// How the main steps ended, in a run with exit steps (`status.mainOutcome`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_outcome: Option<sluice_api::MainOutcome>,
     /// Whether `spec.suspend` is set.
     pub suspended: bool,
     /// Whether `spec.cancel` is set.
@@ -297,6 +300,7 @@ impl FlowRunReport {
             finished_at: finished,
             duration_seconds: seconds(started, finished, now),
             message,
+            main_outcome: status.main_outcome.clone(),
             suspended: fr.spec.suspend,
             cancel_requested: fr.spec.cancel,
             retry: status.retry.as_ref().map(|r| RetryReport {

@@ -223,6 +223,17 @@ pub fn render(report: &FlowRunReport, style: Style) -> String {
     if let Some(m) = &report.message {
         let _ = writeln!(out, "  {}", style.error(&truncate(m, ERROR_WIDTH)));
     }
+    if let Some(o) = report
+        .main_outcome
+        .as_ref()
+        .filter(|_| !report.phase.is_terminal())
+    {
+        let _ = writeln!(
+            out,
+            "  main steps ended {:?} ({}): running the exit steps",
+            o.phase, o.reason
+        );
+    }
     if let Some(r) = &report.retry {
         let _ = writeln!(
             out,
@@ -377,6 +388,22 @@ mod tests {
             !text
                 .lines()
                 .any(|l| l.contains("charge") && l.contains("on exit"))
+        );
+        assert!(!text.contains("running the exit steps"));
+
+        // Once the main steps ended, the header says how while the exit steps run.
+        let mut status = fr.status.clone().unwrap();
+        status.main_outcome = Some(sluice_api::MainOutcome {
+            phase: sluice_api::FlowPhase::Failed,
+            reason: "StepFailed".into(),
+            message: "step \"pack\" failed".into(),
+        });
+        fr.status = Some(status);
+        let report = FlowRunReport::new(&fr, "2026-03-01T12:01:00Z".parse::<Timestamp>().unwrap());
+        let text = render(&report, Style::PLAIN);
+        assert!(
+            text.contains("main steps ended Failed (StepFailed): running the exit steps"),
+            "{text}"
         );
     }
 
