@@ -49,6 +49,16 @@ fn client() -> Client {
     Client::new(service, "default")
 }
 
+/// A status writer on `client`, with default limits and its own metrics.
+fn writer(client: Client) -> Arc<StatusWriter> {
+    StatusWriter::new(
+        client.clone(),
+        Effects::new(client, None),
+        Metrics::default(),
+        Limits::default(),
+    )
+}
+
 fn completion(uid: Option<&str>) -> Report {
     Report {
         task: TaskRef {
@@ -66,13 +76,7 @@ fn completion(uid: Option<&str>) -> Report {
 
 #[tokio::test]
 async fn a_report_for_a_deleted_run_of_the_same_name_is_stale() {
-    let client = client();
-    let writer = StatusWriter::new(
-        client.clone(),
-        Effects::new(client, None),
-        Metrics::default(),
-        Limits::default(),
-    );
+    let writer = writer(client());
     let err = writer.record(completion(Some("old"))).await.unwrap_err();
     assert!(
         matches!(&err, SinkError::Stale(why) if why.contains("UID old")),
@@ -105,13 +109,7 @@ async fn no_lane_within_5s(writer: &Arc<StatusWriter>, what: &str) {
 
 #[tokio::test]
 async fn a_lane_ends_when_it_wrote_nothing_or_once_the_watch_delivered_its_last_write() {
-    let client = client();
-    let writer = StatusWriter::new(
-        client.clone(),
-        Effects::new(client, None),
-        Metrics::default(),
-        Limits::default(),
-    );
+    let writer = writer(client());
     let lanes = |writer: &Arc<StatusWriter>| writer.actors.lock().unwrap().len();
     // The run as served is already decided: the reconcile reads it, decides, writes nothing.
     writer.reconcile("ns", "c", None).await.unwrap();
