@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use sluice_operator::api::{FlowRun, FlowRunStatus, StepPhase};
 use sluice_operator::engine::patch::apply_merge_patch;
-use sluice_operator::engine::{AttemptRef, Event, Limits, TaskFailure};
+use sluice_operator::engine::{AttemptRef, Event, Limits, NOT_ASKED, TaskFailure};
 use sluice_operator::flowrun::batch::{Reply, plan};
 
 /// A random DAG of 1–6 handler steps with 1–3 attempts each.
@@ -107,7 +107,7 @@ fn check_batch(
     events: &[Event],
     now: Timestamp,
 ) -> Result<FlowRunStatus, TestCaseError> {
-    let p = plan(before, events, now, Limits::default());
+    let p = plan(before, events, now, Limits::default(), &NOT_ASKED);
     let old = before.status.clone().unwrap_or_default();
     let new = &p.decision.status;
 
@@ -163,7 +163,7 @@ fn check_batch(
         .filter(|(_, r)| **r == Reply::Applied)
         .map(|(e, _)| e.clone())
         .collect();
-    let without = plan(before, &applied, now, Limits::default());
+    let without = plan(before, &applied, now, Limits::default(), &NOT_ASKED);
     prop_assert_eq!(
         &without.decision.status,
         new,

@@ -270,6 +270,7 @@ impl Sim {
             spec: &self.spec,
             status: &self.status,
             limits: Limits::default(),
+            admission: &sluice_operator::engine::NOT_ASKED,
         }
     }
 

@@ -133,6 +133,14 @@ pub struct FlowRunSpec {
     #[schemars(schema_with = "positive_duration_string")]
     pub active_deadline: Option<String>,
 
+    /// A limit on how many runs may be Running at once: runs of one namespace with the same `key` share
+    /// `limit` slots. A run that finds every slot taken stays Pending (its `Admitted` condition says which
+    /// runs hold the slots) until one of them ends; waiting runs start in the order they were created. A run
+    /// holds its slot from its start until it ends (exit steps included); a retried run waits for a slot again.
+    /// The slots are counted from the runs' statuses (`status.concurrency`), so they survive operator restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+
     /// Output of the flow, usually built from step outputs with expressions such as
     /// `${{ steps.ship.output.tracking }}`. Defaults to nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +172,23 @@ pub struct FlowRunSpec {
     /// are deleted with their parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds_after_finished: Option<u32>,
+}
+
+/// A concurrency limit shared by the runs with the same key (`spec.concurrency`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Concurrency {
+    /// Runs of one namespace with the same key share the limit: a fixed string such as `nightly-report`, or
+    /// exactly one expression over the run's input such as `${{ input.tenant }}` (it must yield a string or
+    /// a number). The resolved key is recorded in `status.concurrency.key`; one longer than 253 characters
+    /// fails the run with reason Invalid.
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: String,
+
+    /// How many runs with this key may be Running at once, from 1 to 10000. Each run is admitted by its own
+    /// limit, so runs that share a key should agree on it.
+    #[schemars(range(min = 1, max = 10000))]
+    pub limit: u32,
 }
 
 /// Settings every step inherits unless it sets its own.
@@ -541,7 +566,8 @@ pub struct FlowRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_bytes: Option<u64>,
 
-    /// Conditions of the run: `Ready`, `Succeeded`, `Invalid`, `Suspended`.
+    /// Conditions of the run: `Ready`, `Succeeded`, `Invalid`, `Suspended`, and `Admitted` for a run with
+    /// `spec.concurrency` (False with reason ConcurrencyLimit while it waits for a slot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 
@@ -553,6 +579,23 @@ pub struct FlowRunStatus {
     /// it started (name, uid, resourceVersion, generation). Later edits of the template do not change the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateSource>,
+
+    /// For a run with `spec.concurrency`: its resolved key and, once it holds a slot, when it was admitted. A
+    /// run with `admittedAt` that has not finished holds one of the key's slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyStatus>,
+}
+
+/// Where a run with a concurrency limit stands (`status.concurrency`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConcurrencyStatus {
+    /// The key the run's `spec.concurrency.key` resolved to.
+    pub key: String,
+
+    /// When the run got its slot; unset while it waits for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_at: Option<Time>,
 }
 
 /// What the operator did with the last `spec.retryRequest`.

@@ -115,6 +115,11 @@ pub struct FlowTemplateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "positive_duration_string")]
     pub active_deadline: Option<String>,
+
+    /// A limit on how many runs may be Running at once, as in a FlowRun's `spec.concurrency` (its key may be an
+    /// expression over the checked input). A run that sets its own overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::Concurrency>,
 }
 
 /// One declared input of a FlowTemplate.

@@ -46,6 +46,7 @@
 mod attempt;
 pub mod budget;
 pub mod child;
+pub mod concurrency;
 pub mod dag;
 mod decision;
 pub mod events;
@@ -65,6 +66,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 pub use budget::Limits;
+pub use concurrency::Admission;
 pub use decision::{AttemptRef, ChildFlowRequest, Decision, Note, NoteKind, RunningAttempt, Task};
 pub use events::{ChildOutcome, Event, EventOutcome, Refusal, TaskFailure, apply_event};
 pub use patch::status_patch;
@@ -102,7 +104,13 @@ pub struct FlowRunInput<'a> {
     pub status: &'a FlowRunStatus,
     /// What the operator bounds in every run (the status budget).
     pub limits: Limits,
+    /// For a run with `spec.concurrency` that holds no slot yet: whether it may take one now (counted by the
+    /// shell, which sees the other runs).
+    pub admission: &'a Admission,
 }
+
+/// The admission of runs nobody counted slots for.
+pub static NOT_ASKED: Admission = Admission::NotAsked;
 
 static EMPTY_STATUS: FlowRunStatus = FlowRunStatus {
     phase: None,
@@ -118,6 +126,7 @@ static EMPTY_STATUS: FlowRunStatus = FlowRunStatus {
     conditions: Vec::new(),
     retry: None,
     template: None,
+    concurrency: None,
 };
 
 impl FlowMeta {
@@ -140,6 +149,7 @@ impl<'a> FlowRunInput<'a> {
             spec: &fr.spec,
             status: fr.status.as_ref().unwrap_or(&EMPTY_STATUS),
             limits: Limits::default(),
+            admission: &NOT_ASKED,
         }
     }
 }

@@ -18,6 +18,7 @@ use super::budget::{
     too_large, too_many_items,
 };
 use super::child::child_spec;
+use super::concurrency::{self, Admission};
 use super::decision::{AttemptRef, ChildFlowRequest, Decision, Note, RunningAttempt, Task};
 use super::expr::{self, Vars};
 use super::foreach;
@@ -26,7 +27,7 @@ use super::rerun::{RetryAction, apply_retry_request, child_name_for};
 use super::timers::{after, ceil_second, earliest, is_due, parse_duration, parse_time, past};
 use super::validate::{StepKind, step_kind, validate};
 use super::{Ctx, FlowRunInput, exit};
-use crate::api::{FlowPhase, FlowRunStatus, MainOutcome, StepPhase, StepStatus};
+use crate::api::{ConcurrencyStatus, FlowPhase, FlowRunStatus, MainOutcome, StepPhase, StepStatus};
 
 /// The attempts the status shows Running on workers (plain handler steps and forEach instances).
 pub fn running_attempts(flow: &FlowRunInput<'_>) -> Vec<RunningAttempt> {
@@ -119,6 +120,8 @@ pub fn decide(flow: &FlowRunInput<'_>, now: Timestamp) -> Decision {
         inputs: HashMap::new(),
         ending: None,
         retried: false,
+        admission: flow.admission,
+        waiting: None,
     };
     s.run();
     s.finish()
@@ -134,6 +137,21 @@ struct Scheduler<'a> {
     ending: Option<Ending>,
     /// A retry request reset this Failed run in this decision.
     retried: bool,
+    /// The shell's verdict on a concurrency slot, for a run that holds none.
+    admission: &'a Admission,
+    /// Why the run waits for a concurrency slot, while it does.
+    waiting: Option<String>,
+}
+
+/// Whether a run may start its steps, as far as its concurrency limit goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    /// No limit, or the run holds a slot (taken now or before).
+    Open,
+    /// The run waits for a slot (or is cancelled before it got one).
+    Closed,
+    /// The key does not resolve: the run failed.
+    Failed,
 }
 
 impl Scheduler<'_> {
@@ -212,6 +230,10 @@ impl Scheduler<'_> {
         if self.retried {
             // The main steps run again; the exit steps that did not succeed run again after them.
             self.status.main_outcome = None;
+            // A retried run takes a concurrency slot again.
+            if let Some(c) = &mut self.status.concurrency {
+                c.admitted_at = None;
+            }
         }
         if self.phase().is_terminal() {
             return;
@@ -237,7 +259,11 @@ impl Scheduler<'_> {
             self.status.steps.entry(step.name.clone()).or_default();
         }
 
-        if self.ctx.spec.cancel && self.has_exit_steps() {
+        let gate = self.admit();
+        if gate == Gate::Failed {
+            return;
+        }
+        if self.ctx.spec.cancel && self.has_exit_steps() && gate == Gate::Open {
             // The exit steps still run (a cancel after the main steps ended changes nothing).
             self.end_main(
                 FlowPhase::Cancelled,
@@ -256,6 +282,9 @@ impl Scheduler<'_> {
                 reason: "Cancelled",
                 message: "the run was cancelled (spec.cancel)".into(),
             });
+            return;
+        }
+        if gate == Gate::Closed {
             return;
         }
 
@@ -288,6 +317,73 @@ impl Scheduler<'_> {
         }
 
         self.conclude();
+    }
+
+    /// Takes a concurrency slot for a run with a limit that holds none, if the shell granted one; otherwise
+    /// records the key and why the run waits (the run stays Pending). A run cancelled before it got a slot
+    /// never takes one.
+    fn admit(&mut self) -> Gate {
+        let Some(limit) = &self.ctx.spec.concurrency else {
+            return Gate::Open;
+        };
+        if self
+            .status
+            .concurrency
+            .as_ref()
+            .is_some_and(|c| c.admitted_at.is_some())
+        {
+            return Gate::Open;
+        }
+        let key = match concurrency::resolve_key(limit, self.ctx.spec.input.as_ref()) {
+            Ok(key) => key,
+            Err(message) => {
+                self.fx.notes.push(Note::warning(
+                    "FlowInvalid",
+                    None,
+                    format!("the flow is invalid: {message}"),
+                ));
+                self.status.phase = Some(FlowPhase::Failed);
+                self.ending = Some(Ending {
+                    reason: "Invalid",
+                    message,
+                });
+                return Gate::Failed;
+            }
+        };
+        if self.ctx.spec.cancel {
+            return Gate::Closed;
+        }
+        let first_look = self.status.concurrency.is_none();
+        let granted = self.admission == &Admission::Granted;
+        self.status.concurrency = Some(ConcurrencyStatus {
+            key: key.clone(),
+            admitted_at: granted.then(|| past(self.ctx.now)),
+        });
+        if granted {
+            self.fx.notes.push(Note::normal(
+                "Admitted",
+                None,
+                format!(
+                    "took a slot of concurrency key {key:?} (limit {})",
+                    limit.limit
+                ),
+            ));
+            return Gate::Open;
+        }
+        let message = match self.admission {
+            Admission::Waiting { holders, ahead } => {
+                concurrency::waiting_message(&key, limit.limit, holders, *ahead)
+            }
+            _ => format!("waiting for a slot of concurrency key {key:?}"),
+        };
+        if first_look {
+            self.fx
+                .notes
+                .push(Note::normal("WaitingForSlot", None, message.clone()));
+        }
+        self.status.phase = Some(FlowPhase::Pending);
+        self.waiting = Some(message);
+        Gate::Closed
     }
 
     /// Derives the run's phase from its steps: Failed when a step failed it (the rest are cancelled),
@@ -1042,6 +1138,9 @@ impl Scheduler<'_> {
         let hold = self.ctx.spec.suspend;
         let future = |t: &Option<Time>| t.as_ref().map(|t| t.0).filter(|t| *t > now);
         let mut wake = None;
+        if self.waiting.is_some() {
+            wake = Some(after(now, concurrency::RECHECK));
+        }
         if self.status.main_outcome.is_none() && !self.main_ended() {
             wake = earliest(
                 wake,
@@ -1115,6 +1214,11 @@ impl Scheduler<'_> {
                 "Suspended",
                 "dispatch of new steps is paused".into(),
             ),
+            _ if self.waiting.is_some() => (
+                "False",
+                "ConcurrencyLimit",
+                self.waiting.clone().unwrap_or_default(),
+            ),
             _ => (
                 "False",
                 phase_name.as_str(),
@@ -1176,6 +1280,20 @@ impl Scheduler<'_> {
                 generation,
                 now,
             );
+        }
+        if let (Some(limit), Some(slot)) = (&self.ctx.spec.concurrency, &self.status.concurrency) {
+            let (status, reason, message) = match &self.waiting {
+                Some(why) => ("False", "ConcurrencyLimit", why.clone()),
+                None => (
+                    "True",
+                    "Admitted",
+                    format!(
+                        "admitted under concurrency key {:?} (limit {})",
+                        slot.key, limit.limit
+                    ),
+                ),
+            };
+            set_condition(conds, "Admitted", status, reason, &message, generation, now);
         }
         if suspended {
             set_condition(

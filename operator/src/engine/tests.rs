@@ -12,6 +12,7 @@ struct H {
     status: FlowRunStatus,
     now: Timestamp,
     limits: Limits,
+    admission: Admission,
 }
 
 fn t0() -> Timestamp {
@@ -31,6 +32,7 @@ impl H {
             status: FlowRunStatus::default(),
             now: t0(),
             limits: Limits::default(),
+            admission: Admission::NotAsked,
         }
     }
 
@@ -40,6 +42,7 @@ impl H {
             spec: &self.spec,
             status: &self.status,
             limits: self.limits,
+            admission: &self.admission,
         }
     }
 
@@ -1693,3 +1696,6 @@ fn the_estimate_of_events_is_the_real_size() {
 
 #[path = "tests_exit.rs"]
 mod exit_steps;
+
+#[path = "tests_concurrency.rs"]
+mod concurrency_limits;

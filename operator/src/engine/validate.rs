@@ -167,6 +167,9 @@ impl Validator {
             &format!("{base}.activeDeadline"),
             spec.active_deadline.as_deref(),
         );
+        if let Some(c) = &spec.concurrency {
+            self.concurrency_key(&c.key, &format!("{base}.concurrency.key"));
+        }
         // Exit steps are checked as the engine schedules them: after the main steps, depending on all.
         let main = spec.steps.len();
         let path = |i: usize| {
@@ -473,6 +476,40 @@ impl Validator {
     }
 
     /// Checks every expression in a template string.
+    /// A concurrency key is resolved before any step ran: a fixed string, or one expression over `input`.
+    fn concurrency_key(&mut self, key: &str, path: &str) {
+        if !expr::has_placeholder(key) {
+            return;
+        }
+        let Some(e) = expr::single_expression(key) else {
+            self.err(
+                path,
+                format!("{key:?} must be a fixed string or exactly one expression"),
+                Some("for example key: \"${{ input.tenant }}\"".into()),
+            );
+            return;
+        };
+        match expr::references(e) {
+            Ok(refs) => {
+                if let Some(other) = refs.variables.iter().find(|v| v.as_str() != "input") {
+                    self.err(
+                        path,
+                        format!(
+                            "expression `{e}` uses {other:?}; a concurrency key sees only input"
+                        ),
+                        Some("the key is resolved before any step runs".into()),
+                    );
+                }
+            }
+            Err(ExprError::Parse { message, .. }) => self.err(
+                path,
+                format!("expression `{e}` does not parse: {message}"),
+                None,
+            ),
+            Err(other) => self.err(path, other.to_string(), None),
+        }
+    }
+
     fn template(&mut self, text: &str, path: &str, scope: Scope<'_>) {
         self.expressions_in(&serde_json::Value::String(text.to_owned()), path, scope);
     }

@@ -15,7 +15,9 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::api::{FlowRun, FlowRunStatus};
-use crate::engine::{self, Decision, Event, EventOutcome, FlowMeta, FlowRunInput, Limits, Note};
+use crate::engine::{
+    self, Admission, Decision, Event, EventOutcome, FlowMeta, FlowRunInput, Limits, Note,
+};
 
 /// What becomes of one event of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,8 +69,14 @@ impl Plan {
 }
 
 /// Folds `events`, in order, into the status of `observed`, then decides at `now`, within `limits` (the
-/// operator's status budget).
-pub fn plan(observed: &FlowRun, events: &[Event], now: Timestamp, limits: Limits) -> Plan {
+/// operator's status budget), with `admission` the verdict on a concurrency slot the run waits for.
+pub fn plan(
+    observed: &FlowRun,
+    events: &[Event],
+    now: Timestamp,
+    limits: Limits,
+    admission: &Admission,
+) -> Plan {
     let meta = FlowMeta::of(observed);
     let before: FlowRunStatus = observed.status.clone().unwrap_or_default();
     let mut status = before.clone();
@@ -80,6 +88,7 @@ pub fn plan(observed: &FlowRun, events: &[Event], now: Timestamp, limits: Limits
             spec: &observed.spec,
             status: &status,
             limits,
+            admission,
         };
         let reply = match engine::apply_event(&input, event, now) {
             Ok(EventOutcome::Applied {
@@ -101,6 +110,7 @@ pub fn plan(observed: &FlowRun, events: &[Event], now: Timestamp, limits: Limits
         spec: &observed.spec,
         status: &status,
         limits,
+        admission,
     };
     let decision = engine::decide(&input, now);
     notes.extend(decision.notes.iter().cloned());
@@ -136,7 +146,7 @@ mod tests {
     /// The run after its first write: `a` attempt 1 reserved.
     fn started(now: Timestamp) -> FlowRun {
         let mut fr = chain();
-        let first = plan(&fr, &[], now, Limits::default());
+        let first = plan(&fr, &[], now, Limits::default(), &Admission::NotAsked);
         assert!(first.needs_write());
         fr.status = Some(first.decision.status);
         fr
@@ -145,7 +155,7 @@ mod tests {
     #[test]
     fn a_new_run_reserves_its_first_attempt_before_handing_it_out() {
         let now = Timestamp::now();
-        let p = plan(&chain(), &[], now, Limits::default());
+        let p = plan(&chain(), &[], now, Limits::default(), &Admission::NotAsked);
         assert!(p.needs_write());
         assert_eq!(p.decision.tasks.len(), 1);
         let task = &p.decision.tasks[0];
@@ -167,7 +177,13 @@ mod tests {
             attempt: AttemptRef::step("a", 1),
             output: json!({"x": 1}),
         };
-        let p = plan(&fr, &[claimed, done], now, Limits::default());
+        let p = plan(
+            &fr,
+            &[claimed, done],
+            now,
+            Limits::default(),
+            &Admission::NotAsked,
+        );
         assert_eq!(p.replies, [Reply::Applied, Reply::Applied]);
         assert!(p.needs_write());
         let steps = &p.patch["status"]["steps"];
@@ -191,16 +207,28 @@ mod tests {
         };
         let mut after = fr.clone();
         after.status = Some(
-            plan(&fr, std::slice::from_ref(&done), now, Limits::default())
-                .decision
-                .status,
+            plan(
+                &fr,
+                std::slice::from_ref(&done),
+                now,
+                Limits::default(),
+                &Admission::NotAsked,
+            )
+            .decision
+            .status,
         );
 
         let old = Event::Completed {
             attempt: AttemptRef::step("a", 0),
             output: Value::Null,
         };
-        let p = plan(&after, &[done, old], now, Limits::default());
+        let p = plan(
+            &after,
+            &[done, old],
+            now,
+            Limits::default(),
+            &Admission::NotAsked,
+        );
         assert_eq!(p.replies[0], Reply::Duplicate);
         assert!(matches!(p.replies[1], Reply::Stale(_) | Reply::Unknown(_)));
         assert!(!p.needs_write(), "nothing to write: {}", p.patch);
@@ -210,7 +238,14 @@ mod tests {
             output: Value::Null,
         };
         assert!(matches!(
-            plan(&after, &[unknown], now, Limits::default()).replies[0],
+            plan(
+                &after,
+                &[unknown],
+                now,
+                Limits::default(),
+                &Admission::NotAsked
+            )
+            .replies[0],
             Reply::Unknown(_)
         ));
     }

@@ -19,6 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::api::{FlowPhase, FlowRun, FlowRunSpec, FlowRunStatus, StepPhase};
+use crate::engine::concurrency;
 
 /// A FlowRun as the cache holds it. Deserializing never fails on the spec or status: a run whose body does not
 /// decode as a FlowRun is kept with its metadata and the decoder's message, so one bad object cannot stop
@@ -32,7 +33,39 @@ pub struct CachedFlowRun {
     /// A run of a FlowTemplate that has not taken its flow yet: the controller resolves it before the
     /// status writer sees it.
     awaits_template: bool,
+    /// For a run with `spec.concurrency`: where it stands on its key's slots (boxed: most runs have none).
+    slot: Option<Box<SlotView>>,
     body: Body,
+}
+
+/// Where a cached run stands on the slots of its concurrency key: what counting the slots needs, without
+/// decoding the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotView {
+    /// The resolved key: as recorded in `status.concurrency`, or resolved from the spec before that.
+    pub key: Box<str>,
+    /// Admitted and not finished: it holds one of the key's slots.
+    pub holds: bool,
+    /// Waiting for a slot: not admitted, and not finished (or finished and asked to retry).
+    pub waiting: bool,
+}
+
+impl SlotView {
+    fn of(fr: &FlowRun) -> Option<Box<Self>> {
+        let limit = fr.spec.concurrency.as_ref()?;
+        let recorded = fr.status.as_ref().and_then(|s| s.concurrency.as_ref());
+        let key = match recorded {
+            Some(c) => c.key.clone(),
+            None => concurrency::resolve_key(limit, fr.spec.input.as_ref()).ok()?,
+        };
+        let holds = fr.status.as_ref().is_some_and(concurrency::holds_slot);
+        let waiting = concurrency::needs_admission(&fr.spec, fr.status.as_ref());
+        Some(Box::new(Self {
+            key: key.into_boxed_str(),
+            holds,
+            waiting,
+        }))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +104,11 @@ impl CachedFlowRun {
         compact(&mut fr);
         let phase = fr.status.as_ref().and_then(|s| s.phase);
         let awaits_template = crate::template::awaits_template(&fr.spec);
+        let slot = if awaits_template {
+            None
+        } else {
+            SlotView::of(&fr)
+        };
         // A run still to take its flow from a template has nothing for the loader: its controller resolves it.
         let in_flight = !awaits_template
             && fr.status.as_ref().is_none_or(|s| {
@@ -102,8 +140,14 @@ impl CachedFlowRun {
             phase,
             in_flight,
             awaits_template,
+            slot,
             body,
         }
+    }
+
+    /// Where the run stands on its concurrency key's slots, if it has a limit.
+    pub fn slot(&self) -> Option<&SlotView> {
+        self.slot.as_deref()
     }
 
     /// The FlowRun, decoded.
@@ -198,6 +242,7 @@ impl<'de> Deserialize<'de> for CachedFlowRun {
                     phase,
                     in_flight: true,
                     awaits_template: false,
+                    slot: None,
                     body: Body::Undecodable(e.to_string().into_boxed_str()),
                 })
             }

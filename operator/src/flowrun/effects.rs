@@ -71,6 +71,7 @@ pub fn running_attempts(
         spec: &fr.spec,
         status,
         limits,
+        admission: &engine::NOT_ASKED,
     };
     engine::running_attempts(&input)
         .into_iter()

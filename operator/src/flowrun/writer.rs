@@ -28,7 +28,7 @@
 //!   the status write and never delay the next one.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -42,11 +42,13 @@ use super::Error;
 use super::batch::{self, Reply};
 use super::cache::{CachedFlowRun, FlowRunCache, NotCached, compact};
 use super::effects::Effects;
+use super::slots::{Candidate, Slots};
 use crate::api::{FlowRun, StepPhase};
 use crate::broker::Broker;
 use crate::broker::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError, TaskRef};
 use crate::context::FIELD_MANAGER;
-use crate::engine::{self, AttemptRef, ChildOutcome, Event, Limits, TaskFailure};
+use crate::engine::concurrency;
+use crate::engine::{self, Admission, AttemptRef, ChildOutcome, Event, Limits, TaskFailure};
 use crate::telemetry::Metrics;
 
 /// How long a lane with nothing to do stays alive. Long enough to recognise the watch echoes of its writes
@@ -201,13 +203,17 @@ pub struct StatusWriter {
     actors: Mutex<HashMap<Key, mpsc::UnboundedSender<Box<Job>>>>,
     cache: FlowRunCache,
     limits: Limits,
+    /// Concurrency slots across runs: counted before a run with a limit starts, given back when it ends.
+    slots: Slots,
+    /// This writer, to wake the runs waiting for a slot that a batch gave back.
+    me: Weak<StatusWriter>,
 }
 
 impl StatusWriter {
     /// A writer using `client` that plans within `limits`; [`StatusWriter::attach`] gives it the broker it
     /// feeds.
     pub fn new(client: Client, effects: Effects, metrics: Metrics, limits: Limits) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             client,
             effects: Arc::new(effects),
             broker: OnceLock::new(),
@@ -215,6 +221,8 @@ impl StatusWriter {
             actors: Mutex::new(HashMap::new()),
             cache: FlowRunCache::default(),
             limits,
+            slots: Slots::default(),
+            me: me.clone(),
         })
     }
 
@@ -531,7 +539,7 @@ impl StatusWriter {
             // A batch with results writes anyway; only one of reconciles alone is planned twice to know.
             if flush
                 || !others.is_empty()
-                || batch::plan(&fr, &others, now, self.limits).needs_write()
+                || batch::plan(&fr, &others, now, self.limits, &engine::NOT_ASKED).needs_write()
             {
                 let claims = lane.pending_claims.drain(..).map(|e| (e, None));
                 all = claims.chain(all).collect();
@@ -540,15 +548,21 @@ impl StatusWriter {
         }
         let (events, replies): (Vec<Event>, Vec<_>) = all.into_iter().unzip();
 
+        // A run with a concurrency limit that holds no slot: the slots are counted before it is decided on.
+        let admission = self.admission(key, &fr).await;
+
         // Decide and write, fenced by the version decided on; a conflict means someone wrote in between
         // (a signal, a spec change, another operator): read afresh and decide again.
         let mut fr = fr;
         let mut conflicts = 0;
+        // Whether the status the write replaced held a concurrency slot.
+        let mut held;
         // Whether the API server refused the write itself (an admission rule, the object's size), which a
         // retry of the same write will not change: the run's owner hears of it through an Event.
         let mut refused = false;
         let (fr, plan) = loop {
-            let plan = batch::plan(&fr, &events, now, self.limits);
+            let plan = batch::plan(&fr, &events, now, self.limits, &admission);
+            held = fr.status.as_ref().is_some_and(concurrency::holds_slot);
             if !plan.needs_write() {
                 break (Ok(fr), plan);
             }
@@ -646,6 +660,7 @@ impl StatusWriter {
         if let Some(broker) = self.broker() {
             sync_broker(broker, &fr, &plan.decision, self.limits);
         }
+        self.record_slot(key, &fr, held);
         if plan.has_side_effects() {
             let effects = self.effects.clone();
             let (object, decision, notes) = (fr.clone(), plan.decision.clone(), plan.notes.clone());
@@ -656,6 +671,70 @@ impl StatusWriter {
             let _ = reply.send(Ok(lane.wake_at));
         }
         lane.keep(fr);
+    }
+
+    /// Counts the slots of a run's concurrency key when the run has a limit and holds no slot (see
+    /// [`Slots`]); any other run needs no count.
+    async fn admission(&self, key: &Key, fr: &FlowRun) -> Admission {
+        let Some(limit) = &fr.spec.concurrency else {
+            return Admission::NotAsked;
+        };
+        if fr.spec.cancel || !concurrency::needs_admission(&fr.spec, fr.status.as_ref()) {
+            return Admission::NotAsked;
+        }
+        // A key that does not resolve fails the run in the engine.
+        let Ok(slot_key) = concurrency::resolve_key(limit, fr.spec.input.as_ref()) else {
+            return Admission::NotAsked;
+        };
+        // Counting before every store holds its first list would miss holders (after a restart).
+        self.cache.wait_until_ready().await;
+        let runs = self.runs_of_key(&key.0, &slot_key);
+        let created = fr.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        self.slots.admit(
+            &key.0,
+            &key.1,
+            created,
+            &slot_key,
+            limit.limit,
+            candidates(&runs),
+        )
+    }
+
+    /// Remembers what a persisted status says of the run's slot; when the run gave its slot back, wakes the
+    /// oldest runs waiting for one of its key.
+    fn record_slot(&self, key: &Key, fr: &FlowRun, held: bool) {
+        let Some(slot) = fr.status.as_ref().and_then(|s| s.concurrency.as_ref()) else {
+            return;
+        };
+        let holds = fr.status.as_ref().is_some_and(concurrency::holds_slot);
+        if !self.slots.record(&key.0, &key.1, &slot.key, held, holds) {
+            return;
+        }
+        let limit = fr.spec.concurrency.as_ref().map_or(1, |c| c.limit);
+        let runs = self.runs_of_key(&key.0, &slot.key);
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        for name in Slots::oldest_waiting(candidates(&runs), limit as usize) {
+            let (me, namespace) = (me.clone(), key.0.clone());
+            tokio::spawn(async move {
+                if let Err(e) = me.reconcile(&namespace, &name, None).await {
+                    debug!(error = %e, flowrun = %name, "a run waiting for a slot will look again later");
+                }
+            });
+        }
+    }
+
+    /// The cached runs of a namespace with a concurrency limit under `slot_key`.
+    fn runs_of_key(&self, namespace: &str, slot_key: &str) -> Vec<Arc<CachedFlowRun>> {
+        self.cache
+            .all()
+            .into_iter()
+            .filter(|fr| {
+                fr.meta().namespace.as_deref() == Some(namespace)
+                    && fr.slot().is_some_and(|s| &*s.key == slot_key)
+            })
+            .collect()
     }
 
     /// One status patch, fenced by the resourceVersion of `base` (the API server answers 409 if the run
@@ -751,6 +830,17 @@ impl StatusWriter {
             Arc::new(fr)
         }))
     }
+}
+
+/// The runs the slot count looks at.
+fn candidates(runs: &[Arc<CachedFlowRun>]) -> impl Iterator<Item = Candidate<'_>> {
+    runs.iter().filter_map(|fr| {
+        Some(Candidate {
+            name: fr.meta().name.as_deref()?,
+            created: fr.meta().creation_timestamp.as_ref().map(|t| t.0),
+            view: fr.slot()?,
+        })
+    })
 }
 
 fn answer(reply: ReplyTo, result: Result<Recorded, SinkError>) {

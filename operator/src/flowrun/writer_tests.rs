@@ -19,9 +19,15 @@ fn run() -> Value {
     .unwrap();
     let mut fr = fr;
     fr.status = Some(
-        batch::plan(&fr, &[], Timestamp::now(), Limits::default())
-            .decision
-            .status,
+        batch::plan(
+            &fr,
+            &[],
+            Timestamp::now(),
+            Limits::default(),
+            &crate::engine::NOT_ASKED,
+        )
+        .decision
+        .status,
     );
     serde_json::to_value(&fr).unwrap()
 }

@@ -244,6 +244,9 @@ pub fn resolve(run: &FlowRunSpec, template: &FlowTemplate) -> Result<Resolved, T
     if spec.active_deadline.is_none() {
         spec.active_deadline.clone_from(&t.active_deadline);
     }
+    if spec.concurrency.is_none() {
+        spec.concurrency.clone_from(&t.concurrency);
+    }
     Ok(Resolved {
         spec,
         source: source_of(template),
