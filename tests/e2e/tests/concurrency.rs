@@ -1,0 +1,235 @@
+//! Concurrency limits across runs on the real API server: five runs share a key with limit 2 while a sixth
+//! run has a key of its own. A side-effect log records when each run's handlers start and end; from it, never
+//! more than two runs of the shared key are running at once, the waiting runs start in the order they were
+//! created, and all of them finish, although the operator process is SIGKILLed and restarted while runs hold
+//! their slots and others wait (the slots are counted from statuses after the restart).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::{Value, json};
+use sluice_e2e::{OperatorProcess, TestNamespace, cluster, install_crds, wait_for, wait_for_list};
+use sluice_operator::api::{FlowPhase, FlowRun};
+use sluice_worker::{Config, StepContext, Worker};
+use tokio::time::Instant;
+
+const SHARED: usize = 5;
+const LIMIT: usize = 2;
+const WAIT: Duration = Duration::from_secs(120);
+
+/// When each run's handlers ran: run → (first start, last end).
+type Spans = BTreeMap<String, (Instant, Instant)>;
+
+fn run(name: &str, tenant: &str) -> Result<FlowRun> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": name, "labels": {"sluice.dev/test": "concurrency"}},
+        "spec": {
+            "pool": "pool",
+            "input": {"tenant": tenant},
+            "concurrency": {"key": "${{ input.tenant }}", "limit": LIMIT},
+            "steps": [
+                {"name": "extract", "handler": "work", "input": {"ms": 700}},
+                {"name": "load", "handler": "work", "input": {"ms": 700}, "dependsOn": ["extract"]},
+            ]
+        }
+    }))?)
+}
+
+fn admitted_condition(fr: &FlowRun) -> Option<(String, String, String)> {
+    fr.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The most spans that overlap at one moment.
+fn most_at_once(spans: &[(Instant, Instant)]) -> usize {
+    let mut edges: Vec<(Instant, i32)> = spans
+        .iter()
+        .flat_map(|(start, end)| [(*start, 1), (*end, -1)])
+        .collect();
+    // An end and a start at the same instant do not overlap.
+    edges.sort_by_key(|&(t, delta)| (t, delta));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, delta) in edges {
+        now += delta;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[tokio::test]
+async fn runs_sharing_a_key_never_exceed_the_limit_start_in_creation_order_and_all_finish_across_a_sigkill()
+-> Result<()> {
+    let client = cluster().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new("concurrency").await?;
+    let api: Api<FlowRun> = ns.api();
+    let mut operator = OperatorProcess::start_trusting_workers(&ns).await?;
+
+    // The side-effect log, written by the handlers themselves.
+    let spans: Arc<Mutex<Spans>> = Arc::default();
+    let log = spans.clone();
+    let mut config = Config::new(
+        operator.broker_url(),
+        format!("{}/pool", ns.name()),
+        "worker-0",
+    );
+    config.backoff_max = Duration::from_millis(500);
+    let worker = Worker::new(config).concurrency(8).handler(
+        "work",
+        move |ctx: StepContext, input: Value| {
+            let log = log.clone();
+            async move {
+                let started = Instant::now();
+                let ms = input["ms"].as_u64().unwrap_or(100);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let ended = Instant::now();
+                log.lock()
+                    .unwrap()
+                    .entry(ctx.flow_run_name().to_owned())
+                    .and_modify(|span| {
+                        span.0 = span.0.min(started);
+                        span.1 = span.1.max(ended);
+                    })
+                    .or_insert((started, ended));
+                Ok(json!({"step": ctx.step()}))
+            }
+        },
+    );
+    let shutdown = worker.shutdown_handle();
+    tokio::spawn(async move { worker.run_until(std::future::pending()).await });
+
+    // Created one after the other: their creation order is their name order.
+    let names: Vec<String> = (0..SHARED).map(|i| format!("acme-{i}")).collect();
+    for name in &names {
+        api.create(&PostParams::default(), &run(name, "acme")?)
+            .await?;
+    }
+    api.create(&PostParams::default(), &run("beta-0", "beta")?)
+        .await?;
+
+    // The newest shared run waits, Pending, saying why.
+    let last = names.last().context("runs")?;
+    let waiting = wait_for(
+        &api,
+        last,
+        |fr: Option<&FlowRun>| {
+            fr.and_then(admitted_condition)
+                .is_some_and(|(status, reason, _)| {
+                    status == "False" && reason == "ConcurrencyLimit"
+                })
+        },
+        WAIT,
+        "the newest run to wait for a slot",
+    )
+    .await?;
+    let (_, _, message) = admitted_condition(&waiting).context("condition")?;
+    println!("{last}: {message}");
+    ensure!(
+        waiting.status.as_ref().and_then(|s| s.phase) == Some(FlowPhase::Pending),
+        "a waiting run is Pending"
+    );
+    ensure!(
+        message.contains("\"acme\"") && message.contains(&format!("of {LIMIT} held")),
+        "the condition names the key and the limit: {message}"
+    );
+
+    // The run of another key is not held up by the shared key's queue.
+    wait_for(
+        &api,
+        "beta-0",
+        |fr: Option<&FlowRun>| {
+            fr.and_then(admitted_condition)
+                .is_some_and(|(status, _, _)| status == "True")
+        },
+        WAIT,
+        "the run of another key to be admitted at once",
+    )
+    .await?;
+
+    // SIGKILL while two runs hold the slots and three wait; the new process counts the slots from statuses.
+    operator.crash_and_restart().await?;
+
+    let runs = wait_for_list(
+        &api,
+        kube::runtime::watcher::Config::default().labels("sluice.dev/test=concurrency"),
+        |frs: &[FlowRun]| {
+            frs.len() == SHARED + 1
+                && frs.iter().all(|fr| {
+                    fr.status.as_ref().and_then(|s| s.phase) == Some(FlowPhase::Succeeded)
+                })
+        },
+        WAIT,
+        "every run to succeed",
+    )
+    .await?;
+    shutdown.shutdown();
+
+    for fr in &runs {
+        let name = fr.metadata.name.clone().unwrap_or_default();
+        let slot = fr
+            .status
+            .as_ref()
+            .and_then(|s| s.concurrency.clone())
+            .with_context(|| format!("{name} has no status.concurrency"))?;
+        ensure!(
+            slot.admitted_at.is_some(),
+            "{name} finished without an admission"
+        );
+        ensure!(
+            slot.key == name.split('-').next().unwrap_or_default(),
+            "{name} resolved its key to {:?}",
+            slot.key
+        );
+    }
+
+    let spans = spans.lock().unwrap().clone();
+    let shared: Vec<(Instant, Instant)> = names
+        .iter()
+        .map(|n| {
+            spans
+                .get(n)
+                .copied()
+                .with_context(|| format!("{n} never ran"))
+        })
+        .collect::<Result<_>>()?;
+    let most = most_at_once(&shared);
+    println!("most runs of key acme running at once: {most} (limit {LIMIT})");
+    ensure!(
+        most <= LIMIT,
+        "{most} runs of one key ran at once, over the limit of {LIMIT}"
+    );
+    // Waiting runs start oldest first: a run never starts before an older one (up to the moment two slots
+    // free together).
+    for (i, (older, newer)) in shared.iter().zip(shared.iter().skip(1)).enumerate() {
+        ensure!(
+            newer.0 + Duration::from_millis(100) >= older.0,
+            "{} started {:?} before the older {}",
+            names[i + 1],
+            older.0 - newer.0,
+            names[i]
+        );
+    }
+    operator.stop().await?;
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[test]
+fn overlap_counts_spans_that_share_a_moment() {
+    let t = Instant::now();
+    let at = |ms: u64| t + Duration::from_millis(ms);
+    assert_eq!(most_at_once(&[(at(0), at(10)), (at(10), at(20))]), 1);
+    assert_eq!(
+        most_at_once(&[(at(0), at(10)), (at(5), at(20)), (at(6), at(7))]),
+        3
+    );
+}
