@@ -1,5 +1,5 @@
-//! Concurrency limits across runs on the real API server: five runs share a key with limit 2 while a sixth
-//! run has a key of its own. A side-effect log records when each run's handlers start and end; from it, never
+//! Concurrency limits across runs on the real API server: five runs of `examples/tenant-import.yaml` share a
+//! tenant's key with limit 2 while a sixth run has a tenant of its own. A side-effect log records when each run's handlers start and end; from it, never
 //! more than two runs of the shared key are running at once, the waiting runs start in the order they were
 //! created, and all of them finish, although the operator process is SIGKILLed and restarted while runs hold
 //! their slots and others wait (the slots are counted from statuses after the restart).
@@ -20,24 +20,25 @@ use tokio::time::Instant;
 const SHARED: usize = 5;
 const LIMIT: usize = 2;
 const WAIT: Duration = Duration::from_secs(120);
+/// How long the test's import handler takes: long enough that runs overlap and the kill lands while runs
+/// hold their slots.
+const IMPORT_TAKES: Duration = Duration::from_millis(1500);
 
 /// When each run's handlers ran: run → (first start, last end).
 type Spans = BTreeMap<String, (Instant, Instant)>;
 
+/// The example import for `tenant`, named `name`, in the test's pool.
 fn run(name: &str, tenant: &str) -> Result<FlowRun> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
-        "metadata": {"name": name, "labels": {"sluice.dev/test": "concurrency"}},
-        "spec": {
-            "pool": "pool",
-            "input": {"tenant": tenant},
-            "concurrency": {"key": "${{ input.tenant }}", "limit": LIMIT},
-            "steps": [
-                {"name": "extract", "handler": "work", "input": {"ms": 700}},
-                {"name": "load", "handler": "work", "input": {"ms": 700}, "dependsOn": ["extract"]},
-            ]
-        }
-    }))?)
+    let path = sluice_e2e::repo_root().join("examples/tenant-import.yaml");
+    let mut manifest: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path)?)?;
+    manifest["metadata"] = json!({"name": name, "labels": {"sluice.dev/test": "concurrency"}});
+    manifest["spec"]["pool"] = json!("pool");
+    manifest["spec"]["input"]["tenant"] = json!(tenant);
+    ensure!(
+        manifest["spec"]["concurrency"]["limit"] == json!(LIMIT),
+        "the example's limit is {LIMIT}"
+    );
+    Ok(serde_json::from_value(manifest)?)
 }
 
 fn admitted_condition(fr: &FlowRun) -> Option<(String, String, String)> {
@@ -84,13 +85,12 @@ async fn runs_sharing_a_key_never_exceed_the_limit_start_in_creation_order_and_a
     );
     config.backoff_max = Duration::from_millis(500);
     let worker = Worker::new(config).concurrency(8).handler(
-        "work",
+        "import_records",
         move |ctx: StepContext, input: Value| {
             let log = log.clone();
             async move {
                 let started = Instant::now();
-                let ms = input["ms"].as_u64().unwrap_or(100);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tokio::time::sleep(IMPORT_TAKES).await;
                 let ended = Instant::now();
                 log.lock()
                     .unwrap()
@@ -100,7 +100,7 @@ async fn runs_sharing_a_key_never_exceed_the_limit_start_in_creation_order_and_a
                         span.1 = span.1.max(ended);
                     })
                     .or_insert((started, ended));
-                Ok(json!({"step": ctx.step()}))
+                Ok(json!({"file": input["file"], "imported": true}))
             }
         },
     );
