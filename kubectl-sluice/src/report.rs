@@ -43,6 +43,10 @@ pub struct FlowRunReport {
     /// How the main steps ended, in a run with exit steps (`status.mainOutcome`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub main_outcome: Option<sluice_api::MainOutcome>,
+    /// Why the run waits for a slot of its concurrency key (the message of its `Admitted` condition while it
+    /// is False).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_slot: Option<String>,
     /// Whether `spec.suspend` is set.
     pub suspended: bool,
     /// Whether `spec.cancel` is set.
@@ -259,6 +263,12 @@ impl FlowRunReport {
         } else {
             None
         };
+        let waiting_for_slot = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Admitted" && c.status == "False")
+            .map(|c| c.message.clone())
+            .filter(|_| !phase.is_terminal());
         let main = fr.spec.steps.iter().map(|step| (step, false));
         let exit = fr.spec.on_exit.iter().map(|step| (step, true));
         let steps = main
@@ -301,6 +311,7 @@ impl FlowRunReport {
             duration_seconds: seconds(started, finished, now),
             message,
             main_outcome: status.main_outcome.clone(),
+            waiting_for_slot,
             suspended: fr.spec.suspend,
             cancel_requested: fr.spec.cancel,
             retry: status.retry.as_ref().map(|r| RetryReport {

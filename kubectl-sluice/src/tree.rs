@@ -234,6 +234,9 @@ pub fn render(report: &FlowRunReport, style: Style) -> String {
             o.phase, o.reason
         );
     }
+    if let Some(w) = &report.waiting_for_slot {
+        let _ = writeln!(out, "  {}", truncate(w, ERROR_WIDTH));
+    }
     if let Some(r) = &report.retry {
         let _ = writeln!(
             out,
@@ -403,6 +406,35 @@ mod tests {
         let text = render(&report, Style::PLAIN);
         assert!(
             text.contains("main steps ended Failed (StepFailed): running the exit steps"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_run_waiting_for_a_concurrency_slot_says_so_under_the_header() {
+        let mut fr = fixtures::order();
+        let mut status = fr.status.clone().unwrap();
+        status.phase = Some(sluice_api::FlowPhase::Pending);
+        let waiting = "waiting for a slot of concurrency key \"acme\": 2 of 2 held by a, b";
+        status
+            .conditions
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Admitted".into(),
+                status: "False".into(),
+                reason: "ConcurrencyLimit".into(),
+                message: waiting.into(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: None,
+            });
+        fr.status = Some(status);
+        let report = FlowRunReport::new(&fr, "2026-03-01T12:01:00Z".parse::<Timestamp>().unwrap());
+        assert_eq!(report.waiting_for_slot.as_deref(), Some(waiting));
+        let text = render(&report, Style::PLAIN);
+        assert_eq!(
+            text.lines().nth(1),
+            Some(format!("  {waiting}").as_str()),
             "{text}"
         );
     }
