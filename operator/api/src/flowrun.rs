@@ -359,6 +359,8 @@ pub struct Step {
 
     /// Fan out: an array, or an expression yielding one; the step runs once per element, with the element as
     /// `item` and its position as `index`. The step's output is the array of instance outputs in index order.
+    /// On a handler step each instance is a task; on a `flow` step each instance is a child FlowRun (named
+    /// `<run>-<step>-<index>`), whose `input` (inline or `templateRef.input`) may use `item` and `index`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_any_json")]
     pub for_each: Option<Value>,
@@ -792,4 +794,8 @@ pub struct InstanceStatus {
     /// `retryBase`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retry_base: u32,
+
+    /// Name of the instance's child FlowRun, for a forEach over a `flow` step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<String>,
 }

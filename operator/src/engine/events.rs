@@ -106,6 +106,17 @@ pub enum Event {
         /// How it ended.
         outcome: ChildOutcome,
     },
+    /// The child FlowRun of one instance of a forEach over a `flow` step ended.
+    InstanceChildFinished {
+        /// The parent's step.
+        step: String,
+        /// The instance's index.
+        index: u32,
+        /// The child's name.
+        child: String,
+        /// How it ended.
+        outcome: ChildOutcome,
+    },
 }
 
 impl Event {
@@ -117,7 +128,7 @@ impl Event {
             | Event::Failed { attempt, .. }
             | Event::TimedOut { attempt }
             | Event::HeartbeatLost { attempt } => Some(attempt),
-            Event::ChildFinished { .. } => None,
+            Event::ChildFinished { .. } | Event::InstanceChildFinished { .. } => None,
         }
     }
 }
@@ -220,6 +231,7 @@ pub fn apply_event(
     let mut notes = Vec::new();
     let (touched_step, touched_instance) = match event {
         Event::ChildFinished { step, .. } => (step.as_str(), None),
+        Event::InstanceChildFinished { step, index, .. } => (step.as_str(), Some(*index)),
         _ => {
             let a = event.attempt().expect("attempt event");
             (a.step.as_str(), a.instance)
@@ -243,6 +255,21 @@ pub fn apply_event(
             &mut status,
             flow_phase,
             step,
+            child,
+            outcome,
+            &mut notes,
+        )?,
+        Event::InstanceChildFinished {
+            step,
+            index,
+            child,
+            outcome,
+        } => instance_child_finished(
+            &ctx,
+            &room,
+            &mut status,
+            flow_phase,
+            (step, *index),
             child,
             outcome,
             &mut notes,
@@ -326,7 +353,7 @@ fn fence(
         }
         Event::TimedOut { .. } => recorded_error(TIMEOUT),
         Event::HeartbeatLost { .. } => recorded_error(HEARTBEAT_LOST),
-        Event::ChildFinished { .. } => false,
+        Event::ChildFinished { .. } | Event::InstanceChildFinished { .. } => false,
     };
     if duplicate {
         return Ok(Change::Duplicate);
@@ -417,7 +444,7 @@ fn apply_to_slot(
             ),
             true,
         ),
-        Event::ChildFinished { .. } => return None,
+        Event::ChildFinished { .. } | Event::InstanceChildFinished { .. } => return None,
     };
     notes.push(fail_attempt(ctx, step, instance, slot, error, retryable));
     None
@@ -627,5 +654,103 @@ fn child_finished(
         ));
     }
     st.finished_at = Some(past(ctx.now));
+    Ok(Change::Applied)
+}
+
+/// The end of the child FlowRun of instance `index` of a forEach over a `flow` step: a Succeeded child gives
+/// the instance its output, any other end fails the instance (and, at the next decision, the step).
+#[allow(clippy::too_many_arguments)]
+fn instance_child_finished(
+    ctx: &Ctx<'_>,
+    room: &Room<'_>,
+    status: &mut FlowRunStatus,
+    flow_phase: FlowPhase,
+    (step_name, index): (&str, u32),
+    child: &str,
+    outcome: &ChildOutcome,
+    notes: &mut Vec<Note>,
+) -> Result<Change, Refusal> {
+    let (_, step) = ctx.step(step_name).ok_or_else(|| Refusal::UnknownStep {
+        step: step_name.to_owned(),
+    })?;
+    if step.flow.is_none() || step.for_each.is_none() {
+        return Err(Refusal::WrongKind {
+            step: step_name.to_owned(),
+            expected: "flow with forEach",
+        });
+    }
+    let unknown_child = || Refusal::UnknownChild {
+        step: step_name.to_owned(),
+        child: child.to_owned(),
+    };
+    let st = status.steps.get_mut(step_name).ok_or_else(unknown_child)?;
+    let key = index.to_string();
+    let step_phase = st.phase;
+    let inst = st.instances.as_mut().ok_or_else(unknown_child)?;
+    let succeeded = matches!(outcome, ChildOutcome::Succeeded(_));
+    // A Succeeded instance keeps its output until the step ends, then only the step's output does.
+    if inst.outputs.contains_key(&key) || (step_phase == StepPhase::Succeeded && succeeded) {
+        return if succeeded {
+            Ok(Change::Duplicate)
+        } else {
+            Err(unknown_child())
+        };
+    }
+    let one = inst.active.get_mut(&key).ok_or_else(unknown_child)?;
+    if one.child.as_deref() != Some(child) {
+        return Err(unknown_child());
+    }
+    if one.phase.is_terminal() {
+        let same = !succeeded
+            && one.phase == StepPhase::Failed
+            && one.error.as_ref().is_some_and(|e| e.type_ == CHILD_FAILED);
+        if same {
+            return Ok(Change::Duplicate);
+        }
+        return Err(Refusal::Stale {
+            attempt: AttemptRef::instance(step_name, index, one.attempts),
+            current: one.attempts,
+            phase: one.phase,
+        });
+    }
+    if flow_phase.is_terminal() {
+        return Err(Refusal::FlowFinished { phase: flow_phase });
+    }
+    let failure = match outcome {
+        ChildOutcome::Succeeded(out) => {
+            let out = out.clone().unwrap_or(Value::Null);
+            let refused = match check_output(&out, ctx.max_output()) {
+                Ok(()) => room
+                    .admit("the child flow's output", json_size(&out))
+                    .err()
+                    .map(|msg| (STATUS_TOO_LARGE, msg)),
+                Err(refused) => Some((refused.type_, refused.message)),
+            };
+            if refused.is_none() {
+                inst.active.remove(&key);
+                inst.outputs.insert(key.clone(), normalize(out));
+                inst.succeeded += 1;
+            }
+            refused
+        }
+        ChildOutcome::Failed(msg) => {
+            Some((CHILD_FAILED, format!("child flow {child} failed: {msg}")))
+        }
+        ChildOutcome::Cancelled => {
+            Some((CHILD_FAILED, format!("child flow {child} was cancelled")))
+        }
+    };
+    if let Some((t, msg)) = failure
+        && let Some(one) = inst.active.get_mut(&key)
+    {
+        one.phase = StepPhase::Failed;
+        one.error = Some(step_error(t, &msg, None, one.attempts));
+        inst.failed += 1;
+        notes.push(Note::warning(
+            "InstanceFailed",
+            Some(step_name),
+            format!("step {step_name:?} instance {index} failed: {msg}"),
+        ));
+    }
     Ok(Change::Applied)
 }

@@ -12,12 +12,15 @@ use serde_json::Value;
 use super::Ctx;
 use super::attempt::{Slot, fail_attempt};
 use super::budget::DEFAULT_MAX_PARALLEL;
+use super::child::child_spec;
+use super::decision::ChildFlowRequest;
 use super::decision::{AttemptRef, Note};
 use super::expr::{self, ExprError, Vars};
 use super::output::{INVALID_INPUT, TIMEOUT, step_error};
+use super::rerun::child_name_for;
 use super::schedule::Effects;
 use super::timers::{is_due, past};
-use crate::api::{InstanceStatus, InstancesStatus, Step, StepPhase, StepStatus};
+use crate::api::{ChildFlow, InstanceStatus, InstancesStatus, Step, StepPhase, StepStatus};
 
 /// Evaluates a step's `forEach` into its items.
 pub fn items(step: &Step, vars: &Vars) -> Result<Vec<Value>, String> {
@@ -166,6 +169,113 @@ pub(crate) fn advance(
     settle(ctx, step, st, fx);
 }
 
+/// A forEach step being moved along, with its items and the variables its expressions see.
+pub(crate) struct FanOut<'a> {
+    pub ctx: &'a Ctx<'a>,
+    pub step: &'a Step,
+    pub items: &'a [Value],
+    pub vars: &'a Vars,
+}
+
+impl FanOut<'_> {
+    /// Moves a running forEach over a `flow` step along: each instance is a child FlowRun, started up to
+    /// `maxParallel` at a time unless `hold`; the step fails when an instance's child failed (the other
+    /// children are cancelled) and succeeds when every child Succeeded. The children of running instances
+    /// are asked for again at every decision, like a plain `flow` step's: creating one is idempotent, and a
+    /// child deleted by hand comes back.
+    pub(crate) fn advance_children(
+        &self,
+        flow: &ChildFlow,
+        st: &mut StepStatus,
+        hold: bool,
+        fx: &mut Effects,
+    ) {
+        let (ctx, step) = (self.ctx, self.step);
+        if settle(ctx, step, st, fx) {
+            return;
+        }
+        let runs = st.retry_base;
+        let Some(inst) = st.instances.as_mut() else {
+            return;
+        };
+        for key in active_keys(inst) {
+            let index = key.parse::<u32>().unwrap_or(u32::MAX);
+            if let Some(one) = inst.active.get_mut(&key)
+                && one.phase == StepPhase::Running
+                && let Some(name) = one.child.clone()
+                && let Err(e) = self.request_child(flow, index, name, fx)
+            {
+                fail_instance(one, &e);
+                inst.failed += 1;
+            }
+        }
+        if !hold {
+            let limit = step.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL).max(1) as usize;
+            let in_flight = inst
+                .active
+                .values()
+                .filter(|i| !i.phase.is_terminal())
+                .count();
+            let mut free = limit.saturating_sub(in_flight);
+            let mut index = 0u32;
+            while free > 0 && index < inst.total {
+                let key = index.to_string();
+                if !inst.outputs.contains_key(&key) && !inst.active.contains_key(&key) {
+                    let name = instance_child_name(&ctx.meta.name, &step.name, index, runs);
+                    let mut one = InstanceStatus {
+                        phase: StepPhase::Running,
+                        attempts: 1,
+                        child: Some(name.clone()),
+                        ..Default::default()
+                    };
+                    if let Err(e) = self.request_child(flow, index, name, fx) {
+                        fail_instance(&mut one, &e);
+                        inst.failed += 1;
+                    }
+                    inst.active.insert(key, one);
+                    free -= 1;
+                }
+                index += 1;
+            }
+        }
+        settle(ctx, step, st, fx);
+    }
+
+    /// Asks for the child FlowRun `name` of instance `index`, its input resolved with the instance's item.
+    fn request_child(
+        &self,
+        flow: &ChildFlow,
+        index: u32,
+        name: String,
+        fx: &mut Effects,
+    ) -> Result<(), String> {
+        let item = self
+            .items
+            .get(index as usize)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let vars = self.vars.with_item(&item, index);
+        let spec = child_spec(flow, self.ctx.spec, &vars)?;
+        fx.create_children.push(ChildFlowRequest {
+            step: self.step.name.clone(),
+            name,
+            spec,
+        });
+        Ok(())
+    }
+}
+
+/// The child FlowRun of instance `index` of a forEach over a `flow` step: `<run>-<step>-<index>`, with the
+/// run's retry count after it once the run was retried (see [`child_name_for`]).
+pub fn instance_child_name(parent: &str, step: &str, index: u32, runs: u32) -> String {
+    child_name_for(parent, &format!("{step}-{index}"), runs)
+}
+
+fn fail_instance(one: &mut InstanceStatus, message: &str) {
+    one.phase = StepPhase::Failed;
+    one.error = Some(step_error(INVALID_INPUT, message, None, one.attempts));
+}
+
 /// Ends the step when an instance failed for good or every instance Succeeded. Returns whether it ended.
 fn settle(ctx: &Ctx<'_>, step: &Step, st: &mut StepStatus, fx: &mut Effects) -> bool {
     let Some(inst) = st.instances.as_mut() else {
@@ -177,10 +287,14 @@ fn settle(ctx: &Ctx<'_>, step: &Step, st: &mut StepStatus, fx: &mut Effects) -> 
     if let Some(key) = failed {
         let cause = inst.active[&key].error.clone().unwrap_or_default();
         for (k, one) in inst.active.iter_mut() {
-            if matches!(one.phase, StepPhase::Ready | StepPhase::Running) {
+            if step.handler.is_some() && matches!(one.phase, StepPhase::Ready | StepPhase::Running)
+            {
                 let index = k.parse::<u32>().unwrap_or(u32::MAX);
                 fx.cancel_workers
                     .push(AttemptRef::instance(&step.name, index, one.attempts));
+            }
+            if let Some(child) = one.child.as_ref().filter(|_| !one.phase.is_terminal()) {
+                fx.cancel_children.push(child.clone());
             }
             if !one.phase.is_terminal() {
                 one.phase = StepPhase::Cancelled;

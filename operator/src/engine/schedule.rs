@@ -96,6 +96,8 @@ pub(crate) struct Effects {
     pub notes: Vec<Note>,
     pub cancel_workers: Vec<AttemptRef>,
     pub create_children: Vec<ChildFlowRequest>,
+    /// Children of forEach instances this decision cancelled (those of whole steps are found in `finish`).
+    pub cancel_children: Vec<String>,
 }
 
 /// Why a run ended other than Succeeded, for its conditions.
@@ -629,6 +631,23 @@ impl Scheduler<'_> {
                         self.fx.notes.push(note);
                     }
                 }
+                StepKind::Flow(flow) if step.for_each.is_some() => {
+                    let vars = self.vars_for(Some(i));
+                    match foreach::items(step, &vars) {
+                        Ok(items) => {
+                            let (ctx, fx) = (&self.ctx, &mut self.fx);
+                            let st = self.status.steps.entry(step.name.clone()).or_default();
+                            let fan_out = foreach::FanOut {
+                                ctx,
+                                step,
+                                items: &items,
+                                vars: &vars,
+                            };
+                            fan_out.advance_children(flow, st, suspended || failing, fx);
+                        }
+                        Err(e) => self.fail_step(i, INVALID_INPUT, &e),
+                    }
+                }
                 StepKind::Flow(flow) => {
                     let vars = self.vars_for(Some(i));
                     match child_spec(flow, spec, &vars) {
@@ -715,17 +734,19 @@ impl Scheduler<'_> {
             }
         }
         match kind {
-            StepKind::Handler(_) if step.for_each.is_some() => match foreach::items(step, &vars) {
-                Ok(items) if items.len() > MAX_FOR_EACH_ITEMS => {
-                    self.fail_step(i, TOO_MANY_ITEMS, &too_many_items(items.len()));
+            StepKind::Handler(_) | StepKind::Flow(_) if step.for_each.is_some() => {
+                match foreach::items(step, &vars) {
+                    Ok(items) if items.len() > MAX_FOR_EACH_ITEMS => {
+                        self.fail_step(i, TOO_MANY_ITEMS, &too_many_items(items.len()));
+                    }
+                    Ok(items) => {
+                        let ctx = &self.ctx;
+                        let st = self.status.steps.entry(step.name.clone()).or_default();
+                        foreach::start(st, items.len(), ctx);
+                    }
+                    Err(e) => self.fail_step(i, INVALID_INPUT, &e),
                 }
-                Ok(items) => {
-                    let ctx = &self.ctx;
-                    let st = self.status.steps.entry(step.name.clone()).or_default();
-                    foreach::start(st, items.len(), ctx);
-                }
-                Err(e) => self.fail_step(i, INVALID_INPUT, &e),
-            },
+            }
             StepKind::Handler(_) => {
                 let input = step.input.as_ref().map(|v| expr::resolve(v, &vars));
                 match input.transpose() {
@@ -843,7 +864,8 @@ impl Scheduler<'_> {
         let Some(st) = self.status.steps.get_mut(&step.name) else {
             return;
         };
-        if step.handler.is_some()
+        let handler = step.handler.is_some();
+        if handler
             && step.for_each.is_none()
             && matches!(st.phase, StepPhase::Ready | StepPhase::Running)
         {
@@ -853,13 +875,16 @@ impl Scheduler<'_> {
         }
         if let Some(inst) = st.instances.as_mut() {
             for (k, one) in inst.active.iter_mut() {
-                if matches!(one.phase, StepPhase::Ready | StepPhase::Running) {
+                if handler && matches!(one.phase, StepPhase::Ready | StepPhase::Running) {
                     let index = k.parse().unwrap_or(u32::MAX);
                     self.fx.cancel_workers.push(AttemptRef::instance(
                         &step.name,
                         index,
                         one.attempts,
                     ));
+                }
+                if let Some(child) = one.child.as_ref().filter(|_| !one.phase.is_terminal()) {
+                    self.fx.cancel_children.push(child.clone());
                 }
                 if !one.phase.is_terminal() {
                     one.phase = StepPhase::Cancelled;
@@ -1014,6 +1039,7 @@ impl Scheduler<'_> {
                 cancel_children.push(child.clone());
             }
         }
+        cancel_children.append(&mut self.fx.cancel_children);
         if !ending {
             if !spec.suspend {
                 tasks = self.tasks();

@@ -1699,3 +1699,6 @@ mod exit_steps;
 
 #[path = "tests_concurrency.rs"]
 mod concurrency_limits;
+
+#[path = "tests_fan_out_children.rs"]
+mod fan_out_children;

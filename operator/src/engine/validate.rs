@@ -313,21 +313,33 @@ impl Validator {
                     self.err(format!("{p}.until"), e, None);
                 }
             }
-            Some(StepKind::Flow(f)) => self.child_flow(spec, f, &format!("{p}.flow"), scope),
+            Some(StepKind::Flow(f)) => {
+                // A forEach child's input sees the instance's `item` and `index`.
+                let scope = Scope {
+                    item: step.for_each.is_some(),
+                    ..scope
+                };
+                self.child_flow(spec, f, &format!("{p}.flow"), scope)
+            }
             None => {}
         }
 
+        let is_flow = matches!(kind, Some(StepKind::Flow(_)));
         if !is_handler {
             for (field, set) in [
                 ("retry", step.retry.is_some()),
                 ("timeout", step.timeout.is_some()),
                 ("heartbeatTimeout", step.heartbeat_timeout.is_some()),
-                ("forEach", step.for_each.is_some()),
+                ("forEach", step.for_each.is_some() && !is_flow),
             ] {
                 if set && kind.is_some() {
                     self.err(
                         format!("{p}.{field}"),
-                        format!("{field} applies to handler steps only"),
+                        if field == "forEach" {
+                            "forEach applies to handler and flow steps only".to_owned()
+                        } else {
+                            format!("{field} applies to handler steps only")
+                        },
                         None,
                     );
                 }

@@ -103,23 +103,47 @@ impl Effects {
         let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &namespace);
         let mut events = Vec::new();
         for (step, st) in &status.steps {
-            let (Some(child), StepPhase::Running) = (&st.child, st.phase) else {
+            if st.phase != StepPhase::Running {
                 continue;
-            };
-            match api.get_opt(child).await {
-                Ok(Some(obj)) => {
-                    if let Some(outcome) = child_outcome(&obj) {
-                        events.push(Event::ChildFinished {
-                            step: step.clone(),
-                            child: child.clone(),
-                            outcome,
+            }
+            // The step's own child, then the children of its forEach instances.
+            let mut children: Vec<(Option<u32>, &String)> =
+                st.child.iter().map(|c| (None, c)).collect();
+            if let Some(inst) = &st.instances {
+                children.extend(inst.active.iter().filter_map(|(k, one)| {
+                    let child = one
+                        .child
+                        .as_ref()
+                        .filter(|_| one.phase == StepPhase::Running)?;
+                    Some((Some(k.parse().ok()?), child))
+                }));
+            }
+            for (instance, child) in children {
+                match api.get_opt(child).await {
+                    Ok(Some(obj)) => {
+                        let Some(outcome) = child_outcome(&obj) else {
+                            continue;
+                        };
+                        let (step, child) = (step.clone(), child.clone());
+                        events.push(match instance {
+                            None => Event::ChildFinished {
+                                step,
+                                child,
+                                outcome,
+                            },
+                            Some(index) => Event::InstanceChildFinished {
+                                step,
+                                index,
+                                child,
+                                outcome,
+                            },
                         });
                     }
+                    // Not created yet (the create follows the status write) or deleted by hand: the next
+                    // decision creates it again, since its name is deterministic.
+                    Ok(None) => {}
+                    Err(e) => warn!(child = %child, error = %e, "cannot read child FlowRun"),
                 }
-                // Not created yet (the create follows the status write) or deleted by hand: the next
-                // decision creates it again, since its name is deterministic.
-                Ok(None) => {}
-                Err(e) => warn!(child = %child, error = %e, "cannot read child FlowRun"),
             }
         }
         events

@@ -160,9 +160,14 @@ impl Lane {
 
 fn has_running_children(fr: &FlowRun) -> bool {
     fr.status.as_ref().is_some_and(|s| {
-        s.steps
-            .values()
-            .any(|st| st.child.is_some() && st.phase == StepPhase::Running)
+        s.steps.values().any(|st| {
+            st.phase == StepPhase::Running
+                && (st.child.is_some()
+                    || st
+                        .instances
+                        .as_ref()
+                        .is_some_and(|inst| inst.active.values().any(|one| one.child.is_some())))
+        })
     })
 }
 
@@ -855,7 +860,9 @@ fn count_outcome(metrics: &Metrics, event: &Event) {
         Event::Failed { .. } => metrics.outcome("failed"),
         Event::HeartbeatLost { .. } => metrics.outcome("lost"),
         Event::TimedOut { .. } => metrics.outcome("timedOut"),
-        Event::Claimed { .. } | Event::ChildFinished { .. } => {}
+        Event::Claimed { .. }
+        | Event::ChildFinished { .. }
+        | Event::InstanceChildFinished { .. } => {}
     }
 }
 
