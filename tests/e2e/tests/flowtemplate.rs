@@ -405,3 +405,96 @@ async fn a_flow_step_runs_a_template_as_its_child() -> Result<()> {
     );
     s.finish().await
 }
+
+#[tokio::test]
+async fn a_for_each_over_a_template_runs_fifty_children_five_at_a_time_with_the_outputs_in_order()
+-> Result<()> {
+    const ITEMS: usize = 50;
+    const MAX_PARALLEL: usize = 5;
+    let s = Setup::new("ft-fanout").await?;
+    s.start_workers().await?;
+    s.create_template(record_template("record")).await?;
+    let ids: Vec<String> = (0..ITEMS).map(|i| format!("r{i}")).collect();
+    let parent = s
+        .create_run(json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "FlowRun",
+            "metadata": {"name": "reports"},
+            "spec": {
+                "pool": POOL,
+                "input": {"ids": ids},
+                "steps": [{"name": "each", "forEach": "${{ input.ids }}", "maxParallel": MAX_PARALLEL,
+                           "flow": {"templateRef": {"name": "record",
+                                    "input": {"reportId": "${{ item }}", "amount": "${{ index }}"}}}}],
+                "output": "${{ steps.each.output }}",
+            }
+        }))
+        .await?;
+
+    // Every status the watch shows: never more than maxParallel children at once.
+    let most = std::sync::atomic::AtomicUsize::new(0);
+    let fr = wait_for(
+        &s.runs,
+        &parent,
+        |fr: Option<&FlowRun>| {
+            let status = fr.and_then(|f| f.status.as_ref());
+            let active = status
+                .and_then(|s| s.steps.get("each"))
+                .and_then(|st| st.instances.as_ref())
+                .map_or(0, |inst| {
+                    inst.active
+                        .values()
+                        .filter(|one| one.phase == StepPhase::Running)
+                        .count()
+                });
+            most.fetch_max(active, std::sync::atomic::Ordering::Relaxed);
+            status
+                .and_then(|s| s.phase)
+                .is_some_and(FlowPhase::is_terminal)
+        },
+        FLOW_TIMEOUT,
+        "the fan-out over the template to finish",
+    )
+    .await?;
+    let status = fr.status.as_ref().context("status")?;
+    ensure!(
+        status.phase == Some(FlowPhase::Succeeded),
+        "the run ended {:?}: {:?}",
+        status.phase,
+        status.conditions
+    );
+    let most = most.into_inner();
+    println!("most children running at once: {most} (maxParallel {MAX_PARALLEL})");
+    ensure!(
+        (1..=MAX_PARALLEL).contains(&most),
+        "{most} children ran at once"
+    );
+    let output = status.output.clone().context("output")?;
+    let outputs = output.as_array().context("an array")?;
+    ensure!(outputs.len() == ITEMS, "{} outputs", outputs.len());
+    for (i, out) in outputs.iter().enumerate() {
+        ensure!(
+            out["reportId"] == json!(format!("r{i}")) && out["amount"].as_f64() == Some(i as f64),
+            "output {i} is {out}"
+        );
+    }
+    // Each child is a run of the template, named for its instance.
+    let children = wait_for_list(
+        &s.runs,
+        watcher::Config::default().labels(&format!("sluice.dev/parent={parent}")),
+        |frs: &[FlowRun]| frs.len() == ITEMS,
+        FLOW_TIMEOUT,
+        "the children to be listed",
+    )
+    .await?;
+    let child = children
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("reports-each-7"))
+        .context("child reports-each-7")?;
+    ensure!(
+        child.spec.template_ref.as_ref().map(|r| r.name.as_str()) == Some("record"),
+        "{:?}",
+        child.spec.template_ref
+    );
+    s.finish().await
+}
