@@ -2,11 +2,12 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy cargo-test crds manifests demo cluster-up cluster-down tools controlplane bench bench-scale
+.PHONY: test fmt-check clippy cargo-test python-test crds manifests demo cluster-up cluster-down tools controlplane bench bench-scale
 
 # Unit and cluster tests: the cluster (local control plane + process kubelet) is started for the
-# run, reused if one is already running, and torn down again if this run started it.
-test: fmt-check clippy
+# run, reused if one is already running, and torn down again if this run started it. The Python package's
+# unit tests (pytest, seconds) run first; a failure there fails `make test`.
+test: fmt-check clippy python-test
 	tests/scripts/with-cluster.sh $(CARGO) test --workspace --no-fail-fast
 
 fmt-check:
@@ -17,6 +18,11 @@ clippy:
 
 cargo-test:
 	$(CARGO) test --workspace
+
+# The Python package (worker-image/python): its venv under ~/.cache/sluice (tests/scripts/python-venv.sh),
+# then pytest.
+python-test:
+	tests/scripts/python-test.sh
 
 # The local cluster for tests and demos; the last line printed is the kubeconfig path.
 cluster-up:

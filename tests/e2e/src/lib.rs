@@ -12,6 +12,7 @@
 //! - [`HelmRelease`] installs the operator with the real chart (its pod run by the process kubelet).
 //! - [`install_crds`], [`OperatorProcess`] (the real `sluice-operator run`) and [`worker_deployment`] /
 //!   [`worker_pod`] (example workers run by the process kubelet) put Sluice itself on the cluster.
+//! - [`python_venv`] / [`python`] give the project's Python environment (`tests/scripts/python-venv.sh`).
 
 mod cluster;
 mod error;
@@ -21,6 +22,7 @@ mod jwt;
 mod kubectl;
 mod namespace;
 mod operator;
+mod python;
 mod release;
 mod wait;
 
@@ -39,6 +41,7 @@ pub use operator::{
     build_release_operator, cargo_test_env, container_pid, install_crds, worker_deployment,
     worker_pod, worker_pod_spec,
 };
+pub use python::{python, python_venv};
 pub use release::{
     CHART, HOST_POD_IP_ANNOTATION, HelmRelease, OPERATOR_IMAGE_TAG, free_port, merge_values,
     pod_is_ready,
