@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy cargo-test python-test crds manifests demo cluster-up cluster-down tools controlplane bench bench-scale
+.PHONY: test fmt-check clippy cargo-test python-test crds manifests demo cluster-up cluster-down tools controlplane bench bench-scale browser ui-screenshot
 
 # Unit and cluster tests: the cluster (local control plane + process kubelet) is started for the
 # run, reused if one is already running, and torn down again if this run started it. The Python package's
@@ -37,6 +37,18 @@ tools:
 
 controlplane:
 	@tests/scripts/build-controlplane.sh
+
+# Headless Chromium and chromedriver from Debian's packages, for the web view's browser tests (they run this
+# themselves when the browser is missing).
+browser:
+	@tests/scripts/install-browser.sh
+
+# The README's picture of `kubectl sluice ui`: the browser test's screenshot of the DAG page of
+# examples/order-flow.yaml (written under target/ui/), copied to docs/images/.
+ui-screenshot:
+	tests/scripts/with-cluster.sh $(CARGO) test -p kubectl-sluice --test ui -- --exact the_order_flow_page_is_captured_and_a_forbidden_action_shows_the_api_servers_message
+	mkdir -p docs/images
+	cp "$${CARGO_TARGET_DIR:-target}/ui/order-flow.png" docs/images/ui-order-flow.png
 
 # Everything generated from the API types: crds/, the chart's copy in charts/sluice/crds, and deploy/.
 # Drift tests fail until this is re-run after a type change.

@@ -16,7 +16,7 @@ pub const EXIT_CANCELLED: u8 = 4;
     name = "kubectl-sluice",
     bin_name = "kubectl sluice",
     version,
-    after_help = "Examples:\n  kubectl sluice status order-42\n  kubectl sluice status order-42 -o json\n  kubectl sluice signal expense-7 manager-approval --data '{\"approved\": true}'\n  kubectl sluice retry order-42\n  kubectl sluice graph order-42 --format dot | dot -Tsvg > order.svg\n  kubectl sluice watch order-42 && echo done\n  kubectl sluice cron trigger nightly-report\n  kubectl sluice templates\n\nExit codes: 0 success; 1 an error (not found, API error, invalid input); 2 a usage error;\nwatch: 3 when the run ends Failed, 4 when it ends Cancelled."
+    after_help = "Examples:\n  kubectl sluice status order-42\n  kubectl sluice status order-42 -o json\n  kubectl sluice signal expense-7 manager-approval --data '{\"approved\": true}'\n  kubectl sluice retry order-42\n  kubectl sluice graph order-42 --format dot | dot -Tsvg > order.svg\n  kubectl sluice watch order-42 && echo done\n  kubectl sluice cron trigger nightly-report\n  kubectl sluice templates\n  kubectl sluice ui --open\n\nExit codes: 0 success; 1 an error (not found, API error, invalid input); 2 a usage error;\nwatch: 3 when the run ends Failed, 4 when it ends Cancelled."
 )]
 pub struct Cli {
     /// Cluster connection flags.
@@ -84,6 +84,29 @@ pub enum Command {
     /// List the namespace's FlowTemplates: pool, declared inputs (`name:type`, `*` when required, `=value`
     /// for a default), steps (and exit steps) and description. Run one with a FlowRun's spec.templateRef.
     Templates,
+
+    /// Serve a live web view of the FlowRuns on 127.0.0.1, with your kubeconfig's credentials: a list of runs,
+    /// each run's DAG, steps, signals and Events, updated live, and buttons for signal, cancel,
+    /// suspend/resume and retry (the same checks and writes as these commands). Prints its URL and serves
+    /// until interrupted. Requests whose Host or Origin is not the server's own are refused, and every
+    /// change needs the session token embedded in the page it serves.
+    Ui(UiArgs),
+}
+
+/// Arguments of `ui`.
+#[derive(Args, Debug, Clone)]
+pub struct UiArgs {
+    /// Port on 127.0.0.1 to listen on; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+
+    /// Show the FlowRuns of every namespace (default: the one of -n, else of the kubeconfig context).
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+
+    /// Open the URL in the default browser.
+    #[arg(long)]
+    pub open: bool,
 }
 
 /// The `cron` commands.

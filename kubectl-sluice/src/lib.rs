@@ -18,6 +18,7 @@ pub mod kubeconfig;
 pub mod report;
 pub mod style;
 pub mod tree;
+pub mod ui;
 pub mod watch;
 
 pub use cli::Cli;
@@ -88,6 +89,9 @@ pub enum Error {
     /// A watch failed.
     #[error("watch: {0}")]
     Watch(String),
+    /// The web view's server could not start.
+    #[error("ui: {0}")]
+    Serve(String),
 }
 
 /// Result type of the plugin.

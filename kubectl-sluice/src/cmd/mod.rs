@@ -31,6 +31,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Cron(CronCommand::List) => cron::list(&conn).await,
         Command::Cron(CronCommand::Trigger(t)) => cron::trigger(&conn, &t.cronflow).await,
         Command::Templates => templates::list(&conn).await,
+        Command::Ui(args) => crate::ui::run(conn, &args).await,
     }
 }
 

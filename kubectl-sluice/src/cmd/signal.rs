@@ -1,10 +1,14 @@
 //! `kubectl sluice signal FLOWRUN NAME [--data JSON | --file F]`: the status merge patch users would write by
 //! hand, after the payload was validated as JSON.
+//!
+//! [`parse_payload`] and [`send`] are shared with the web view ([`crate::ui`]), which validates and delivers a
+//! signal exactly as the command does.
 
 use std::io::Read;
 use std::path::Path;
 
 use kube::api::{Patch, PatchParams};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{api, get, print};
@@ -33,12 +37,16 @@ pub fn payload(data: Option<&str>, file: Option<&Path>, stdin: impl Read) -> Res
         }
         (None, None) => return Ok(None),
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::InvalidJson {
-            flag: flag.into(),
-            problem: e.to_string(),
-        })
+    parse_payload(flag, &text).map(Some)
+}
+
+/// A payload given as text, parsed as JSON; the error names where it came from (`flag`) and what is wrong, with
+/// line and column.
+pub fn parse_payload(flag: &str, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| Error::InvalidJson {
+        flag: flag.into(),
+        problem: e.to_string(),
+    })
 }
 
 /// The merge patch of the status subresource that delivers signal `name`.
@@ -50,42 +58,87 @@ pub fn signal_patch(name: &str, payload: Option<Value>) -> Value {
     json!({ "status": { "signals": { name: signal } } })
 }
 
-/// Validates the payload, then patches `status.signals.NAME`.
-pub async fn run(conn: &Connection, args: &SignalArgs) -> Result<u8> {
-    let payload = payload(args.data.as_deref(), args.file.as_deref(), std::io::stdin())?;
-    let fr = get(conn, &args.flowrun).await?;
-    let waited_for = fr.spec.steps.iter().any(|s| {
-        s.wait_for_signal
-            .as_ref()
-            .is_some_and(|w| w.name == args.name)
-    });
-    if !waited_for {
-        eprintln!(
-            "warning: no step of flowrun {} waits for signal {:?}; it is delivered anyway",
-            args.flowrun, args.name
-        );
+/// What [`send`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivered {
+    /// The FlowRun.
+    pub flowrun: String,
+    /// The signal.
+    pub signal: String,
+    /// Whether a step of the run waits for a signal of that name.
+    pub waited_for: bool,
+    /// Whether it replaced an earlier signal of that name that no step had consumed.
+    pub replaced: bool,
+}
+
+impl Delivered {
+    /// The line the command prints.
+    pub fn message(&self) -> String {
+        format!(
+            "flowrun/{}: signal {:?} delivered{}",
+            self.flowrun,
+            self.signal,
+            if self.replaced {
+                " (it replaced an earlier signal of that name)"
+            } else {
+                ""
+            }
+        )
     }
+
+    /// A warning when no step waits for the signal.
+    pub fn warning(&self) -> Option<String> {
+        (!self.waited_for).then(|| {
+            format!(
+                "no step of flowrun {} waits for signal {:?}; it is delivered anyway",
+                self.flowrun, self.signal
+            )
+        })
+    }
+}
+
+/// Patches `status.signals.SIGNAL` of FlowRun `flowrun` with an already validated payload.
+pub async fn send(
+    conn: &Connection,
+    flowrun: &str,
+    signal: &str,
+    payload: Option<Value>,
+) -> Result<Delivered> {
+    let fr = get(conn, flowrun).await?;
+    let waited_for = fr
+        .spec
+        .steps
+        .iter()
+        .chain(&fr.spec.on_exit)
+        .any(|s| s.wait_for_signal.as_ref().is_some_and(|w| w.name == signal));
     let replaced = fr
         .status
         .as_ref()
-        .is_some_and(|s| s.signals.contains_key(&args.name));
+        .is_some_and(|s| s.signals.contains_key(signal));
     api(conn)
         .patch_status(
-            &args.flowrun,
+            flowrun,
             &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Merge(&signal_patch(&args.name, payload)),
+            &Patch::Merge(&signal_patch(signal, payload)),
         )
         .await?;
-    print(&format!(
-        "flowrun/{}: signal {:?} delivered{}\n",
-        args.flowrun,
-        args.name,
-        if replaced {
-            " (it replaced an earlier signal of that name)"
-        } else {
-            ""
-        }
-    ))?;
+    Ok(Delivered {
+        flowrun: flowrun.to_owned(),
+        signal: signal.to_owned(),
+        waited_for,
+        replaced,
+    })
+}
+
+/// Validates the payload, then patches `status.signals.NAME`.
+pub async fn run(conn: &Connection, args: &SignalArgs) -> Result<u8> {
+    let payload = payload(args.data.as_deref(), args.file.as_deref(), std::io::stdin())?;
+    let delivered = send(conn, &args.flowrun, &args.name, payload).await?;
+    if let Some(w) = delivered.warning() {
+        eprintln!("warning: {w}");
+    }
+    print(&format!("{}\n", delivered.message()))?;
     Ok(0)
 }
 
