@@ -78,27 +78,8 @@ fn a_flow_using_every_kind_of_step_is_accepted() {
     })));
 }
 
-#[test]
-fn duplicate_step_names_are_refused() {
-    refused(
-        flowrun_errors(spec(json!([
-            {"name": "charge", "handler": "charge_payment"},
-            {"name": "charge", "sleep": "1s"},
-        ]))),
-        "spec.steps: step names must be unique: rename the step whose name appears more than once",
-    );
-}
-
-#[test]
-fn depends_on_an_unknown_step_is_refused() {
-    refused(
-        flowrun_errors(spec(json!([
-            {"name": "charge", "handler": "charge_payment"},
-            {"name": "ship", "handler": "ship_order", "dependsOn": ["charge", "reserve"]},
-        ]))),
-        "spec.steps: every dependsOn entry must be the name of a step in spec.steps: fix the name or add the missing step",
-    );
-}
+// Duplicate step names and dependsOn entries that name no step are refused by the chart's step-graph policy,
+// whose messages name them (tests/e2e/bad-input, on the real API server), not by the CRD's rules.
 
 #[test]
 fn depends_on_itself_is_refused() {
@@ -357,9 +338,9 @@ fn zero_heartbeat_timeout_of_a_pool_is_refused() {
 #[test]
 fn engine_validation_refuses_what_the_rules_refuse() {
     use sluice_operator::api::FlowRunSpec;
+    // The step graph's own checks (unique names, known dependsOn entries) are the step-graph policy's and the
+    // engine's: see `the_engine_refuses_what_the_step_graph_policy_refuses`.
     let cases = [
-        spec(json!([{"name": "a", "sleep": "1s"}, {"name": "a", "sleep": "1s"}])),
-        spec(json!([{"name": "a", "sleep": "1s", "dependsOn": ["b"]}])),
         spec(json!([{"name": "a", "sleep": "1s", "dependsOn": ["a"]}])),
         spec(json!([{"name": "a"}])),
         spec(json!([{"name": "a", "handler": "h", "sleep": "1s"}])),
@@ -443,7 +424,7 @@ fn flowtemplate_errors(spec: Value) -> Vec<String> {
 }
 
 #[test]
-fn template_inputs_are_identifiers_and_steps_unique() {
+fn template_inputs_are_identifiers() {
     let steps = json!([{"name": "a", "handler": "h", "input": "${{ input.orderId }}"}]);
     accepted(flowtemplate_errors(json!({
         "pool": "orders",
@@ -461,10 +442,30 @@ fn template_inputs_are_identifiers_and_steps_unique() {
         })),
         "spec.inputs: input names must be identifiers of at most 63 characters (letters, digits and _, not starting with a digit, e.g. orderId), so that expressions can read them as input.<name>",
     );
-    refused(
-        flowtemplate_errors(json!({
-            "steps": [{"name": "a", "handler": "h"}, {"name": "a", "handler": "h"}],
-        })),
-        "spec.steps: step names must be unique: rename the step whose name appears more than once",
-    );
+}
+
+/// Without the chart's step-graph policy, the engine refuses the graphs it refuses, naming the culprit.
+#[test]
+fn the_engine_refuses_what_the_step_graph_policy_refuses() {
+    use sluice_operator::api::FlowRunSpec;
+    for (case, culprit) in [
+        (
+            spec(json!([{"name": "a", "sleep": "1s"}, {"name": "a", "sleep": "1s"}])),
+            "duplicate step name \"a\"",
+        ),
+        (
+            spec(json!([{"name": "a", "sleep": "1s", "dependsOn": ["b"]}])),
+            "spec.steps[0].dependsOn[0]: unknown step \"b\"",
+        ),
+    ] {
+        assert!(
+            flowrun_errors(case.clone()).is_empty(),
+            "the CRD accepts {case}"
+        );
+        let spec: FlowRunSpec = serde_json::from_value(case.clone()).unwrap();
+        let errors = sluice_operator::engine::validate(&spec)
+            .expect_err("the engine refuses it")
+            .to_string();
+        assert!(errors.contains(culprit), "{errors}");
+    }
 }

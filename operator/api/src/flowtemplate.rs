@@ -53,16 +53,9 @@ pub const MAX_TEMPLATE_INPUTS: usize = 64;
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(
-    validation = Rule::new("self.steps.map(s, s.name).distinct().size() == self.steps.size()")
-        .message("step names must be unique: rename the step whose name appears more than once")
-        .field_path(".steps"),
-    validation = Rule::new(
-        "sets.contains(self.steps.map(s, s.name), self.steps.map(s, has(s.dependsOn) ? s.dependsOn : []).flatten())"
-    )
-    .message("every dependsOn entry must be the name of a step in spec.steps: fix the name or add the missing step")
-    .field_path(".steps"),
-)]
+// Unique step names and dependsOn entries that name steps are checked by the chart's step-graph
+// ValidatingAdmissionPolicy, whose messages name the culprits (a CRD rule's message cannot, within the API
+// server's cost budget), and by the operator when a run starts.
 #[serde(rename_all = "camelCase")]
 pub struct FlowTemplateSpec {
     /// What the flow does, for people (shown by `kubectl get flowtemplates`).

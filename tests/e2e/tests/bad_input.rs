@@ -1,8 +1,8 @@
 //! The bad-input corpus (`tests/e2e/bad-input/`, one FlowRun per file): each file says in a header comment what
 //! it must get, `# expect: refused: TEXT` (refused at admission, the API server's message containing TEXT) or
 //! `# expect: failed: TEXT` (accepted, then Failed by the operator, with TEXT in the run's conditions or a step's
-//! error). Every file is applied to a namespace with the chart's `flowrun-json-depth` policy bound to it and an
-//! in-process operator; a run in another namespace, running meanwhile, still succeeds.
+//! error). Every file is applied to a namespace with the chart's `flowrun-json-depth` and `step-graph` policies
+//! bound to it and an in-process operator; a run in another namespace, running meanwhile, still succeeds.
 
 use std::path::Path;
 use std::time::Duration;
@@ -48,8 +48,22 @@ fn expectation(text: &str, file: &Path) -> Result<Expect> {
     }
 }
 
-/// Renders the chart's JSON nesting policy bound to `ns` alone, and creates it owned by the namespace.
-async fn install_depth_policy(ns: &TestNamespace) -> Result<()> {
+/// The chart's admission policies about what users write into a run: JSON nesting and the step graph.
+const INPUT_POLICIES: [&str; 2] = [
+    "templates/json-depth-policy.yaml",
+    "templates/step-graph-policy.yaml",
+];
+
+/// Renders the chart's input policies bound to `ns` alone, and creates them owned by the namespace.
+async fn install_input_policies(ns: &TestNamespace) -> Result<()> {
+    for template in INPUT_POLICIES {
+        install_policy(ns, template).await?;
+    }
+    Ok(())
+}
+
+/// Renders one policy template of the chart bound to `ns` alone, and creates it owned by the namespace.
+async fn install_policy(ns: &TestNamespace, template: &str) -> Result<()> {
     let values = ns.scratch_dir().join("depth-values.json");
     std::fs::write(&values, json!({"watchNamespaces": [ns.name()]}).to_string())?;
     let rendered = helm([
@@ -59,7 +73,7 @@ async fn install_depth_policy(ns: &TestNamespace) -> Result<()> {
         "--namespace",
         ns.name(),
         "--show-only",
-        "templates/json-depth-policy.yaml",
+        template,
         "-f",
         values.to_str().context("scratch path")?,
     ])
@@ -102,25 +116,30 @@ async fn every_bad_input_gets_what_its_file_says() -> Result<()> {
     install_crds(&client).await?;
     let ns = TestNamespace::new("bad-input").await?;
     let other = TestNamespace::new("bad-input-other").await?;
-    install_depth_policy(&ns).await?;
+    install_input_policies(&ns).await?;
     let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
     let bystander = InProcessOperator::start(other.client(), other.name()).await?;
     let runs: Api<FlowRun> = ns.api();
 
-    // The policy is in force once the too-deep input is refused (dry runs until then).
+    // Each policy is in force once a file only it refuses is refused (dry runs until then).
     let dir = repo_root().join("tests/e2e/bad-input");
-    let deep = flowrun(&std::fs::read_to_string(dir.join("too-deep-input.yaml"))?)?;
     let dry = PostParams {
         dry_run: true,
         ..PostParams::default()
     };
     let deadline = Instant::now() + TAKES_EFFECT;
-    while runs.create(&dry, &deep).await.is_ok() {
-        ensure!(
-            Instant::now() < deadline,
-            "the flowrun-json-depth policy did not take effect within {TAKES_EFFECT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    for (probe, policy) in [
+        ("too-deep-input.yaml", "flowrun-json-depth"),
+        ("duplicate-step-names.yaml", "step-graph"),
+    ] {
+        let run = flowrun(&std::fs::read_to_string(dir.join(probe))?)?;
+        while runs.create(&dry, &run).await.is_ok() {
+            ensure!(
+                Instant::now() < deadline,
+                "the {policy} policy did not take effect within {TAKES_EFFECT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     // A run in the other namespace waits for a signal meanwhile.

@@ -83,6 +83,14 @@ async fn render(release: &str, namespace: &str, set: &[&str]) -> Result<String> 
     Ok(helm(args).ok().await?)
 }
 
+/// The chart's ValidatingAdmissionPolicies, by name after the release's.
+const POLICIES: [&str; 4] = [
+    "flowrun-status",
+    "workerpool-rights",
+    "flowrun-json-depth",
+    "step-graph",
+];
+
 #[tokio::test]
 async fn the_chart_lints_strictly() -> Result<()> {
     // Default values, then every optional part on, the admission policy off, and a certificate from a Secret.
@@ -165,6 +173,8 @@ async fn deploy_manifests_are_what_the_chart_renders() -> Result<()> {
             "ValidatingAdmissionPolicyBinding",
             "sluice-flowrun-json-depth",
         ),
+        ("ValidatingAdmissionPolicy", "sluice-step-graph"),
+        ("ValidatingAdmissionPolicyBinding", "sluice-step-graph"),
     ] {
         ensure!(
             kinds.contains(&(wanted.0.to_owned(), wanted.1.to_owned())),
@@ -281,7 +291,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
     // The admission policies (the dry run compiles their CEL), bound cluster-wide, exempting the operator's
     // ServiceAccount alone.
     let operator = format!("system:serviceaccount:{}:{release}", ns.name());
-    for name in ["flowrun-status", "workerpool-rights", "flowrun-json-depth"] {
+    for name in POLICIES {
         let name = format!("{release}-{name}");
         let policy = docs
             .iter()
@@ -358,7 +368,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
         })
         .collect::<Vec<_>>();
     ensure!(
-        exempt.len() == 3
+        exempt.len() == POLICIES.len()
             && exempt.iter().all(|e| *e
                 == format!("!(request.userInfo.username in [\"{operator}\",\"sluice-admin\"])")),
         "operatorUsernames: {exempt:?}"
@@ -394,7 +404,11 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
         .filter(|(_, d)| d["kind"] == "ValidatingAdmissionPolicyBinding")
         .map(|(_, d)| d)
         .collect();
-    ensure!(bindings.len() == 3, "{} bindings", bindings.len());
+    ensure!(
+        bindings.len() == POLICIES.len(),
+        "{} bindings",
+        bindings.len()
+    );
     for binding in bindings {
         ensure!(
             binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
