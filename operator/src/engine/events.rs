@@ -622,39 +622,47 @@ fn child_finished(
     if flow_phase.is_terminal() {
         return Err(Refusal::FlowFinished { phase: flow_phase });
     }
-    let failure = match outcome {
-        ChildOutcome::Succeeded(out) => {
-            let out = out.clone().unwrap_or(Value::Null);
-            match check_output(&out, ctx.max_output()) {
-                Ok(()) => match room.admit("the child flow's output", json_size(&out)) {
-                    Ok(()) => {
-                        st.phase = StepPhase::Succeeded;
-                        st.output = stored(out);
-                        None
-                    }
-                    Err(msg) => Some((STATUS_TOO_LARGE, msg)),
-                },
-                Err(refused) => Some((refused.type_, refused.message)),
-            }
+    match child_output(ctx, room, child, outcome) {
+        Ok(out) => {
+            st.phase = StepPhase::Succeeded;
+            st.output = stored(out);
         }
-        ChildOutcome::Failed(msg) => {
-            Some((CHILD_FAILED, format!("child flow {child} failed: {msg}")))
+        Err((t, msg)) => {
+            st.phase = StepPhase::Failed;
+            st.error = Some(step_error(t, &msg, None, st.attempts));
+            notes.push(Note::warning(
+                "StepFailed",
+                Some(step_name),
+                format!("step {step_name:?} failed: {msg}"),
+            ));
         }
-        ChildOutcome::Cancelled => {
-            Some((CHILD_FAILED, format!("child flow {child} was cancelled")))
-        }
-    };
-    if let Some((t, msg)) = failure {
-        st.phase = StepPhase::Failed;
-        st.error = Some(step_error(t, &msg, None, st.attempts));
-        notes.push(Note::warning(
-            "StepFailed",
-            Some(step_name),
-            format!("step {step_name:?} failed: {msg}"),
-        ));
     }
     st.finished_at = Some(past(ctx.now));
     Ok(Change::Applied)
+}
+
+/// What a child's end gives its step or instance: the child's output, when it Succeeded with an output the
+/// step may record; otherwise the error type and message the step or instance fails with.
+fn child_output(
+    ctx: &Ctx<'_>,
+    room: &Room<'_>,
+    child: &str,
+    outcome: &ChildOutcome,
+) -> Result<Value, (&'static str, String)> {
+    match outcome {
+        ChildOutcome::Succeeded(out) => {
+            let out = out.clone().unwrap_or(Value::Null);
+            check_output(&out, ctx.max_output())
+                .map_err(|refused| (refused.type_, refused.message))?;
+            room.admit("the child flow's output", json_size(&out))
+                .map_err(|msg| (STATUS_TOO_LARGE, msg))?;
+            Ok(out)
+        }
+        ChildOutcome::Failed(msg) => {
+            Err((CHILD_FAILED, format!("child flow {child} failed: {msg}")))
+        }
+        ChildOutcome::Cancelled => Err((CHILD_FAILED, format!("child flow {child} was cancelled"))),
+    }
 }
 
 /// The end of the child FlowRun of instance `index` of a forEach over a `flow` step: a Succeeded child gives
@@ -716,41 +724,22 @@ fn instance_child_finished(
     if flow_phase.is_terminal() {
         return Err(Refusal::FlowFinished { phase: flow_phase });
     }
-    let failure = match outcome {
-        ChildOutcome::Succeeded(out) => {
-            let out = out.clone().unwrap_or(Value::Null);
-            let refused = match check_output(&out, ctx.max_output()) {
-                Ok(()) => room
-                    .admit("the child flow's output", json_size(&out))
-                    .err()
-                    .map(|msg| (STATUS_TOO_LARGE, msg)),
-                Err(refused) => Some((refused.type_, refused.message)),
-            };
-            if refused.is_none() {
-                inst.active.remove(&key);
-                inst.outputs.insert(key.clone(), normalize(out));
-                inst.succeeded += 1;
-            }
-            refused
+    match child_output(ctx, room, child, outcome) {
+        Ok(out) => {
+            inst.active.remove(&key);
+            inst.outputs.insert(key, normalize(out));
+            inst.succeeded += 1;
         }
-        ChildOutcome::Failed(msg) => {
-            Some((CHILD_FAILED, format!("child flow {child} failed: {msg}")))
+        Err((t, msg)) => {
+            one.phase = StepPhase::Failed;
+            one.error = Some(step_error(t, &msg, None, one.attempts));
+            inst.failed += 1;
+            notes.push(Note::warning(
+                "InstanceFailed",
+                Some(step_name),
+                format!("step {step_name:?} instance {index} failed: {msg}"),
+            ));
         }
-        ChildOutcome::Cancelled => {
-            Some((CHILD_FAILED, format!("child flow {child} was cancelled")))
-        }
-    };
-    if let Some((t, msg)) = failure
-        && let Some(one) = inst.active.get_mut(&key)
-    {
-        one.phase = StepPhase::Failed;
-        one.error = Some(step_error(t, &msg, None, one.attempts));
-        inst.failed += 1;
-        notes.push(Note::warning(
-            "InstanceFailed",
-            Some(step_name),
-            format!("step {step_name:?} instance {index} failed: {msg}"),
-        ));
     }
     Ok(Change::Applied)
 }

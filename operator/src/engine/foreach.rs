@@ -134,37 +134,24 @@ pub(crate) fn advance(
     let Some(inst) = st.instances.as_mut() else {
         return;
     };
-    let limit = step.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL).max(1) as usize;
-    let in_flight = inst
-        .active
-        .values()
-        .filter(|i| !i.phase.is_terminal())
-        .count();
-    let mut free = limit.saturating_sub(in_flight);
-    let mut index = 0u32;
-    while free > 0 && index < inst.total {
-        let key = index.to_string();
-        if !inst.outputs.contains_key(&key) && !inst.active.contains_key(&key) {
-            let item = items.get(index as usize).cloned().unwrap_or(Value::Null);
-            let one = match instance_input(step, vars, &item, index) {
-                Ok(_) => InstanceStatus {
-                    phase: StepPhase::Ready,
-                    attempts: 1,
+    for index in to_start(step, inst) {
+        let item = items.get(index as usize).cloned().unwrap_or(Value::Null);
+        let one = match instance_input(step, vars, &item, index) {
+            Ok(_) => InstanceStatus {
+                phase: StepPhase::Ready,
+                attempts: 1,
+                ..Default::default()
+            },
+            Err(e) => {
+                inst.failed += 1;
+                InstanceStatus {
+                    phase: StepPhase::Failed,
+                    error: Some(step_error(INVALID_INPUT, &e.to_string(), None, 0)),
                     ..Default::default()
-                },
-                Err(e) => {
-                    inst.failed += 1;
-                    InstanceStatus {
-                        phase: StepPhase::Failed,
-                        error: Some(step_error(INVALID_INPUT, &e.to_string(), None, 0)),
-                        ..Default::default()
-                    }
                 }
-            };
-            inst.active.insert(key, one);
-            free -= 1;
-        }
-        index += 1;
+            }
+        };
+        inst.active.insert(index.to_string(), one);
     }
     settle(ctx, step, st, fx);
 }
@@ -209,34 +196,24 @@ impl FanOut<'_> {
                 inst.failed += 1;
             }
         }
-        if !hold {
-            let limit = step.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL).max(1) as usize;
-            let in_flight = inst
-                .active
-                .values()
-                .filter(|i| !i.phase.is_terminal())
-                .count();
-            let mut free = limit.saturating_sub(in_flight);
-            let mut index = 0u32;
-            while free > 0 && index < inst.total {
-                let key = index.to_string();
-                if !inst.outputs.contains_key(&key) && !inst.active.contains_key(&key) {
-                    let name = instance_child_name(&ctx.meta.name, &step.name, index, runs);
-                    let mut one = InstanceStatus {
-                        phase: StepPhase::Running,
-                        attempts: 1,
-                        child: Some(name.clone()),
-                        ..Default::default()
-                    };
-                    if let Err(e) = self.request_child(flow, index, name, fx) {
-                        fail_instance(&mut one, &e);
-                        inst.failed += 1;
-                    }
-                    inst.active.insert(key, one);
-                    free -= 1;
-                }
-                index += 1;
+        let starting = if hold {
+            Vec::new()
+        } else {
+            to_start(step, inst)
+        };
+        for index in starting {
+            let name = instance_child_name(&ctx.meta.name, &step.name, index, runs);
+            let mut one = InstanceStatus {
+                phase: StepPhase::Running,
+                attempts: 1,
+                child: Some(name.clone()),
+                ..Default::default()
+            };
+            if let Err(e) = self.request_child(flow, index, name, fx) {
+                fail_instance(&mut one, &e);
+                inst.failed += 1;
             }
+            inst.active.insert(index.to_string(), one);
         }
         settle(ctx, step, st, fx);
     }
@@ -263,6 +240,24 @@ impl FanOut<'_> {
         });
         Ok(())
     }
+}
+
+/// The instances to start now, lowest index first: those not started yet, as many as `maxParallel` leaves
+/// room for beside the instances still going.
+fn to_start(step: &Step, inst: &InstancesStatus) -> Vec<u32> {
+    let limit = step.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL).max(1) as usize;
+    let in_flight = inst
+        .active
+        .values()
+        .filter(|i| !i.phase.is_terminal())
+        .count();
+    (0..inst.total)
+        .filter(|index| {
+            let key = index.to_string();
+            !inst.outputs.contains_key(&key) && !inst.active.contains_key(&key)
+        })
+        .take(limit.saturating_sub(in_flight))
+        .collect()
 }
 
 /// The child FlowRun of instance `index` of a forEach over a `flow` step: `<run>-<step>-<index>`, with the

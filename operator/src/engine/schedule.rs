@@ -241,17 +241,7 @@ impl Scheduler<'_> {
             return;
         }
         if let Err(errors) = validate(self.ctx.declared) {
-            let message = errors.to_string();
-            self.fx.notes.push(Note::warning(
-                "FlowInvalid",
-                None,
-                format!("the flow is invalid: {message}"),
-            ));
-            self.status.phase = Some(FlowPhase::Failed);
-            self.ending = Some(Ending {
-                reason: "Invalid",
-                message,
-            });
+            self.fail_invalid(errors.to_string());
             return;
         }
         if self.status.phase.is_none() {
@@ -339,16 +329,7 @@ impl Scheduler<'_> {
         let key = match concurrency::resolve_key(limit, self.ctx.spec.input.as_ref()) {
             Ok(key) => key,
             Err(message) => {
-                self.fx.notes.push(Note::warning(
-                    "FlowInvalid",
-                    None,
-                    format!("the flow is invalid: {message}"),
-                ));
-                self.status.phase = Some(FlowPhase::Failed);
-                self.ending = Some(Ending {
-                    reason: "Invalid",
-                    message,
-                });
+                self.fail_invalid(message);
                 return Gate::Failed;
             }
         };
@@ -420,6 +401,20 @@ impl Scheduler<'_> {
         if self.phase() != FlowPhase::Pending && self.status.started_at.is_none() {
             self.status.started_at = Some(past(self.ctx.now));
         }
+    }
+
+    /// Ends the run Failed as Invalid (the spec cannot run as written), with a Warning note.
+    fn fail_invalid(&mut self, message: String) {
+        self.fx.notes.push(Note::warning(
+            "FlowInvalid",
+            None,
+            format!("the flow is invalid: {message}"),
+        ));
+        self.status.phase = Some(FlowPhase::Failed);
+        self.ending = Some(Ending {
+            reason: "Invalid",
+            message,
+        });
     }
 
     /// Ends the run Failed for `reason`, with a Warning note.
