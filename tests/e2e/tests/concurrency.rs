@@ -1,10 +1,12 @@
 //! Concurrency limits across runs on the real API server: five runs of `examples/tenant-import.yaml` share a
-//! tenant's key with limit 2 while a sixth run has a tenant of its own. A side-effect log records when each run's handlers start and end; from it, never
+//! tenant's key with limit 2 while a sixth run has a tenant of its own. A side-effect log records when each
+//! handler execution starts and ends, and the status says which execution each run recorded; from them, never
 //! more than two runs of the shared key are running at once, the waiting runs start in the order they were
 //! created, and all of them finish, although the operator process is SIGKILLed and restarted while runs hold
 //! their slots and others wait (the slots are counted from statuses after the restart).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,8 +26,42 @@ const WAIT: Duration = Duration::from_secs(120);
 /// hold their slots.
 const IMPORT_TAKES: Duration = Duration::from_millis(1500);
 
-/// When each run's handlers ran: run → (first start, last end).
-type Spans = BTreeMap<String, (Instant, Instant)>;
+/// One execution of a handler, as the handler itself logged it.
+#[derive(Clone, Debug)]
+struct Execution {
+    run: String,
+    /// Numbers the executions of the whole test; the handler's output carries it, so the run's status says which
+    /// execution's result was recorded.
+    id: u64,
+    started: Instant,
+    ended: Instant,
+}
+
+/// When each run was running, from the side-effect log: from its first execution's start to the end of the
+/// execution whose result its status recorded. An operator SIGKILLed before a claim was written hands that
+/// attempt out again (at-least-once, fenced by the attempt); an extra execution still going after the run
+/// ended and gave its slot back is no part of the run's running time.
+fn running_spans(
+    executions: &[Execution],
+    recorded: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, (Instant, Instant)>> {
+    let mut spans = BTreeMap::new();
+    for (run, id) in recorded {
+        let mine: Vec<&Execution> = executions.iter().filter(|e| &e.run == run).collect();
+        let start = mine
+            .iter()
+            .map(|e| e.started)
+            .min()
+            .with_context(|| format!("{run} never ran"))?;
+        let end = mine
+            .iter()
+            .find(|e| e.id == *id)
+            .with_context(|| format!("{run} recorded execution {id}, which never ran"))?
+            .ended;
+        spans.insert(run.clone(), (start, end));
+    }
+    Ok(spans)
+}
 
 /// The example import for `tenant`, named `name`, in the test's pool.
 fn run(name: &str, tenant: &str) -> Result<FlowRun> {
@@ -76,8 +112,12 @@ async fn runs_sharing_a_key_never_exceed_the_limit_start_in_creation_order_and_a
     let mut operator = OperatorProcess::start_trusting_workers(&ns).await?;
 
     // The side-effect log, written by the handlers themselves.
-    let spans: Arc<Mutex<Spans>> = Arc::default();
-    let log = spans.clone();
+    let executions: Arc<Mutex<Vec<Execution>>> = Arc::default();
+    let log = executions.clone();
+    let ids = Arc::new(AtomicU64::new(0));
+    // How many executions of the shared key's runs have started.
+    let (started_tx, mut started_rx) = tokio::sync::watch::channel(0usize);
+    let started_tx = Arc::new(started_tx);
     let mut config = Config::new(
         operator.broker_url(),
         format!("{}/pool", ns.name()),
@@ -87,20 +127,21 @@ async fn runs_sharing_a_key_never_exceed_the_limit_start_in_creation_order_and_a
     let worker = Worker::new(config).concurrency(8).handler(
         "import_records",
         move |ctx: StepContext, input: Value| {
-            let log = log.clone();
+            let (log, id) = (log.clone(), ids.fetch_add(1, Ordering::Relaxed));
+            let started_tx = started_tx.clone();
             async move {
                 let started = Instant::now();
+                if ctx.flow_run_name().starts_with("acme-") {
+                    started_tx.send_modify(|n| *n += 1);
+                }
                 tokio::time::sleep(IMPORT_TAKES).await;
-                let ended = Instant::now();
-                log.lock()
-                    .unwrap()
-                    .entry(ctx.flow_run_name().to_owned())
-                    .and_modify(|span| {
-                        span.0 = span.0.min(started);
-                        span.1 = span.1.max(ended);
-                    })
-                    .or_insert((started, ended));
-                Ok(json!({"file": input["file"], "imported": true}))
+                log.lock().unwrap().push(Execution {
+                    run: ctx.flow_run_name().to_owned(),
+                    id,
+                    started,
+                    ended: Instant::now(),
+                });
+                Ok(json!({"file": input["file"], "imported": true, "execution": id}))
             }
         },
     );
@@ -155,7 +196,12 @@ async fn runs_sharing_a_key_never_exceed_the_limit_start_in_creation_order_and_a
     )
     .await?;
 
-    // SIGKILL while two runs hold the slots and three wait; the new process counts the slots from statuses.
+    // SIGKILL as soon as the two holders' handlers run, before their claims are written (they ride on the
+    // next write, or go out after a second): the new process counts the slots from statuses, and hands the two
+    // attempts out again, so the handlers run twice.
+    tokio::time::timeout(WAIT, started_rx.wait_for(|n| *n >= LIMIT))
+        .await
+        .context("the holders' handlers to start")??;
     operator.crash_and_restart().await?;
 
     let runs = wait_for_list(
@@ -191,7 +237,36 @@ async fn runs_sharing_a_key_never_exceed_the_limit_start_in_creation_order_and_a
         );
     }
 
-    let spans = spans.lock().unwrap().clone();
+    let recorded: BTreeMap<String, u64> = runs
+        .iter()
+        .filter(|fr| {
+            fr.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("acme-"))
+        })
+        .map(|fr| {
+            let name = fr.metadata.name.clone().unwrap_or_default();
+            let id = fr
+                .status
+                .as_ref()
+                .and_then(|s| s.steps.get("import"))
+                .and_then(|st| st.output.as_ref())
+                .and_then(|o| o["execution"].as_u64())
+                .with_context(|| format!("{name} recorded no execution"))?;
+            Ok((name, id))
+        })
+        .collect::<Result<_>>()?;
+    let executions = executions.lock().unwrap().clone();
+    println!(
+        "{} executions for {} runs of key acme",
+        executions
+            .iter()
+            .filter(|e| e.run.starts_with("acme-"))
+            .count(),
+        recorded.len()
+    );
+    let spans = running_spans(&executions, &recorded)?;
     let shared: Vec<(Instant, Instant)> = names
         .iter()
         .map(|n| {
