@@ -707,20 +707,30 @@ impl StatusWriter {
 
     /// Remembers what a persisted status says of the run's slot; when the run gave its slot back, wakes the
     /// oldest runs waiting for one of its key.
+    ///
+    /// A run granted a slot may still end without taking it (its flow turned out invalid): its status then
+    /// records no admission, and the grant is given back here all the same.
     fn record_slot(&self, key: &Key, fr: &FlowRun, held: bool) {
-        let Some(slot) = fr.status.as_ref().and_then(|s| s.concurrency.as_ref()) else {
+        let Some(limit) = &fr.spec.concurrency else {
             return;
         };
+        let recorded = fr.status.as_ref().and_then(|s| s.concurrency.as_ref());
+        let slot_key = match recorded {
+            Some(slot) => slot.key.clone(),
+            None => match concurrency::resolve_key(limit, fr.spec.input.as_ref()) {
+                Ok(slot_key) => slot_key,
+                Err(_) => return,
+            },
+        };
         let holds = fr.status.as_ref().is_some_and(concurrency::holds_slot);
-        if !self.slots.record(&key.0, &key.1, &slot.key, held, holds) {
+        if !self.slots.record(&key.0, &key.1, &slot_key, held, holds) {
             return;
         }
-        let limit = fr.spec.concurrency.as_ref().map_or(1, |c| c.limit);
-        let runs = self.runs_of_key(&key.0, &slot.key);
+        let runs = self.runs_of_key(&key.0, &slot_key);
         let Some(me) = self.me.upgrade() else {
             return;
         };
-        for name in Slots::oldest_waiting(candidates(&runs), limit as usize) {
+        for name in Slots::oldest_waiting(candidates(&runs), limit.limit as usize) {
             let (me, namespace) = (me.clone(), key.0.clone());
             tokio::spawn(async move {
                 if let Err(e) = me.reconcile(&namespace, &name, None).await {

@@ -148,6 +148,26 @@ async fn runs_sharing_a_key_never_exceed_the_limit_start_in_creation_order_and_a
     let shutdown = worker.shutdown_handle();
     tokio::spawn(async move { worker.run_until(std::future::pending()).await });
 
+    // The oldest run of the key cannot run at all (a dependsOn entry names no step): it is granted the first
+    // slot, fails as Invalid, and must give the slot back, or only one of the others could ever run.
+    let mut broken = run("acme-broken", "acme")?;
+    broken.metadata.labels = None;
+    broken.spec.steps[0].depends_on = vec!["missing".into()];
+    api.create(&PostParams::default(), &broken).await?;
+    // Alone of its key, it is granted a slot before it is found invalid.
+    wait_for(
+        &api,
+        "acme-broken",
+        |fr: Option<&FlowRun>| {
+            fr.and_then(|f| f.status.as_ref())
+                .and_then(|s| s.phase)
+                .is_some_and(FlowPhase::is_terminal)
+        },
+        WAIT,
+        "the broken run to end",
+    )
+    .await?;
+
     // Created one after the other: their creation order is their name order.
     let names: Vec<String> = (0..SHARED).map(|i| format!("acme-{i}")).collect();
     for name in &names {
@@ -202,6 +222,12 @@ async fn runs_sharing_a_key_never_exceed_the_limit_start_in_creation_order_and_a
     tokio::time::timeout(WAIT, started_rx.wait_for(|n| *n >= LIMIT))
         .await
         .context("the holders' handlers to start")??;
+    // Both started before either ended: the broken run gave its slot back at once.
+    let finished = executions.lock().unwrap().len();
+    ensure!(
+        finished == 0,
+        "{finished} execution(s) ended before {LIMIT} of the key ran at once: a slot was lost"
+    );
     operator.crash_and_restart().await?;
 
     let runs = wait_for_list(
@@ -281,6 +307,22 @@ async fn runs_sharing_a_key_never_exceed_the_limit_start_in_creation_order_and_a
     ensure!(
         most <= LIMIT,
         "{most} runs of one key ran at once, over the limit of {LIMIT}"
+    );
+    ensure!(
+        most == LIMIT,
+        "at most {most} runs of one key ran at once: a slot of {LIMIT} was lost"
+    );
+    let broken = api.get("acme-broken").await?;
+    let broken = broken.status.context("acme-broken has no status")?;
+    ensure!(
+        broken.phase == Some(FlowPhase::Failed)
+            && broken
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "Invalid"),
+        "acme-broken ended {:?}: {:?}",
+        broken.phase,
+        broken.conditions
     );
     // Waiting runs start oldest first: a run never starts before an older one (up to the moment two slots
     // free together).
