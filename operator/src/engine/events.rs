@@ -585,20 +585,11 @@ fn child_finished(
     outcome: &ChildOutcome,
     notes: &mut Vec<Note>,
 ) -> Result<Change, Refusal> {
-    let (_, step) = ctx.step(step_name).ok_or_else(|| Refusal::UnknownStep {
-        step: step_name.to_owned(),
-    })?;
-    if step.flow.is_none() {
-        return Err(Refusal::WrongKind {
-            step: step_name.to_owned(),
-            expected: "flow",
-        });
-    }
     let unknown_child = || Refusal::UnknownChild {
         step: step_name.to_owned(),
         child: child.to_owned(),
     };
-    let st = status.steps.get_mut(step_name).ok_or_else(unknown_child)?;
+    let st = child_step(ctx, status, step_name, child, false)?;
     if st.child.as_deref() != Some(child) {
         return Err(unknown_child());
     }
@@ -641,6 +632,33 @@ fn child_finished(
     Ok(Change::Applied)
 }
 
+/// The status of the `flow` step a child's end is reported for (`fan_out`: a forEach over a `flow` step),
+/// refusing steps of another kind and steps not started.
+fn child_step<'s>(
+    ctx: &Ctx<'_>,
+    status: &'s mut FlowRunStatus,
+    step_name: &str,
+    child: &str,
+    fan_out: bool,
+) -> Result<&'s mut StepStatus, Refusal> {
+    let (_, step) = ctx.step(step_name).ok_or_else(|| Refusal::UnknownStep {
+        step: step_name.to_owned(),
+    })?;
+    if step.flow.is_none() || (fan_out && step.for_each.is_none()) {
+        return Err(Refusal::WrongKind {
+            step: step_name.to_owned(),
+            expected: if fan_out { "flow with forEach" } else { "flow" },
+        });
+    }
+    status
+        .steps
+        .get_mut(step_name)
+        .ok_or_else(|| Refusal::UnknownChild {
+            step: step_name.to_owned(),
+            child: child.to_owned(),
+        })
+}
+
 /// What a child's end gives its step or instance: the child's output, when it Succeeded with an output the
 /// step may record; otherwise the error type and message the step or instance fails with.
 fn child_output(
@@ -678,20 +696,11 @@ fn instance_child_finished(
     outcome: &ChildOutcome,
     notes: &mut Vec<Note>,
 ) -> Result<Change, Refusal> {
-    let (_, step) = ctx.step(step_name).ok_or_else(|| Refusal::UnknownStep {
-        step: step_name.to_owned(),
-    })?;
-    if step.flow.is_none() || step.for_each.is_none() {
-        return Err(Refusal::WrongKind {
-            step: step_name.to_owned(),
-            expected: "flow with forEach",
-        });
-    }
     let unknown_child = || Refusal::UnknownChild {
         step: step_name.to_owned(),
         child: child.to_owned(),
     };
-    let st = status.steps.get_mut(step_name).ok_or_else(unknown_child)?;
+    let st = child_step(ctx, status, step_name, child, true)?;
     let key = index.to_string();
     let step_phase = st.phase;
     let inst = st.instances.as_mut().ok_or_else(unknown_child)?;
