@@ -331,15 +331,28 @@ impl FlowRunCache {
 }
 
 /// Keeps only the metadata the operator reads before a FlowRun is held in memory: its identity and version,
-/// generation, timestamps, owner references and finalizers. Dropped: `managedFields` (often the larger half of
-/// the object), annotations (kubectl's last-applied copy of the whole manifest among them) and labels.
+/// generation, timestamps, owner references and finalizers. Dropped: annotations (kubectl's last-applied copy
+/// of the whole manifest among them), labels and the entries of `managedFields` (often the larger half of the
+/// object), of which one bit stays: an empty list marks a run the API server still tracks field owners of
+/// (see [`tracks_fields`]).
 pub fn compact(fr: &mut FlowRun) {
     compact_metadata(&mut fr.metadata);
 }
 
+/// Whether the API server keeps `metadata.managedFields` for this (compacted) run. The status writer clears
+/// them before a run's first status write: for an object written once per step, recording field owners
+/// costs the API server more than the step itself (see `docs/design.md`).
+pub fn tracks_fields(metadata: &ObjectMeta) -> bool {
+    metadata.managed_fields.is_some()
+}
+
 fn compact_metadata(metadata: &mut ObjectMeta) {
     let full = std::mem::take(metadata);
+    let tracked = full
+        .managed_fields
+        .is_some_and(|entries| !entries.is_empty());
     *metadata = ObjectMeta {
+        managed_fields: tracked.then(Vec::new),
         name: full.name,
         namespace: full.namespace,
         uid: full.uid,
@@ -375,7 +388,8 @@ mod tests {
         .unwrap();
         let before = fr.clone();
         compact(&mut fr);
-        assert!(fr.metadata.managed_fields.is_none());
+        assert_eq!(fr.metadata.managed_fields, Some(Vec::new()));
+        assert!(tracks_fields(&fr.metadata));
         assert!(fr.metadata.annotations.is_none());
         assert!(fr.metadata.labels.is_none());
         assert_eq!(
@@ -390,6 +404,20 @@ mod tests {
         );
         assert_eq!(fr.spec, before.spec);
         assert_eq!(fr.status, before.status);
+    }
+
+    #[test]
+    fn a_run_without_field_owners_is_not_marked_as_tracked() {
+        for managed in [json!(null), json!([])] {
+            let mut fr: FlowRun = serde_json::from_value(json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+                "metadata": {"name": "r", "namespace": "ns", "managedFields": managed},
+                "spec": {"steps": [{"name": "a", "handler": "h"}]}
+            }))
+            .unwrap();
+            compact(&mut fr);
+            assert!(!tracks_fields(&fr.metadata), "managedFields {managed}");
+        }
     }
 
     #[test]

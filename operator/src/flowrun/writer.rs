@@ -28,6 +28,7 @@
 //!   the status write and never delay the next one.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ use tracing::{debug, instrument, warn};
 
 use super::Error;
 use super::batch::{self, Reply};
-use super::cache::{CachedFlowRun, FlowRunCache, NotCached, compact};
+use super::cache::{CachedFlowRun, FlowRunCache, NotCached, compact, tracks_fields};
 use super::effects::Effects;
 use super::slots::{Candidate, Slots};
 use crate::api::{FlowRun, StepPhase};
@@ -212,6 +213,9 @@ pub struct StatusWriter {
     slots: Slots,
     /// This writer, to wake the runs waiting for a slot that a batch gave back.
     me: Weak<StatusWriter>,
+    /// Whether runs still get their `managedFields` cleared before their first status write; off once the
+    /// API server refused that (an admission rule, missing rights), so no run pays for a refused request.
+    clear_field_owners: AtomicBool,
 }
 
 impl StatusWriter {
@@ -228,6 +232,7 @@ impl StatusWriter {
             limits,
             slots: Slots::default(),
             me: me.clone(),
+            clear_field_owners: AtomicBool::new(true),
         })
     }
 
@@ -571,14 +576,28 @@ impl StatusWriter {
             if !plan.needs_write() {
                 break (Ok(fr), plan);
             }
-            debug!(
-                events = events.len(),
-                reconciles = reconciles.len(),
-                flush,
-                patch = %plan.patch,
-                "writing the status"
-            );
-            match self.write(key, &fr, &plan.patch).await {
+            // A run the API server tracks field owners of has them cleared first (once per run): the status
+            // write then costs the API server no ownership bookkeeping, and neither does any later one.
+            let untrack =
+                tracks_fields(&fr.metadata) && self.clear_field_owners.load(Ordering::Relaxed);
+            let result = if untrack {
+                self.clear_field_owners(key, &fr).await
+            } else {
+                debug!(
+                    events = events.len(),
+                    reconciles = reconciles.len(),
+                    flush,
+                    patch = %plan.patch,
+                    "writing the status"
+                );
+                self.write(key, &fr, &plan.patch).await
+            };
+            match result {
+                Ok(written) if untrack => {
+                    // Only the version changed: decide again on it (the same plan) and write.
+                    lane.remember_write(&written);
+                    fr = Arc::new(written);
+                }
                 Ok(written) => {
                     lane.remember_write(&written);
                     break (Ok(Arc::new(written)), plan);
@@ -600,6 +619,13 @@ impl StatusWriter {
                         }
                         Err(e) => break (Err(e.to_string()), plan),
                     }
+                }
+                Err(kube::Error::Api(status)) if untrack && (400..500).contains(&status.code) => {
+                    warn!(
+                        error = %status.message,
+                        "the API server refused to clear a FlowRun's managedFields: runs keep them from now on"
+                    );
+                    self.clear_field_owners.store(false, Ordering::Relaxed);
                 }
                 Err(e) => {
                     refused = matches!(&e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409);
@@ -781,6 +807,26 @@ impl StatusWriter {
             .observe(started.elapsed().as_secs_f64());
         let mut fr = result?;
         self.metrics.status_patches.inc();
+        compact(&mut fr);
+        Ok(fr)
+    }
+
+    /// Clears the run's `metadata.managedFields`, fenced by the version of `base`. The API server records
+    /// field owners again only for a server-side apply, so the operator's merge patches that follow are not
+    /// tracked; returns the run as the API server now holds it, compacted.
+    async fn clear_field_owners(&self, key: &Key, base: &FlowRun) -> Result<FlowRun, kube::Error> {
+        let patch = serde_json::json!({
+            "metadata": {"managedFields": [{}], "resourceVersion": base.metadata.resource_version}
+        });
+        let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
+        let mut fr = api
+            .patch(
+                &key.1,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        self.metrics.field_owner_clears.inc();
         compact(&mut fr);
         Ok(fr)
     }

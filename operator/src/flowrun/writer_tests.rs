@@ -328,3 +328,117 @@ async fn a_run_that_does_not_decode_is_failed_once_with_the_reason() {
         .unwrap();
     assert_eq!(patches.lock().unwrap().len(), 1);
 }
+
+/// A fake API server holding one FlowRun `ns/t` whose field owners are tracked, enforcing resourceVersion
+/// preconditions; clearing `managedFields` on the main resource answers `clear` (200 or a refusal). Records
+/// every PATCH as (path, body).
+fn tracked_client(
+    name: &'static str,
+    clear: StatusCode,
+    patches: std::sync::Arc<Mutex<Vec<(String, Value)>>>,
+) -> (Client, Value) {
+    let initial = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": name, "namespace": "ns", "uid": "u", "generation": 1, "resourceVersion": "1",
+                     "managedFields": [{"manager": "kubectl", "operation": "Update",
+                                        "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+        "spec": {"pool": "p", "steps": [{"name": "a", "handler": "h"}]}
+    });
+    let stored = std::sync::Arc::new(Mutex::new(initial.clone()));
+    let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+        let (stored, patches) = (stored.clone(), patches.clone());
+        async move {
+            use http_body_util::BodyExt;
+            let path = req.uri().path().to_owned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let mut object = stored.lock().unwrap();
+            let patch: Value = serde_json::from_slice(&body).unwrap();
+            patches.lock().unwrap().push((path.clone(), patch.clone()));
+            let status =
+                if patch["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
+                    StatusCode::CONFLICT
+                } else if path.ends_with("/status") {
+                    StatusCode::OK
+                } else {
+                    clear
+                };
+            if status == StatusCode::OK {
+                let mut patch = patch;
+                if patch["metadata"]["managedFields"] == json!([{}]) {
+                    patch["metadata"]["managedFields"] = Value::Null;
+                }
+                crate::engine::patch::apply_merge_patch(&mut object, &patch);
+                let rv: u64 = object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                object["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+            }
+            let body = if status == StatusCode::OK {
+                object.clone()
+            } else {
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "code": status.as_u16(), "message": "refused"})
+            };
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            Ok::<_, Infallible>(response)
+        }
+    });
+    (Client::new(service, "default"), initial)
+}
+
+#[tokio::test]
+async fn field_owners_are_cleared_once_before_the_first_status_write() {
+    let patches = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let (client, initial) = tracked_client("t", StatusCode::OK, patches.clone());
+    let writer = writer(client);
+    let observed: FlowRun = serde_json::from_value(initial).unwrap();
+    writer
+        .reconcile("ns", "t", Some(Arc::new(CachedFlowRun::new(observed))))
+        .await
+        .unwrap();
+    let patches = patches.lock().unwrap().clone();
+    let run = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/t";
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert_eq!(patches[0].0, run);
+    assert_eq!(
+        patches[0].1,
+        json!({"metadata": {"managedFields": [{}], "resourceVersion": "1"}}),
+        "only the field owners are cleared, fenced by the version decided on"
+    );
+    assert_eq!(patches[1].0, format!("{run}/status"));
+    assert_eq!(patches[1].1["metadata"]["resourceVersion"], "2");
+    assert_eq!(patches[1].1["status"]["steps"]["a"]["phase"], "Ready");
+    assert_eq!(writer.metrics.field_owner_clears.get(), 1);
+    assert_eq!(writer.metrics.status_patches.get(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_clear_of_field_owners_turns_clearing_off_and_the_status_is_written() {
+    let patches = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let (client, initial) = tracked_client("t", StatusCode::FORBIDDEN, patches.clone());
+    let writer = writer(client);
+    let observed: FlowRun = serde_json::from_value(initial).unwrap();
+    writer
+        .reconcile("ns", "t", Some(Arc::new(CachedFlowRun::new(observed))))
+        .await
+        .unwrap();
+    let paths: Vec<String> = patches
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
+    let run = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/t";
+    assert_eq!(paths, [run.to_owned(), format!("{run}/status")]);
+    assert_eq!(writer.metrics.status_patches.get(), 1);
+    assert!(
+        !writer.clear_field_owners.load(Ordering::Relaxed),
+        "the writer gave up clearing field owners after a refusal"
+    );
+}

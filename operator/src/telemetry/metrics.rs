@@ -49,6 +49,9 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     /// Status patches written (`sluice_status_patches_total`).
     pub status_patches: Counter,
+    /// FlowRuns whose `managedFields` the status writer cleared before their first status write
+    /// (`sluice_field_owner_clears_total`).
+    pub field_owner_clears: Counter,
     /// FlowRun reconciles that started from the writer's own last patch instead of a read, because the
     /// version they saw was that patch's (`sluice_flowrun_reads_saved_total`).
     pub own_write_reconciles: Counter,
@@ -118,6 +121,12 @@ impl Metrics {
             "status_patches",
             "FlowRun status patches written",
             status_patches.clone(),
+        );
+        let field_owner_clears = Counter::default();
+        registry.register(
+            "field_owner_clears",
+            "FlowRuns whose managedFields the status writer cleared before their first status write",
+            field_owner_clears.clone(),
         );
         let own_write_reconciles = Counter::default();
         registry.register(
@@ -197,6 +206,7 @@ impl Metrics {
             step_outcomes,
             reconcile_errors,
             status_patches,
+            field_owner_clears,
             own_write_reconciles,
             registry: Arc::new(registry),
         }

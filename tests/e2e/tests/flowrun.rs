@@ -181,6 +181,58 @@ async fn a_chain_of_handler_steps_succeeds_with_outputs_in_status() -> Result<()
     s.finish().await
 }
 
+/// The API server records field owners of a FlowRun when it is created; the operator clears them before the
+/// run's first status write, and none of its writes records any again (each would cost the API server
+/// ownership bookkeeping on every step).
+#[tokio::test]
+async fn a_run_keeps_no_field_owners_once_the_operator_writes_it() -> Result<()> {
+    let s = setup("fr-owners").await?;
+    let fr: FlowRun = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": "owners"},
+        "spec": {"pool": "pool", "input": {"n": 1}, "steps": [
+            {"name": "first", "handler": "double", "input": {"n": "${{ input.n }}"}},
+            {"name": "second", "dependsOn": ["first"], "handler": "double",
+             "input": {"n": "${{ steps.first.output.n }}"}}
+        ]}
+    }))?;
+    let created = s
+        .api
+        .create(
+            &PostParams {
+                field_manager: Some("e2e".into()),
+                ..Default::default()
+            },
+            &fr,
+        )
+        .await?;
+    let managers = |fr: &FlowRun| -> Vec<String> {
+        fr.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|entry| entry.manager.clone())
+            .collect()
+    };
+    assert_eq!(
+        managers(&created),
+        ["e2e"],
+        "the API server tracks the creator"
+    );
+    let done = wait_phase(&s.api, "owners", FlowPhase::Succeeded).await?;
+    assert_eq!(
+        managers(&done),
+        Vec::<String>::new(),
+        "field owners left on the run after {} status writes",
+        done.status.as_ref().map_or(0, |st| st.steps.len() + 1)
+    );
+    assert_eq!(
+        done.status.unwrap().steps["second"].output,
+        Some(json!({"n": 4}))
+    );
+    s.finish().await
+}
+
 #[tokio::test]
 async fn retries_with_backoff_then_succeeds_and_non_retryable_fails_at_once() -> Result<()> {
     let s = setup("fr-retry").await?;
