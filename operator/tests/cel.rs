@@ -78,58 +78,56 @@ fn a_flow_using_every_kind_of_step_is_accepted() {
     })));
 }
 
-// Duplicate step names and dependsOn entries that name no step are refused by the chart's step-graph policy,
-// whose messages name them (tests/e2e/bad-input, on the real API server), not by the CRD's rules.
+// Duplicate step names, dependsOn entries that name no step, steps that do nothing or more than one thing,
+// sleep next to until, a step in its own dependsOn and handler steps without a pool are refused by the chart's
+// step-graph policy, whose messages name them (tests/e2e/bad-input, on the real API server), not by the CRD's
+// rules: those run on every status write too.
 
-#[test]
-fn depends_on_itself_is_refused() {
-    refused(
-        flowrun_errors(spec(json!([
-            {"name": "charge", "handler": "charge_payment", "dependsOn": ["charge"]},
-        ]))),
-        "spec.steps[0].dependsOn: step charge depends on itself: remove charge from its dependsOn",
-    );
+/// Every rule of the FlowRun CRD that the API server evaluates per step, found by walking the schema.
+fn rules_under(schema: &Value, path: &str, found: &mut Vec<String>) {
+    if let Some(rules) = schema["x-kubernetes-validations"].as_array() {
+        for rule in rules {
+            found.push(format!("{path}: {}", rule["rule"]));
+        }
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (name, sub) in props {
+            rules_under(sub, &format!("{path}.{name}"), found);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if schema[key].is_object() {
+            rules_under(&schema[key], &format!("{path}[]"), found);
+        }
+    }
 }
 
 #[test]
-fn a_step_that_does_nothing_is_refused() {
-    refused(
-        flowrun_errors(spec(json!([{"name": "idle"}]))),
-        "spec.steps[0]: step idle does nothing: set exactly one of handler, waitForSignal, sleep, until or flow",
+fn no_flowrun_rule_reads_the_fields_of_each_step() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(FlowRun::crd()).unwrap();
+    let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut rules = Vec::new();
+    rules_under(root, "", &mut rules);
+    // Rules on a step's own string fields (its name, handler, durations) read one value; a rule on the step
+    // object reads its fields through a schema lookup each, on every status write of the run.
+    let per_step: Vec<&String> = rules
+        .iter()
+        .filter(|r| {
+            let (path, rule) = r.split_once(": ").unwrap();
+            (path == ".spec.steps[]" || path == ".spec.onExit[]" || rule.contains("steps.all("))
+                || (path == ".spec"
+                    && rule.contains("self.steps.")
+                    && !rule.contains("size(self.steps)"))
+        })
+        .collect();
+    assert!(
+        per_step.is_empty(),
+        "rules evaluated per step on every write: {per_step:#?}"
     );
-}
-
-#[test]
-fn a_step_that_does_two_things_is_refused() {
-    let two = "spec.steps[0]: step busy sets more than one of handler, waitForSignal, sleep/until and flow: \
-               a step does one thing, split it into several steps";
-    refused(
-        flowrun_errors(spec(
-            json!([{"name": "busy", "handler": "charge_payment", "sleep": "1s"}]),
-        )),
-        two,
-    );
-    refused(
-        flowrun_errors(spec(json!([
-            {"name": "busy", "waitForSignal": {"name": "go"}, "flow": {"spec": {}}},
-        ]))),
-        two,
-    );
-    refused(
-        flowrun_errors(spec(json!([
-            {"name": "busy", "handler": "h", "waitForSignal": {"name": "go"}, "until": "2026-01-01T00:00:00Z"},
-        ]))),
-        two,
-    );
-}
-
-#[test]
-fn sleep_and_until_together_are_refused() {
-    refused(
-        flowrun_errors(spec(json!([
-            {"name": "nap", "sleep": "1h", "until": "2026-12-01T09:00:00Z"},
-        ]))),
-        "spec.steps[0]: step nap sets both sleep and until: keep one of them",
+    assert!(
+        rules.iter().any(|r| r.starts_with(".spec.steps[].name: ")),
+        "the walk finds the step name rule: {rules:#?}"
     );
 }
 
@@ -222,22 +220,6 @@ fn zero_timeouts_are_refused() {
     let mut s = spec(json!([{"name": "a", "sleep": "0s"}, {"name": "b", "handler": "h"}]));
     s["defaults"] = json!({"retry": {"initialBackoff": "0s"}});
     accepted(flowrun_errors(s));
-}
-
-#[test]
-fn handler_steps_need_a_pool() {
-    let steps = json!([{"name": "charge", "handler": "charge_payment"}]);
-    refused(
-        flowrun_errors(json!({"steps": steps})),
-        "spec.pool: spec.pool is required when a handler step sets no pool of its own: set spec.pool to the \
-         name of a WorkerPool",
-    );
-    accepted(flowrun_errors(json!({
-        "steps": [{"name": "charge", "handler": "charge_payment", "pool": "payments"}],
-    })));
-    accepted(flowrun_errors(
-        json!({"steps": [{"name": "nap", "sleep": "1s"}]}),
-    ));
 }
 
 /// The largest FlowRun the schema allows for the list rules: 200 steps with 63-character names, each
@@ -338,19 +320,14 @@ fn zero_heartbeat_timeout_of_a_pool_is_refused() {
 #[test]
 fn engine_validation_refuses_what_the_rules_refuse() {
     use sluice_operator::api::FlowRunSpec;
-    // The step graph's own checks (unique names, known dependsOn entries) are the step-graph policy's and the
+    // The checks of the steps as a whole and of what each step does are the step-graph policy's and the
     // engine's: see `the_engine_refuses_what_the_step_graph_policy_refuses`.
     let cases = [
-        spec(json!([{"name": "a", "sleep": "1s", "dependsOn": ["a"]}])),
-        spec(json!([{"name": "a"}])),
-        spec(json!([{"name": "a", "handler": "h", "sleep": "1s"}])),
-        spec(json!([{"name": "a", "sleep": "1s", "until": "2026-12-01T09:00:00Z"}])),
         spec(json!([{"name": "Cooling_Off", "sleep": "1s"}])),
         spec(json!([{"name": "a", "handler": ""}])),
         spec(json!([{"name": "a", "waitForSignal": {"name": ""}}])),
         spec(json!([{"name": "a", "until": "tomorrow"}])),
         spec(json!([{"name": "a", "handler": "h", "timeout": "0s"}])),
-        json!({"steps": [{"name": "a", "handler": "h"}]}),
     ];
     let mut missed = vec![];
     for case in cases {
@@ -456,6 +433,26 @@ fn the_engine_refuses_what_the_step_graph_policy_refuses() {
         (
             spec(json!([{"name": "a", "sleep": "1s", "dependsOn": ["b"]}])),
             "spec.steps[0].dependsOn[0]: unknown step \"b\"",
+        ),
+        (
+            spec(json!([{"name": "a", "sleep": "1s", "dependsOn": ["a"]}])),
+            "step \"a\" depends on itself",
+        ),
+        (
+            spec(json!([{"name": "a"}])),
+            "spec.steps[0]: a step does exactly one of handler, waitForSignal, sleep or until, flow; found: none",
+        ),
+        (
+            spec(json!([{"name": "a", "handler": "h", "sleep": "1s"}])),
+            "spec.steps[0]: a step does exactly one of handler, waitForSignal, sleep or until, flow; found: handler, sleep",
+        ),
+        (
+            spec(json!([{"name": "a", "sleep": "1s", "until": "2026-12-01T09:00:00Z"}])),
+            "spec.steps[0]: a step does exactly one of handler, waitForSignal, sleep or until, flow; found: sleep, until",
+        ),
+        (
+            json!({"steps": [{"name": "a", "handler": "h"}]}),
+            "spec.steps[0].pool: a handler step needs a WorkerPool",
         ),
     ] {
         assert!(

@@ -128,10 +128,11 @@ fn bad_input_is_refused_naming_the_field() {
     assert!(cronflow_errors(&"x".repeat(242), with_schedule("0 3 * * *", None)).is_empty());
     // The FlowRun template's own rules apply.
     let mut spec = with_schedule("0 3 * * *", None);
-    spec["flowRun"]["spec"]["steps"] = json!([{"name": "idle"}]);
+    spec["flowRun"]["spec"]["steps"] = json!([{"name": "Idle", "sleep": "1s"}]);
     refused(
         "nightly",
         spec,
-        "spec.flowRun.spec.steps[0]: step idle does nothing: set exactly one of handler, waitForSignal, sleep, until or flow",
+        "spec.flowRun.spec.steps[0].name: step name must be a DNS label: lower-case letters, digits and '-', \
+         starting and ending with a letter or digit (e.g. cooling-off)",
     );
 }

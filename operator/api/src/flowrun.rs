@@ -58,15 +58,11 @@ use crate::{TemplateRef, TemplateSource};
         .message("a flow needs steps: list them in spec.steps, or set spec.templateRef to run a FlowTemplate")
         .field_path(".steps")
         .reason(Reason::FieldValueRequired),
-    // Unique step names and dependsOn entries that name steps are checked by the chart's step-graph
-    // ValidatingAdmissionPolicy, whose messages name the culprits (a CRD rule's message cannot, within the API
-    // server's cost budget), and by the operator before a run starts (reason Invalid, naming them too).
-    validation = Rule::new("has(self.pool) || !has(self.steps) || self.steps.all(s, !has(s.handler) || has(s.pool))")
-        .message(
-            "spec.pool is required when a handler step sets no pool of its own: set spec.pool to the name of a WorkerPool"
-        )
-        .field_path(".pool")
-        .reason(Reason::FieldValueRequired),
+    // Unique step names, dependsOn entries that name steps, what each step does and a pool for every handler
+    // step are checked by the chart's step-graph ValidatingAdmissionPolicy, whose messages name the culprits,
+    // and by the operator before a run starts (reason Invalid, naming them too). Not here: the API server
+    // evaluates a CRD's rules on every write, status writes included, and rules that look into each step
+    // (`has(...)` on its fields) cost a FlowRun's per-step status write more than the rest of its validation.
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FlowRunSpec {
@@ -256,31 +252,9 @@ pub struct RetryPolicy {
 
 /// One step of a flow. A step does exactly one thing: run a `handler`, wait for a signal (`waitForSignal`),
 /// sleep (`sleep` or `until`), or run a child flow (`flow`).
+// That it does exactly one, sleeps or waits until (not both) and does not depend on itself is checked by the
+// chart's step-graph policy and by the operator, not by rules here: see FlowRunSpec.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(
-    validation = Rule::new(
-        "has(self.handler) || has(self.waitForSignal) || has(self.sleep) || has(self.until) || has(self.flow)"
-    )
-    .message(Message::Expression(
-        "'step ' + self.name + ' does nothing: set exactly one of handler, waitForSignal, sleep, until or flow'".into()
-    ))
-    .reason(Reason::FieldValueRequired),
-    validation = Rule::new(
-        "(has(self.handler) ? 1 : 0) + (has(self.waitForSignal) ? 1 : 0) + (has(self.sleep) || has(self.until) ? 1 : 0) + (has(self.flow) ? 1 : 0) <= 1"
-    )
-    .message(Message::Expression(
-        "'step ' + self.name + ' sets more than one of handler, waitForSignal, sleep/until and flow: a step does one thing, split it into several steps'".into()
-    )),
-    validation = Rule::new("!has(self.sleep) || !has(self.until)")
-        .message(Message::Expression(
-            "'step ' + self.name + ' sets both sleep and until: keep one of them'".into()
-        )),
-    validation = Rule::new("!has(self.dependsOn) || !(self.name in self.dependsOn)")
-        .message(Message::Expression(
-            "'step ' + self.name + ' depends on itself: remove ' + self.name + ' from its dependsOn'".into()
-        ))
-        .field_path(".dependsOn"),
-)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     /// Name of the step, unique in the flow; the key of its entry in `status.steps`. Lower-case letters,
