@@ -3,17 +3,19 @@
 //! Every figure is measured in the same run as its baseline, so the ratios stay meaningful on any machine. The
 //! operator (status writer, controller, broker over real HTTP on loopback) runs in this process through the
 //! same wiring as `sluice-operator run`; four in-process SDK workers with 16 slots each run the handlers, which
-//! return at once. Phases, one after the other:
-//! - **baseline**: status PATCHes per second the API server takes (1 writer, and 8 concurrent writers);
+//! return at once. Phases, one after the other, each run `SLUICE_BENCH_ROUNDS` (5) times:
+//! - **baseline**: status PATCHes per second the API server takes (1 writer, and 8 concurrent writers), and
+//!   the PATCH rate of a realistic 20-step run, with and without its field owners;
 //! - **latency**: 1 flow, then 4 flows, of 20 chained steps: from a handler starting to the next step's handler
-//!   starting (result reported, persisted, next attempt decided and persisted, handed to a worker), p50/p99;
-//! - **throughput**: `SLUICE_BENCH_FLOWS` (40) chains of `SLUICE_BENCH_STEPS` (10) steps; steps/s over the
+//!   starting (result reported, persisted, next attempt decided and persisted, handed to a worker), p50/p99
+//!   over every round's gaps;
+//! - **throughput**: `SLUICE_BENCH_FLOWS` (40) chains of `SLUICE_BENCH_STEPS` (5) steps; steps/s over the
 //!   middle 80% of the step starts after the last FlowRun was created, and its ratio to the 8-writer PATCH
-//!   rate (a chain step needs at least one status write);
-//! - **fan-out**: one forEach of `SLUICE_BENCH_FANOUT` (1,000) instances: instances/s and its ratio (many
-//!   instance results share one write);
+//!   rate measured just before that round (a chain step needs at least one status write); the median round;
+//! - **fan-out**: one forEach of `SLUICE_BENCH_FANOUT` (1,000) instances a round: instances/s and its ratio to
+//!   the PATCH rate measured just before (many instance results share one write); the median round;
 //! - **cost**: the operator's own API requests per step during the throughput phase (PATCH, GET, other),
-//!   counted by its client.
+//!   counted by its client, and how many of the PATCHes were status writes.
 //!
 //! Prints one table and writes it as JSON to `target/bench/flows.json` for comparison across commits.
 
@@ -31,7 +33,7 @@ use sluice_e2e::{
 use sluice_operator::api::{FlowPhase, FlowRun};
 
 mod common;
-use common::{Timings, chain, env_or, ms, patch_rate, percentile, start_workers};
+use common::{Timings, chain, env_or, median, ms, patch_rate, percentile, start_workers};
 
 /// Sequential status PATCHes per second on a FlowRun shaped like the latency phase's runs: 20 steps in the
 /// spec, a status with 20 step entries and the four conditions, each PATCH changing one step and the
@@ -195,10 +197,20 @@ async fn run_all(
     Ok(created)
 }
 
+/// A counter's value in the Prometheus text the operator serves (0 when it is not there).
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[derive(serde::Serialize)]
 struct Latency {
     flows: usize,
     steps: usize,
+    rounds: usize,
     p50_ms: f64,
     p99_ms: f64,
     samples: usize,
@@ -210,6 +222,23 @@ struct Latency {
     queue_wait_mean_ms: f64,
 }
 
+/// One round of a phase measured against the 8-writer PATCH rate taken just before it.
+#[derive(serde::Serialize)]
+struct Round {
+    per_second: f64,
+    baseline: f64,
+    ratio: f64,
+}
+
+/// Median, lowest and highest ratio of some rounds, as printed.
+fn spread(rounds: &[Round]) -> (f64, f64, f64, f64) {
+    let ratios: Vec<f64> = rounds.iter().map(|r| r.ratio).collect();
+    let rates: Vec<f64> = rounds.iter().map(|r| r.per_second).collect();
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(&rates), median(&ratios), lo, hi)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -219,8 +248,11 @@ async fn main() -> Result<()> {
             .init();
     }
     let flows = env_or("SLUICE_BENCH_FLOWS", 40);
-    let steps = env_or("SLUICE_BENCH_STEPS", 10);
+    let steps = env_or("SLUICE_BENCH_STEPS", 5);
     let fanout = env_or("SLUICE_BENCH_FANOUT", 1000);
+    // Each phase runs this many times; throughput and fan-out rounds are each measured against the 8-writer
+    // PATCH rate taken just before them, so a machine that speeds up or slows down moves both alike.
+    let rounds = env_or("SLUICE_BENCH_ROUNDS", 5).max(1);
     let client = cluster().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::new("bench").await?;
@@ -228,6 +260,7 @@ async fn main() -> Result<()> {
 
     // Baseline first, with nothing else running.
     let window = Duration::from_secs(5);
+    let round_window = Duration::from_secs(2);
     let seq_rate = patch_rate(&api, 1, window).await?;
     let conc_rate = patch_rate(&api, 8, window).await?;
     let realistic_rate = realistic_patch_rate(&api, window, false).await?;
@@ -238,16 +271,29 @@ async fn main() -> Result<()> {
     let timings = Arc::new(Timings::default());
     let workers = start_workers(&url, &format!("{}/pool", ns.name()), 4, 16, &timings);
 
-    // Latency: 1 flow, then 4, of 20 chained steps.
+    // Latency: 1 flow, then 4, of 20 chained steps, `rounds` times each.
     let mut latency = Vec::new();
     for (n, label) in [(1usize, "lat1"), (4, "lat4")] {
         let before = operator.metrics().encode();
-        run_all(&api, &timings, chain(label, n, 20, label)?, label, n * 20).await?;
+        let mut gaps = Vec::new();
+        for r in 0..rounds {
+            let label = format!("{label}r{r}");
+            run_all(
+                &api,
+                &timings,
+                chain(&label, n, 20, &label)?,
+                &label,
+                n * 20,
+            )
+            .await?;
+            gaps.extend(timings.chain_gaps(&label, n, 20));
+        }
+        gaps.sort();
         let after = operator.metrics().encode();
-        let gaps = timings.chain_gaps(label, n, 20);
         latency.push(Latency {
             flows: n,
             steps: 20,
+            rounds,
             p50_ms: ms(percentile(&gaps, 50.0)),
             p99_ms: ms(percentile(&gaps, 99.0)),
             samples: gaps.len(),
@@ -259,51 +305,60 @@ async fn main() -> Result<()> {
 
     // Throughput: many chains; steps that start after the last create, until the last one ends.
     let requests_before = operator.metrics().api_requests_by_verb();
-    let writes_before = (
-        operator.metrics().status_patches.get(),
-        operator.metrics().field_owner_clears.get(),
-    );
-    let created = run_all(
-        &api,
-        &timings,
-        chain("tput", flows, steps, "tput")?,
-        "tput",
-        flows * steps,
-    )
-    .await?;
+    let metrics_before = operator.metrics().encode();
+    let mut throughput = Vec::new();
+    let mut whole_window = Vec::new();
+    for r in 0..rounds {
+        let baseline = patch_rate(&api, 8, round_window).await?;
+        let label = format!("tput{r}");
+        let created = run_all(
+            &api,
+            &timings,
+            chain(&label, flows, steps, &label)?,
+            &label,
+            flows * steps,
+        )
+        .await?;
+        // The steady middle: steps started after the last create, between the 10th and the 90th percentile
+        // of their start times (the ramp-up and the last stragglers left out).
+        let mut starts: Vec<Instant> = (0..flows)
+            .flat_map(|f| timings.of(&format!("{label}-{f}")))
+            .map(|span| span.start)
+            .filter(|start| *start >= created)
+            .collect();
+        starts.sort();
+        let in_window = starts.len();
+        let (lo, hi) = (in_window / 10, in_window * 9 / 10);
+        // And over the whole window from the last create to the last handler's end.
+        let last_end = (0..flows)
+            .flat_map(|f| timings.of(&format!("{label}-{f}")))
+            .map(|span| span.end)
+            .max()
+            .unwrap_or(created);
+        let whole = in_window as f64 / last_end.duration_since(created).as_secs_f64().max(1e-3);
+        let steps_per_s = if hi > lo + 1 {
+            (hi - lo) as f64
+                / starts[hi]
+                    .duration_since(starts[lo])
+                    .as_secs_f64()
+                    .max(1e-3)
+        } else {
+            0.0
+        };
+        throughput.push(Round {
+            per_second: steps_per_s,
+            baseline,
+            ratio: steps_per_s / baseline,
+        });
+        whole_window.push(Round {
+            per_second: whole,
+            baseline,
+            ratio: whole / baseline,
+        });
+    }
     let requests_after = operator.metrics().api_requests_by_verb();
-    let status_writes_per_step =
-        (operator.metrics().status_patches.get() - writes_before.0) as f64 / (flows * steps) as f64;
-    let clears_per_step = (operator.metrics().field_owner_clears.get() - writes_before.1) as f64
-        / (flows * steps) as f64;
-    // The steady middle: steps started after the last create, between the 10th and the 90th percentile of
-    // their start times (the ramp-up and the last stragglers left out).
-    let mut starts: Vec<Instant> = (0..flows)
-        .flat_map(|f| timings.of(&format!("tput-{f}")))
-        .map(|span| span.start)
-        .filter(|start| *start >= created)
-        .collect();
-    starts.sort();
-    let in_window = starts.len();
-    let (lo, hi) = (in_window / 10, in_window * 9 / 10);
-    // And over the whole window from the last create to the last handler's end (the earlier definition).
-    let last_end = (0..flows)
-        .flat_map(|f| timings.of(&format!("tput-{f}")))
-        .map(|span| span.end)
-        .max()
-        .unwrap_or(created);
-    let whole_window_rate =
-        in_window as f64 / last_end.duration_since(created).as_secs_f64().max(1e-3);
-    let steps_per_s = if hi > lo + 1 {
-        (hi - lo) as f64
-            / starts[hi]
-                .duration_since(starts[lo])
-                .as_secs_f64()
-                .max(1e-3)
-    } else {
-        0.0
-    };
-    let total_steps = (flows * steps) as f64;
+    let metrics_after = operator.metrics().encode();
+    let total_steps = (rounds * flows * steps) as f64;
     let cost: BTreeMap<&str, f64> = requests_after
         .iter()
         .map(|(verb, after)| {
@@ -318,34 +373,49 @@ async fn main() -> Result<()> {
         .filter(|(v, _)| !matches!(**v, "patch" | "get" | "watch"))
         .map(|(_, c)| c)
         .sum();
+    let per_step =
+        |name: &str| (counter(&metrics_after, name) - counter(&metrics_before, name)) / total_steps;
+    let status_writes_per_step = per_step("sluice_status_patches_total");
+    let clears_per_step = per_step("sluice_field_owner_clears_total");
 
-    // Fan-out: one forEach.
-    let fan: FlowRun = serde_json::from_value(json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
-        "metadata": {"name": "fanout-0", "labels": {"sluice.dev/bench": "fanout"}},
-        "spec": {"pool": "pool", "input": {"items": (0..fanout).collect::<Vec<_>>()}, "steps": [{
-            "name": "each", "handler": "step", "maxParallel": 64,
-            "forEach": "${{ input.items }}",
-            "input": {"i": "${{ item }}"}
-        }]}
-    }))
-    .context("the fan-out FlowRun")?;
-    run_all(&api, &timings, vec![fan], "fanout", fanout).await?;
-    let spans = timings.of("fanout-0");
-    let first = spans
-        .iter()
-        .map(|span| span.start)
-        .min()
-        .context("no instance ran")?;
-    let last = spans
-        .iter()
-        .map(|span| span.end)
-        .max()
-        .context("no instance ran")?;
-    let instances_per_s = spans.len() as f64 / last.duration_since(first).as_secs_f64().max(1e-3);
+    // Fan-out: one forEach per round.
+    let mut fan_rounds = Vec::new();
+    for r in 0..rounds {
+        let baseline = patch_rate(&api, 8, round_window).await?;
+        let label = format!("fanout{r}");
+        let fan: FlowRun = serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": format!("{label}-0"), "labels": {"sluice.dev/bench": label}},
+            "spec": {"pool": "pool", "input": {"items": (0..fanout).collect::<Vec<_>>()}, "steps": [{
+                "name": "each", "handler": "step", "maxParallel": 64,
+                "forEach": "${{ input.items }}",
+                "input": {"i": "${{ item }}"}
+            }]}
+        }))
+        .context("the fan-out FlowRun")?;
+        run_all(&api, &timings, vec![fan], &label, fanout).await?;
+        let spans = timings.of(&format!("{label}-0"));
+        let first = spans
+            .iter()
+            .map(|span| span.start)
+            .min()
+            .context("no instance ran")?;
+        let last = spans
+            .iter()
+            .map(|span| span.end)
+            .max()
+            .context("no instance ran")?;
+        let instances_per_s =
+            spans.len() as f64 / last.duration_since(first).as_secs_f64().max(1e-3);
+        fan_rounds.push(Round {
+            per_second: instances_per_s,
+            baseline,
+            ratio: instances_per_s / baseline,
+        });
+    }
 
     println!(
-        "sluice bench: 4 in-process workers x 16 slots, handlers return at once, one API server"
+        "sluice bench: 4 in-process workers x 16 slots, handlers return at once, one API server; {rounds} rounds a phase"
     );
     println!("| phase | figure | value | ratio |");
     println!("|---|---|---|---|");
@@ -362,9 +432,10 @@ async fn main() -> Result<()> {
     );
     for l in &latency {
         println!(
-            "| latency | {} flow(s) x {} steps, handler start to next start | p50 {:.1} ms / p99 {:.1} ms | p50 = {:.2} sequential PATCHes (PATCH mean {:.1} ms, half under {} ms; mean queue wait {:.1} ms) |",
+            "| latency | {} flow(s) x {} steps, handler start to next start ({} gaps) | p50 {:.1} ms / p99 {:.1} ms | p50 = {:.2} sequential PATCHes (PATCH mean {:.1} ms, half under {} ms; mean queue wait {:.1} ms) |",
             l.flows,
             l.steps,
+            l.samples,
             l.p50_ms,
             l.p99_ms,
             l.p50_ms / 1000.0 * seq_rate,
@@ -373,24 +444,25 @@ async fn main() -> Result<()> {
             l.queue_wait_mean_ms
         );
     }
+    let (rate, ratio, lo, hi) = spread(&throughput);
     println!(
-        "| throughput | {flows} chains x {steps} steps, steady middle after the last create | {steps_per_s:.1} steps/s | {:.3} |",
-        steps_per_s / conc_rate
+        "| throughput | {flows} chains x {steps} steps, steady middle after the last create (median of {rounds}) | {rate:.1} steps/s | {ratio:.3} (rounds {lo:.3}-{hi:.3}) |"
     );
+    let (rate, ratio, lo, hi) = spread(&whole_window);
     println!(
-        "| throughput | the same, whole window from the last create to the last step's end | {whole_window_rate:.1} steps/s | {:.3} |",
-        whole_window_rate / conc_rate
+        "| throughput | the same, whole window from the last create to the last step's end | {rate:.1} steps/s | {ratio:.3} (rounds {lo:.3}-{hi:.3}) |"
     );
+    let (rate, ratio, lo, hi) = spread(&fan_rounds);
     println!(
-        "| fan-out | forEach of {fanout} | {instances_per_s:.1} instances/s | {:.3} |",
-        instances_per_s / conc_rate
+        "| fan-out | forEach of {fanout} (median of {rounds}) | {rate:.1} instances/s | {ratio:.3} (rounds {lo:.3}-{hi:.3}) |"
     );
     println!(
         "| cost | API requests per chain step | PATCH {patch_per_step:.2}, GET {get_per_step:.2}, other {other_per_step:.2} | PATCH per run of {steps} steps: {:.2} |",
         patch_per_step * steps as f64
     );
     println!(
-        "| cost | of the PATCHes per chain step | status {status_writes_per_step:.2}, field owners cleared {clears_per_step:.2} | |"
+        "| cost | of the PATCHes per chain step | status {status_writes_per_step:.2}, field owners cleared {clears_per_step:.2} | status writes per run: {:.2} |",
+        status_writes_per_step * steps as f64
     );
 
     let report = json!({
@@ -398,11 +470,11 @@ async fn main() -> Result<()> {
                      "patchPerSecond20StepRun": realistic_rate,
                      "patchPerSecond20StepRunOwnersCleared": cleared_rate},
         "latency": latency,
-        "throughput": {"flows": flows, "steps": steps, "stepsPerSecond": steps_per_s,
-                       "stepsPerSecondWholeWindow": whole_window_rate,
-                       "ratio": steps_per_s / conc_rate, "stepsInWindow": in_window},
-        "fanout": {"instances": fanout, "instancesPerSecond": instances_per_s,
-                   "ratio": instances_per_s / conc_rate},
+        "throughput": {"flows": flows, "steps": steps, "rounds": throughput,
+                       "wholeWindowRounds": whole_window,
+                       "ratio": spread(&throughput).1, "stepsPerSecond": spread(&throughput).0},
+        "fanout": {"instances": fanout, "rounds": fan_rounds,
+                   "ratio": spread(&fan_rounds).1, "instancesPerSecond": spread(&fan_rounds).0},
         "cost": {"requestsPerStep": cost, "statusWritesPerStep": status_writes_per_step,
                  "fieldOwnerClearsPerStep": clears_per_step},
     });

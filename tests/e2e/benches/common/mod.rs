@@ -186,7 +186,7 @@ pub fn chain(prefix: &str, flows: usize, steps: usize, label: &str) -> Result<Ve
 }
 
 /// Status PATCHes per second on FlowRun objects, from `writers` concurrent writers (one object each) for
-/// `window`.
+/// `window`. Calling it again writes the same objects.
 pub async fn patch_rate(api: &Api<FlowRun>, writers: usize, window: Duration) -> Result<f64> {
     let mut names = Vec::new();
     for i in 0..writers {
@@ -197,7 +197,12 @@ pub async fn patch_rate(api: &Api<FlowRun>, writers: usize, window: Duration) ->
             // A sleep far in the future: no operator runs in this phase, the object only takes writes.
             "spec": {"steps": [{"name": "idle", "sleep": "1000h"}]}
         }))?;
-        api.create(&PostParams::default(), &fr).await?;
+        // Measured again between rounds: the objects of an earlier call are written again.
+        match api.create(&PostParams::default(), &fr).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
         names.push(name);
     }
     let start = Instant::now();
@@ -214,6 +219,17 @@ pub async fn patch_rate(api: &Api<FlowRun>, writers: usize, window: Duration) ->
     .await;
     let total: u64 = counts.into_iter().sum::<Result<u64, _>>()?;
     Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The median of some figures (0 for none).
+pub fn median(figures: &[f64]) -> f64 {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 /// The `p`th percentile of sorted durations.
