@@ -257,14 +257,18 @@ async fn main() -> Result<()> {
     install_crds(&client).await?;
     let ns = TestNamespace::new("bench").await?;
     let api: Api<FlowRun> = ns.api();
+    // The baseline's objects live where the operator does not look: between rounds it runs, and it would
+    // answer every baseline write to a run it watches with writes of its own.
+    let base_ns = TestNamespace::new("bench-base").await?;
+    let base: Api<FlowRun> = base_ns.api();
 
     // Baseline first, with nothing else running.
     let window = Duration::from_secs(5);
     let round_window = Duration::from_secs(2);
-    let seq_rate = patch_rate(&api, 1, window).await?;
-    let conc_rate = patch_rate(&api, 8, window).await?;
-    let realistic_rate = realistic_patch_rate(&api, window, false).await?;
-    let cleared_rate = realistic_patch_rate(&api, window, true).await?;
+    let seq_rate = patch_rate(&base, 1, window).await?;
+    let conc_rate = patch_rate(&base, 8, window).await?;
+    let realistic_rate = realistic_patch_rate(&base, window, false).await?;
+    let cleared_rate = realistic_patch_rate(&base, window, true).await?;
 
     let operator = InProcessOperator::start(ns.client(), ns.name()).await?;
     let url = operator.broker_url().to_owned();
@@ -309,7 +313,7 @@ async fn main() -> Result<()> {
     let mut throughput = Vec::new();
     let mut whole_window = Vec::new();
     for r in 0..rounds {
-        let baseline = patch_rate(&api, 8, round_window).await?;
+        let baseline = patch_rate(&base, 8, round_window).await?;
         let label = format!("tput{r}");
         let created = run_all(
             &api,
@@ -381,7 +385,7 @@ async fn main() -> Result<()> {
     // Fan-out: one forEach per round.
     let mut fan_rounds = Vec::new();
     for r in 0..rounds {
-        let baseline = patch_rate(&api, 8, round_window).await?;
+        let baseline = patch_rate(&base, 8, round_window).await?;
         let label = format!("fanout{r}");
         let fan: FlowRun = serde_json::from_value(json!({
             "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
@@ -491,5 +495,6 @@ async fn main() -> Result<()> {
         w.shutdown();
     }
     ns.cleanup().await?;
+    base_ns.cleanup().await?;
     Ok(())
 }
