@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sluice_e2e::{
     InProcessOperator, TestNamespace, cluster, install_crds, repo_root, wait_for_list,
@@ -197,6 +197,26 @@ async fn run_all(
     Ok(created)
 }
 
+/// Deletes the runs labelled `sluice.dev/bench=label` and waits until they are gone, so that no round measures
+/// while the API server still deletes an earlier one's objects.
+async fn delete_round(api: &Api<FlowRun>, label: &str) -> Result<()> {
+    let selector = format!("sluice.dev/bench={label}");
+    api.delete_collection(
+        &DeleteParams::background(),
+        &ListParams::default().labels(&selector),
+    )
+    .await?;
+    wait_for_list(
+        api,
+        kube::runtime::watcher::Config::default().labels(&selector),
+        |frs: &[FlowRun]| frs.is_empty(),
+        Duration::from_secs(120),
+        &format!("the {label} runs to be deleted"),
+    )
+    .await?;
+    Ok(())
+}
+
 /// A counter's value in the Prometheus text the operator serves (0 when it is not there).
 fn counter(metrics: &str, name: &str) -> f64 {
     metrics
@@ -359,6 +379,7 @@ async fn main() -> Result<()> {
             baseline,
             ratio: whole / baseline,
         });
+        delete_round(&api, &label).await?;
     }
     let requests_after = operator.metrics().api_requests_by_verb();
     let metrics_after = operator.metrics().encode();
@@ -416,6 +437,7 @@ async fn main() -> Result<()> {
             baseline,
             ratio: instances_per_s / baseline,
         });
+        delete_round(&api, &label).await?;
     }
 
     println!(
