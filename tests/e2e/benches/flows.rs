@@ -217,6 +217,14 @@ async fn delete_round(api: &Api<FlowRun>, label: &str) -> Result<()> {
     Ok(())
 }
 
+/// Seconds since the Unix epoch, to line a round up with other records of the machine.
+fn epoch_seconds() -> String {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:.1}", since.as_secs_f64())
+}
+
 /// A counter's value in the Prometheus text the operator serves (0 when it is not there).
 fn counter(metrics: &str, name: &str) -> f64 {
     metrics
@@ -369,6 +377,11 @@ async fn main() -> Result<()> {
         } else {
             0.0
         };
+        eprintln!(
+            "throughput round {r}: {steps_per_s:.1} steps/s against {baseline:.1} PATCH/s ({:.3}), ended {}",
+            steps_per_s / baseline,
+            epoch_seconds()
+        );
         throughput.push(Round {
             per_second: steps_per_s,
             baseline,
