@@ -32,6 +32,15 @@ fn run() -> Value {
     serde_json::to_value(&fr).unwrap()
 }
 
+/// A JSON answer of the fake API servers below.
+fn reply(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
 /// Answers GETs and status patches of `ns/c` with [`run`], anything else with 404.
 fn client() -> Client {
     let service = tower::service_fn(|req: Request<kube::client::Body>| async move {
@@ -45,12 +54,7 @@ fn client() -> Client {
                 "reason": "NotFound", "code": 404, "message": "not found"});
             (StatusCode::NOT_FOUND, missing)
         };
-        let response = Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        Ok::<_, Infallible>(response)
+        Ok::<_, Infallible>(reply(status, &body))
     });
     Client::new(service, "default")
 }
@@ -195,12 +199,7 @@ fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Valu
             } else {
                 object.clone()
             };
-            let response = Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap();
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(reply(status, &body))
         }
     });
     (Client::new(service, "default"), initial)
@@ -263,7 +262,7 @@ async fn a_run_that_does_not_decode_is_failed_once_with_the_reason() {
             use http_body_util::BodyExt;
             let (method, path) = (req.method().clone(), req.uri().path().to_owned());
             let body = req.into_body().collect().await.unwrap().to_bytes();
-            let reply = if method == Method::PATCH && path.ends_with("/flowruns/odd/status") {
+            let response = if method == Method::PATCH && path.ends_with("/flowruns/odd/status") {
                 let patch: Value = serde_json::from_slice(&body).unwrap();
                 recorded.lock().unwrap().push(patch);
                 json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
@@ -274,13 +273,7 @@ async fn a_run_that_does_not_decode_is_failed_once_with_the_reason() {
                 // Events and anything else: accepted.
                 json!({"apiVersion": "v1", "kind": "Status", "status": "Success"})
             };
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .header("content-type", "application/json")
-                    .body(Body::from(reply.to_string()))
-                    .unwrap(),
-            )
+            Ok::<_, Infallible>(reply(StatusCode::OK, &response))
         }
     });
     let client = Client::new(service, "default");
@@ -381,12 +374,7 @@ fn tracked_client(
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                        "code": status.as_u16(), "message": "refused"})
             };
-            let response = Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap();
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(reply(status, &body))
         }
     });
     (Client::new(service, "default"), initial)
