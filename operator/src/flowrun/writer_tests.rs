@@ -32,6 +32,16 @@ fn run() -> Value {
     serde_json::to_value(&fr).unwrap()
 }
 
+/// Gives a stored object the next resourceVersion, as the API server does on every write.
+fn bump(object: &mut Value) {
+    let rv: u64 = object["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    object["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+}
+
 /// A JSON answer of the fake API servers below.
 fn reply(status: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
@@ -167,14 +177,6 @@ fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Valu
             let is_patch = req.method() == Method::PATCH;
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let mut object = stored.lock().unwrap();
-            let bump = |object: &mut Value| {
-                let rv: u64 = object["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                object["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
-            };
             let mut status = StatusCode::OK;
             if is_patch {
                 let patch: Value = serde_json::from_slice(&body).unwrap();
@@ -361,12 +363,7 @@ fn tracked_client(
                     patch["metadata"]["managedFields"] = Value::Null;
                 }
                 crate::engine::patch::apply_merge_patch(&mut object, &patch);
-                let rv: u64 = object["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                object["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+                bump(&mut object);
             }
             let body = if status == StatusCode::OK {
                 object.clone()
@@ -380,17 +377,23 @@ fn tracked_client(
     (Client::new(service, "default"), initial)
 }
 
-#[tokio::test]
-async fn field_owners_are_cleared_once_before_the_first_status_write() {
+/// A writer on [`tracked_client`] after it reconciled the run once, and the PATCHes it sent.
+async fn reconcile_tracked(clear: StatusCode) -> (Arc<StatusWriter>, Vec<(String, Value)>) {
     let patches = std::sync::Arc::new(Mutex::new(Vec::new()));
-    let (client, initial) = tracked_client("t", StatusCode::OK, patches.clone());
+    let (client, initial) = tracked_client("t", clear, patches.clone());
     let writer = writer(client);
     let observed: FlowRun = serde_json::from_value(initial).unwrap();
     writer
         .reconcile("ns", "t", Some(Arc::new(CachedFlowRun::new(observed))))
         .await
         .unwrap();
-    let patches = patches.lock().unwrap().clone();
+    let sent = patches.lock().unwrap().clone();
+    (writer, sent)
+}
+
+#[tokio::test]
+async fn field_owners_are_cleared_once_before_the_first_status_write() {
+    let (writer, patches) = reconcile_tracked(StatusCode::OK).await;
     let run = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/t";
     assert_eq!(patches.len(), 2, "{patches:?}");
     assert_eq!(patches[0].0, run);
@@ -408,20 +411,8 @@ async fn field_owners_are_cleared_once_before_the_first_status_write() {
 
 #[tokio::test]
 async fn a_refused_clear_of_field_owners_turns_clearing_off_and_the_status_is_written() {
-    let patches = std::sync::Arc::new(Mutex::new(Vec::new()));
-    let (client, initial) = tracked_client("t", StatusCode::FORBIDDEN, patches.clone());
-    let writer = writer(client);
-    let observed: FlowRun = serde_json::from_value(initial).unwrap();
-    writer
-        .reconcile("ns", "t", Some(Arc::new(CachedFlowRun::new(observed))))
-        .await
-        .unwrap();
-    let paths: Vec<String> = patches
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(p, _)| p.clone())
-        .collect();
+    let (writer, patches) = reconcile_tracked(StatusCode::FORBIDDEN).await;
+    let paths: Vec<String> = patches.iter().map(|(p, _)| p.clone()).collect();
     let run = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/t";
     assert_eq!(paths, [run.to_owned(), format!("{run}/status")]);
     assert_eq!(writer.metrics.status_patches.get(), 1);
