@@ -596,6 +596,14 @@ impl StatusWriter {
                 Ok(written) if untrack => {
                     // Only the version changed: decide again on it (the same plan) and write.
                     lane.remember_write(&written);
+                    if tracks_fields(&written.metadata) {
+                        // Something keeps the owners (an API server that does not reset them, a webhook):
+                        // clearing again would only repeat this request.
+                        warn!(
+                            "clearing a FlowRun's managedFields left them in place: runs keep them from now on"
+                        );
+                        self.clear_field_owners.store(false, Ordering::Relaxed);
+                    }
                     fr = Arc::new(written);
                 }
                 Ok(written) => {

@@ -325,11 +325,13 @@ async fn a_run_that_does_not_decode_is_failed_once_with_the_reason() {
 }
 
 /// A fake API server holding one FlowRun `ns/t` whose field owners are tracked, enforcing resourceVersion
-/// preconditions; clearing `managedFields` on the main resource answers `clear` (200 or a refusal). Records
-/// every PATCH as (path, body).
+/// preconditions; clearing `managedFields` on the main resource answers `clear` (200 or a refusal), and a 200
+/// clears them only if `honoured` (else the owners stay, as if something put them back). Records every PATCH
+/// as (path, body).
 fn tracked_client(
     name: &'static str,
     clear: StatusCode,
+    honoured: bool,
     patches: std::sync::Arc<Mutex<Vec<(String, Value)>>>,
 ) -> (Client, Value) {
     let initial = json!({
@@ -360,7 +362,11 @@ fn tracked_client(
             if status == StatusCode::OK {
                 let mut patch = patch;
                 if patch["metadata"]["managedFields"] == json!([{}]) {
-                    patch["metadata"]["managedFields"] = Value::Null;
+                    if honoured {
+                        patch["metadata"]["managedFields"] = Value::Null;
+                    } else if let Some(meta) = patch["metadata"].as_object_mut() {
+                        meta.remove("managedFields");
+                    }
                 }
                 crate::engine::patch::apply_merge_patch(&mut object, &patch);
                 bump(&mut object);
@@ -378,14 +384,23 @@ fn tracked_client(
 }
 
 /// A writer on [`tracked_client`] after it reconciled the run once, and the PATCHes it sent.
-async fn reconcile_tracked(clear: StatusCode) -> (Arc<StatusWriter>, Vec<(String, Value)>) {
+async fn reconcile_tracked(
+    clear: StatusCode,
+    honoured: bool,
+) -> (Arc<StatusWriter>, Vec<(String, Value)>) {
     let patches = std::sync::Arc::new(Mutex::new(Vec::new()));
-    let (client, initial) = tracked_client("t", clear, patches.clone());
+    let (client, initial) = tracked_client("t", clear, honoured, patches.clone());
     let writer = writer(client);
     let observed: FlowRun = serde_json::from_value(initial).unwrap();
-    writer
-        .reconcile("ns", "t", Some(Arc::new(CachedFlowRun::new(observed))))
+    let reconcile = writer.reconcile("ns", "t", Some(Arc::new(CachedFlowRun::new(observed))));
+    tokio::time::timeout(Duration::from_secs(5), reconcile)
         .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no answer within 5 s after {} PATCHes",
+                patches.lock().unwrap().len()
+            )
+        })
         .unwrap();
     let sent = patches.lock().unwrap().clone();
     (writer, sent)
@@ -393,7 +408,7 @@ async fn reconcile_tracked(clear: StatusCode) -> (Arc<StatusWriter>, Vec<(String
 
 #[tokio::test]
 async fn field_owners_are_cleared_once_before_the_first_status_write() {
-    let (writer, patches) = reconcile_tracked(StatusCode::OK).await;
+    let (writer, patches) = reconcile_tracked(StatusCode::OK, true).await;
     let run = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/t";
     assert_eq!(patches.len(), 2, "{patches:?}");
     assert_eq!(patches[0].0, run);
@@ -411,7 +426,7 @@ async fn field_owners_are_cleared_once_before_the_first_status_write() {
 
 #[tokio::test]
 async fn a_refused_clear_of_field_owners_turns_clearing_off_and_the_status_is_written() {
-    let (writer, patches) = reconcile_tracked(StatusCode::FORBIDDEN).await;
+    let (writer, patches) = reconcile_tracked(StatusCode::FORBIDDEN, true).await;
     let paths: Vec<String> = patches.iter().map(|(p, _)| p.clone()).collect();
     let run = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/t";
     assert_eq!(paths, [run.to_owned(), format!("{run}/status")]);
@@ -420,4 +435,14 @@ async fn a_refused_clear_of_field_owners_turns_clearing_off_and_the_status_is_wr
         !writer.clear_field_owners.load(Ordering::Relaxed),
         "the writer gave up clearing field owners after a refusal"
     );
+}
+
+#[tokio::test]
+async fn a_clear_that_leaves_the_owners_turns_clearing_off_instead_of_repeating() {
+    let (writer, patches) = reconcile_tracked(StatusCode::OK, false).await;
+    let paths: Vec<String> = patches.iter().map(|(p, _)| p.clone()).collect();
+    let run = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/t";
+    assert_eq!(paths, [run.to_owned(), format!("{run}/status")]);
+    assert_eq!(writer.metrics.status_patches.get(), 1);
+    assert!(!writer.clear_field_owners.load(Ordering::Relaxed));
 }
