@@ -22,6 +22,7 @@ mod jwt;
 mod kubectl;
 mod namespace;
 mod operator;
+mod port;
 mod python;
 mod release;
 mod wait;
@@ -41,10 +42,10 @@ pub use operator::{
     build_release_operator, cargo_test_env, container_pid, install_crds, worker_deployment,
     worker_pod, worker_pod_spec,
 };
+pub use port::free_port;
 pub use python::{python, python_venv};
 pub use release::{
-    CHART, HOST_POD_IP_ANNOTATION, HelmRelease, OPERATOR_IMAGE_TAG, free_port, merge_values,
-    pod_is_ready,
+    CHART, HOST_POD_IP_ANNOTATION, HelmRelease, OPERATOR_IMAGE_TAG, merge_values, pod_is_ready,
 };
 pub use wait::{api_service_available, hpa_condition_true, wait_deleted, wait_for, wait_for_list};
 

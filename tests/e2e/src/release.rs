@@ -10,7 +10,9 @@ use kube::Api;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use crate::{HarnessError, Result, TestNamespace, build_binaries, helm, pod_log, wait_for_list};
+use crate::{
+    HarnessError, Result, TestNamespace, build_binaries, free_port, helm, pod_log, wait_for_list,
+};
 
 /// The chart, relative to the repository root.
 pub const CHART: &str = "charts/sluice";
@@ -28,16 +30,6 @@ pub struct HelmRelease {
     pod: String,
     broker_url: String,
     installed: bool,
-}
-
-/// A free loopback port (pods are processes on this machine: each release needs ports of its own).
-pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(HarnessError::io("finding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(HarnessError::io("finding a free port"))?
-        .port())
 }
 
 /// Whether the pod's Ready condition is true.
