@@ -14,7 +14,9 @@ use kube::api::{Patch, PatchParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
-use sluice_e2e::{TestNamespace, http_request, install_crds, kubeconfig_path, repo_root};
+use sluice_e2e::{
+    TestNamespace, free_port, http_request, install_crds, kubeconfig_path, repo_root,
+};
 use tokio::process::{Child, Command};
 
 const LEASE: &str = "sluice-operator";
@@ -49,12 +51,6 @@ async fn operator_binary() -> Result<PathBuf> {
     let bin = profile_dir.join("sluice-operator");
     ensure!(bin.exists(), "{} was not built", bin.display());
     Ok(bin)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// One `sluice-operator run` process watching only the test's namespace, with its Lease there too.

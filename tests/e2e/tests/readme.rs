@@ -665,11 +665,6 @@ async fn make_demo_runs_the_order_flow_to_success() -> Result<()> {
     let kubeconfig = tokio::task::spawn_blocking(kubeconfig_path).await??;
     let suffix = std::process::id();
     let namespace = format!("readme-demo-{suffix}");
-    let free_port = || -> Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
     let mut make = tokio::process::Command::new("make");
     for name in cargo_test_env() {
         make.env_remove(name);
