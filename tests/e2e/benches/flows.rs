@@ -9,9 +9,11 @@
 //! - **latency**: 1 flow, then 4 flows, of 20 chained steps: from a handler starting to the next step's handler
 //!   starting (result reported, persisted, next attempt decided and persisted, handed to a worker), p50/p99
 //!   over every round's gaps;
-//! - **throughput**: `SLUICE_BENCH_FLOWS` (40) chains of `SLUICE_BENCH_STEPS` (5) steps; steps/s over the
-//!   middle 80% of the step starts after the last FlowRun was created, and its ratio to the 8-writer PATCH
-//!   rate measured just before that round (a chain step needs at least one status write); the median round;
+//! - **throughput**: `SLUICE_BENCH_FLOWS` (40) chains of `SLUICE_BENCH_STEPS` (5) steps, every chain's first
+//!   handler held at a gate in the workers until all of them run (so the creates and each run's first write
+//!   are outside the window, and every chain is in flight when it opens); steps/s from the gate opening to
+//!   the last step starting, and its ratio to the 8-writer PATCH rate measured just before that round (a
+//!   chain step needs at least one status write); the median round;
 //! - **fan-out**: one forEach of `SLUICE_BENCH_FANOUT` (1,000) instances a round: instances/s and its ratio to
 //!   the PATCH rate measured just before (many instance results share one write); the median round;
 //! - **cost**: the operator's own API requests per step during the throughput phase (PATCH, GET, other),
@@ -146,8 +148,7 @@ fn mean_ms(before: &str, after: &str, name: &str) -> f64 {
 }
 
 /// Creates `runs`, waits until `handlers` handler runs were seen, then until every run Succeeded; returns
-/// when the last create returned. The wait for the handlers is in memory, so the benchmark adds no watch of
-/// its own to the API server while the flows run (the watch below starts once the last handler ran).
+/// when the last create returned.
 async fn run_all(
     api: &Api<FlowRun>,
     timings: &Timings,
@@ -155,18 +156,32 @@ async fn run_all(
     label: &str,
     handlers: usize,
 ) -> Result<Instant> {
-    let n = runs.len();
     let seen_before = timings.count_prefix(label);
+    let n = runs.len();
     for fr in &runs {
         api.create(&PostParams::default(), fr).await?;
     }
     let created = Instant::now();
-    let deadline = created + Duration::from_secs(600);
-    while timings.count_prefix(label) < seen_before + handlers {
+    finish(api, timings, label, n, seen_before + handlers).await?;
+    Ok(created)
+}
+
+/// Waits until `handlers` handler runs of the `label` flows were seen, then until all `n` of them Succeeded.
+/// The wait for the handlers is in memory, so the benchmark adds no watch of its own to the API server while
+/// the flows run (the watch starts once the last handler ran).
+async fn finish(
+    api: &Api<FlowRun>,
+    timings: &Timings,
+    label: &str,
+    n: usize,
+    handlers: usize,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while timings.count_prefix(label) < handlers {
         if Instant::now() > deadline {
             bail!(
                 "only {} of {handlers} {label} handlers ran within 600 s",
-                timings.count_prefix(label) - seen_before
+                timings.count_prefix(label)
             );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -194,7 +209,7 @@ async fn run_all(
     if failed > 0 {
         bail!("{failed} {label} flows did not succeed");
     }
-    Ok(created)
+    Ok(())
 }
 
 /// Deletes the runs labelled `sluice.dev/bench=label` and waits until they are gone, so that no round measures
@@ -313,7 +328,7 @@ async fn main() -> Result<()> {
             run_all(
                 &api,
                 &timings,
-                chain(&label, n, 20, &label)?,
+                chain(&label, n, 20, &label, false)?,
                 &label,
                 n * 20,
             )
@@ -339,58 +354,57 @@ async fn main() -> Result<()> {
     let requests_before = operator.metrics().api_requests_by_verb();
     let metrics_before = operator.metrics().encode();
     let mut throughput = Vec::new();
-    let mut whole_window = Vec::new();
     for r in 0..rounds {
         let baseline = patch_rate(&base, 8, round_window).await?;
         let label = format!("tput{r}");
-        let created = run_all(
-            &api,
-            &timings,
-            chain(&label, flows, steps, &label)?,
-            &label,
-            flows * steps,
-        )
-        .await?;
-        // The steady middle: steps started after the last create, between the 10th and the 90th percentile
-        // of their start times (the ramp-up and the last stragglers left out).
-        let mut starts: Vec<Instant> = (0..flows)
+        let round_before = operator.metrics().encode();
+        // Every chain's first step waits at the gate until all of them run: the window starts with every
+        // chain in flight, and the creates (and each run's first write) are outside it.
+        timings.close_gate();
+        for fr in chain(&label, flows, steps, &label, true)? {
+            api.create(&PostParams::default(), &fr).await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while timings.at_gate() < flows {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {flows} {label} chains reached their first step within 120 s",
+                    timings.at_gate()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let opened = timings.open_gate();
+        finish(&api, &timings, &label, flows, flows * steps).await?;
+        // The steps after the first, each started by one write of its run: from the gate opening to the last
+        // of them starting.
+        let after_gate: Vec<Instant> = (0..flows)
             .flat_map(|f| timings.of(&format!("{label}-{f}")))
             .map(|span| span.start)
-            .filter(|start| *start >= created)
+            .filter(|start| *start > opened)
             .collect();
-        starts.sort();
-        let in_window = starts.len();
-        let (lo, hi) = (in_window / 10, in_window * 9 / 10);
-        // And over the whole window from the last create to the last handler's end.
-        let last_end = (0..flows)
-            .flat_map(|f| timings.of(&format!("{label}-{f}")))
-            .map(|span| span.end)
-            .max()
-            .unwrap_or(created);
-        let whole = in_window as f64 / last_end.duration_since(created).as_secs_f64().max(1e-3);
-        let steps_per_s = if hi > lo + 1 {
-            (hi - lo) as f64
-                / starts[hi]
-                    .duration_since(starts[lo])
-                    .as_secs_f64()
-                    .max(1e-3)
-        } else {
-            0.0
-        };
+        let last = after_gate.iter().max().copied().unwrap_or(opened);
+        let steps_per_s =
+            after_gate.len() as f64 / last.duration_since(opened).as_secs_f64().max(1e-3);
+        let round_after = operator.metrics().encode();
+        let mut gaps = timings.chain_gaps(&label, flows, steps);
+        gaps.sort();
         eprintln!(
-            "throughput round {r}: {steps_per_s:.1} steps/s against {baseline:.1} PATCH/s ({:.3}), ended {}",
+            "throughput round {r}: {steps_per_s:.1} steps/s against {baseline:.1} PATCH/s ({:.3}), ended {}; \
+             {:.2} status writes a step, status PATCH mean {:.1} ms, step gaps p50 {:.1} / p90 {:.1} ms",
             steps_per_s / baseline,
-            epoch_seconds()
+            epoch_seconds(),
+            (counter(&round_after, "sluice_status_patches_total")
+                - counter(&round_before, "sluice_status_patches_total"))
+                / (flows * steps) as f64,
+            mean_ms(&round_before, &round_after, "sluice_status_patch_seconds"),
+            ms(percentile(&gaps, 50.0)),
+            ms(percentile(&gaps, 90.0)),
         );
         throughput.push(Round {
             per_second: steps_per_s,
             baseline,
             ratio: steps_per_s / baseline,
-        });
-        whole_window.push(Round {
-            per_second: whole,
-            baseline,
-            ratio: whole / baseline,
         });
         delete_round(&api, &label).await?;
     }
@@ -485,11 +499,7 @@ async fn main() -> Result<()> {
     }
     let (rate, ratio, lo, hi) = spread(&throughput);
     println!(
-        "| throughput | {flows} chains x {steps} steps, steady middle after the last create (median of {rounds}) | {rate:.1} steps/s | {ratio:.3} (rounds {lo:.3}-{hi:.3}) |"
-    );
-    let (rate, ratio, lo, hi) = spread(&whole_window);
-    println!(
-        "| throughput | the same, whole window from the last create to the last step's end | {rate:.1} steps/s | {ratio:.3} (rounds {lo:.3}-{hi:.3}) |"
+        "| throughput | {flows} chains x {steps} steps, all in flight from the gate (median of {rounds}) | {rate:.1} steps/s | {ratio:.3} (rounds {lo:.3}-{hi:.3}) |"
     );
     let (rate, ratio, lo, hi) = spread(&fan_rounds);
     println!(
@@ -510,7 +520,6 @@ async fn main() -> Result<()> {
                      "patchPerSecond20StepRunOwnersCleared": cleared_rate},
         "latency": latency,
         "throughput": {"flows": flows, "steps": steps, "rounds": throughput,
-                       "wholeWindowRounds": whole_window,
                        "ratio": spread(&throughput).1, "stepsPerSecond": spread(&throughput).0},
         "fanout": {"instances": fanout, "rounds": fan_rounds,
                    "ratio": spread(&fan_rounds).1, "instancesPerSecond": spread(&fan_rounds).0},

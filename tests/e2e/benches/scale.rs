@@ -165,7 +165,7 @@ async fn chain_latency(
     prefix: &str,
     chains: usize,
 ) -> Result<Vec<Duration>> {
-    for fr in chain(prefix, chains, 20, prefix)? {
+    for fr in chain(prefix, chains, 20, prefix, false)? {
         let name = fr.metadata.name.clone().unwrap_or_default();
         let seen = timings.count_prefix(prefix);
         api.create(&PostParams::default(), &fr).await?;
@@ -261,7 +261,7 @@ async fn main() -> Result<()> {
     operator.kill().await?;
     api.create(
         &PostParams::default(),
-        &chain("restart", 1, 1, "restart")?.remove(0),
+        &chain("restart", 1, 1, "restart", false)?.remove(0),
     )
     .await?;
     let restarted = Instant::now();

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,13 +36,51 @@ pub struct Span {
     last_attempt: u32,
 }
 
-/// When each handler ran: (FlowRun, step name or forEach index) → its last run, and how many there were.
-#[derive(Default)]
+/// When each handler ran: (FlowRun, step name or forEach index) → its last run, and how many there were; and
+/// the gate that holds the first steps of gated chains (see [`chain`]).
 pub struct Timings {
     spans: Mutex<HashMap<(String, String), Span>>,
+    gate: tokio::sync::watch::Sender<bool>,
+    at_gate: AtomicUsize,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            spans: Mutex::default(),
+            gate: tokio::sync::watch::Sender::new(false),
+            at_gate: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Timings {
+    /// Closes the gate: the first steps of gated chains that start from now on wait at it.
+    pub fn close_gate(&self) {
+        self.gate.send_replace(false);
+        self.at_gate.store(0, Ordering::SeqCst);
+    }
+
+    /// How many handlers wait at the closed gate.
+    pub fn at_gate(&self) -> usize {
+        self.at_gate.load(Ordering::SeqCst)
+    }
+
+    /// Lets every handler waiting at the gate go on, and returns when.
+    pub fn open_gate(&self) -> Instant {
+        let opened = Instant::now();
+        self.gate.send_replace(true);
+        opened
+    }
+
+    /// Waits until the gate is open (at once when it is).
+    async fn pass_gate(&self) {
+        let mut open = self.gate.subscribe();
+        self.at_gate.fetch_add(1, Ordering::SeqCst);
+        // The sender lives as long as `self`.
+        let _ = open.wait_for(|open| *open).await;
+    }
+
     fn record(&self, flow: &str, key: String, attempt: u32, start: Instant) {
         let mut spans = self.spans.lock().unwrap();
         let span = spans.entry((flow.to_owned(), key)).or_insert(Span {
@@ -124,7 +163,8 @@ impl Timings {
 }
 
 /// Starts `count` in-process SDK workers of `pool` at `broker_url`, `slots` handlers each, serving the handler
-/// `step` (returns at once, recording its run in `timings`).
+/// `step` (returns at once, recording its run in `timings`; a step whose input says `gate: true` first waits
+/// at the gate of `timings`, and its run counts from when it passed).
 pub fn start_workers(
     broker_url: &str,
     pool: &str,
@@ -145,6 +185,9 @@ pub fn start_workers(
                 move |ctx: StepContext, input: Value| {
                     let t = t.clone();
                     async move {
+                        if input["gate"] == json!(true) {
+                            t.pass_gate().await;
+                        }
                         let start = Instant::now();
                         let key = match ctx.instance() {
                             Some(i) => format!("{}[{i}]", ctx.step()),
@@ -163,11 +206,21 @@ pub fn start_workers(
 }
 
 /// `flows` FlowRuns `prefix-0..flows`, each a chain of `steps` steps `s0 → s1 → …` of the handler `step`,
-/// labelled `sluice.dev/bench=label`.
-pub fn chain(prefix: &str, flows: usize, steps: usize, label: &str) -> Result<Vec<FlowRun>> {
+/// labelled `sluice.dev/bench=label`. In `gated` chains the first step waits at the gate of the workers'
+/// [`Timings`], so that every chain can be in flight before any goes on.
+pub fn chain(
+    prefix: &str,
+    flows: usize,
+    steps: usize,
+    label: &str,
+    gated: bool,
+) -> Result<Vec<FlowRun>> {
     let step_list: Vec<Value> = (0..steps)
         .map(|i| {
             let mut s = json!({"name": format!("s{i}"), "handler": "step", "input": {"key": format!("s{i}")}});
+            if i == 0 && gated {
+                s["input"]["gate"] = json!(true);
+            }
             if i > 0 {
                 s["dependsOn"] = json!([format!("s{}", i - 1)]);
             }
