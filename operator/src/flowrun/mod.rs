@@ -6,6 +6,7 @@ pub mod batch;
 pub mod cache;
 pub mod controller;
 pub mod effects;
+pub mod linger;
 pub mod slots;
 pub mod template;
 pub mod ttl;

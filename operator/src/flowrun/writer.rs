@@ -43,6 +43,7 @@ use super::Error;
 use super::batch::{self, Reply};
 use super::cache::{CachedFlowRun, FlowRunCache, NotCached, compact, tracks_fields};
 use super::effects::Effects;
+use super::linger::linger;
 use super::slots::{Candidate, Slots};
 use crate::api::{FlowRun, StepPhase};
 use crate::broker::Broker;
@@ -89,6 +90,10 @@ struct Lane {
     pending_claims: Vec<Event>,
     /// When the pending claims are written on their own.
     flush_at: Option<tokio::time::Instant>,
+    /// Attempts the last write left with workers (queued or running), whose results may come next.
+    out: usize,
+    /// How long the lane's last status write took.
+    last_write: Duration,
 }
 
 impl Lane {
@@ -195,6 +200,22 @@ enum Job {
         observed: Option<Arc<CachedFlowRun>>,
         reply: oneshot::Sender<Result<Option<Timestamp>, Error>>,
     },
+}
+
+impl Job {
+    /// Whether the job reports how an attempt ended.
+    fn is_report(&self) -> bool {
+        matches!(
+            self,
+            Job::Event {
+                event: Event::Completed { .. }
+                    | Event::Failed { .. }
+                    | Event::TimedOut { .. }
+                    | Event::HeartbeatLost { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// Writes FlowRun statuses; shared by the controller and the broker.
@@ -333,6 +354,21 @@ impl StatusWriter {
                 match rx.try_recv() {
                     Ok(job) => jobs.push(*job),
                     Err(_) => break,
+                }
+            }
+            // Part of a wave of results: wait a moment for the rest of it, so one write carries the wave.
+            let mut reports = jobs.iter().filter(|job| job.is_report()).count();
+            if let Some(wait) = linger(lane.out, reports, lane.last_write) {
+                let until = tokio::time::Instant::now() + wait;
+                while jobs.len() < MAX_BATCH && reports < lane.out {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(job)) => {
+                            reports += usize::from(job.is_report());
+                            jobs.push(*job);
+                        }
+                        // The time is up, or the mailbox closed (the next receive ends the lane).
+                        _ => break,
+                    }
                 }
             }
             // Boxed: the batch's state (a request in flight) exists only while it runs, so an idle lane's
@@ -590,7 +626,10 @@ impl StatusWriter {
                     patch = %plan.patch,
                     "writing the status"
                 );
-                self.write(key, &fr, &plan.patch).await
+                let started = tokio::time::Instant::now();
+                let written = self.write(key, &fr, &plan.patch).await;
+                lane.last_write = started.elapsed();
+                written
             };
             match result {
                 Ok(written) if untrack => {
@@ -697,7 +736,7 @@ impl StatusWriter {
             }
         }
         if let Some(broker) = self.broker() {
-            sync_broker(broker, &fr, &plan.decision, self.limits);
+            lane.out = sync_broker(broker, &fr, &plan.decision, self.limits);
         }
         self.record_slot(key, &fr, held);
         if plan.has_side_effects() {
@@ -933,7 +972,13 @@ fn count_outcome(metrics: &Metrics, event: &Event) {
 /// Mirrors the persisted status in the broker: queues the attempts it records as Ready, adopts those it
 /// records as Running (after a restart they get a fresh heartbeat window), drops everything else, and asks
 /// workers of cancelled attempts to stop.
-fn sync_broker(broker: &Broker, fr: &FlowRun, decision: &engine::Decision, limits: Limits) {
+/// Hands the broker the attempts the written status holds; returns how many are out with workers.
+fn sync_broker(
+    broker: &Broker,
+    fr: &FlowRun,
+    decision: &engine::Decision,
+    limits: Limits,
+) -> usize {
     let namespace = fr.namespace().unwrap_or_default();
     let name = fr.name_any();
     let uid = fr.uid().unwrap_or_default();
@@ -958,6 +1003,7 @@ fn sync_broker(broker: &Broker, fr: &FlowRun, decision: &engine::Decision, limit
     });
     broker.adopt_running(running);
     broker.offer(queued);
+    live.len()
 }
 
 fn attempt_id(namespace: &str, name: &str, uid: &str, attempt: &AttemptRef) -> sluice_wire::TaskId {
