@@ -3,7 +3,7 @@
 //! Every figure is measured in the same run as its baseline, so the ratios stay meaningful on any machine. The
 //! operator (status writer, controller, broker over real HTTP on loopback) runs in this process through the
 //! same wiring as `sluice-operator run`; four in-process SDK workers with 16 slots each run the handlers, which
-//! return at once. Phases, one after the other, each run `SLUICE_BENCH_ROUNDS` (5) times:
+//! return at once. Phases, one after the other, each run `SLUICE_BENCH_ROUNDS` (9) times:
 //! - **baseline**: status PATCHes per second the API server takes (1 writer, and 8 concurrent writers), and
 //!   the PATCH rate of a realistic 20-step run, with and without its field owners;
 //! - **latency**: 1 flow, then 4 flows, of 20 chained steps: from a handler starting to the next step's handler
@@ -295,7 +295,7 @@ async fn main() -> Result<()> {
     let fanout = env_or("SLUICE_BENCH_FANOUT", 1000);
     // Each phase runs this many times; throughput and fan-out rounds are each measured against the 8-writer
     // PATCH rate taken just before them, so a machine that speeds up or slows down moves both alike.
-    let rounds = env_or("SLUICE_BENCH_ROUNDS", 5).max(1);
+    let rounds = env_or("SLUICE_BENCH_ROUNDS", 9).max(1);
     let client = cluster().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::new("bench").await?;
