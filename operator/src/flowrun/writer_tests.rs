@@ -424,25 +424,26 @@ async fn field_owners_are_cleared_once_before_the_first_status_write() {
     assert_eq!(writer.metrics.status_patches.get(), 1);
 }
 
-#[tokio::test]
-async fn a_refused_clear_of_field_owners_turns_clearing_off_and_the_status_is_written() {
-    let (writer, patches) = reconcile_tracked(StatusCode::FORBIDDEN, true).await;
+/// Reconciles a tracked run whose clear answers `clear` (the owners gone or not, per `honoured`) and checks
+/// that the writer tried once, wrote the status anyway, and cleared no more from then on.
+async fn clearing_turns_off(clear: StatusCode, honoured: bool) {
+    let (writer, patches) = reconcile_tracked(clear, honoured).await;
     let paths: Vec<String> = patches.iter().map(|(p, _)| p.clone()).collect();
     let run = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/t";
     assert_eq!(paths, [run.to_owned(), format!("{run}/status")]);
     assert_eq!(writer.metrics.status_patches.get(), 1);
     assert!(
         !writer.clear_field_owners.load(Ordering::Relaxed),
-        "the writer gave up clearing field owners after a refusal"
+        "the writer still clears field owners after a clear answered {clear} (owners gone: {honoured})"
     );
 }
 
 #[tokio::test]
+async fn a_refused_clear_of_field_owners_turns_clearing_off_and_the_status_is_written() {
+    clearing_turns_off(StatusCode::FORBIDDEN, true).await;
+}
+
+#[tokio::test]
 async fn a_clear_that_leaves_the_owners_turns_clearing_off_instead_of_repeating() {
-    let (writer, patches) = reconcile_tracked(StatusCode::OK, false).await;
-    let paths: Vec<String> = patches.iter().map(|(p, _)| p.clone()).collect();
-    let run = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/t";
-    assert_eq!(paths, [run.to_owned(), format!("{run}/status")]);
-    assert_eq!(writer.metrics.status_patches.get(), 1);
-    assert!(!writer.clear_field_owners.load(Ordering::Relaxed));
+    clearing_turns_off(StatusCode::OK, false).await;
 }
