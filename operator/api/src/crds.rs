@@ -8,8 +8,10 @@ use schemars::Schema;
 use schemars::transform::{RecursiveTransform, Transform};
 
 use crate::{CronFlow, FlowRun, FlowTemplate, WorkerPool};
+use open::open_map_entries;
 use transform::{kubernetes_integer_format, unwrap_description};
 
+pub mod open;
 pub mod transform;
 
 /// First line of every generated file, so that nobody edits them by hand.
@@ -19,11 +21,30 @@ pub const HEADER: &str = "# Generated from operator/api by `make crds`; do not e
 /// `FlowRun::crd()` and the like, which lack the finishing.
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
-        finish(FlowRun::crd()),
+        flowrun(),
         finish(WorkerPool::crd()),
         finish(CronFlow::crd()),
         finish(FlowTemplate::crd()),
     ]
+}
+
+/// The FlowRun CRD, finished, with `status.steps` open (see [`open`] for why).
+fn flowrun() -> CustomResourceDefinition {
+    let mut crd = finish(FlowRun::crd());
+    for version in &mut crd.spec.versions {
+        if let Some(props) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            let opened = open_map_entries(props, &["status", "steps"]);
+            assert!(
+                opened,
+                "the FlowRun schema has status.steps as a map of objects"
+            );
+        }
+    }
+    crd
 }
 
 /// Rewrites every node of the CRD's schemas, once, for what the derives cannot say once for every field:

@@ -1,0 +1,185 @@
+//! `status.steps` of a FlowRun is kept open in the CRD schema (`x-kubernetes-preserve-unknown-fields`), with the
+//! fields of an entry listed in its description instead of a typed schema.
+//!
+//! Why: the API server walks the typed schema of everything in an object on every write (pruning, validation,
+//! field ownership), and the step entries are most of a running FlowRun. On a 20-step run, one status PATCH took
+//! about twice as long with the entries typed as with them open (measured on the local control plane, 1 writer:
+//! about 180 against 320 PATCHes a second), and a step of a chain is one such PATCH. Nothing is lost by not
+//! checking them there: the operator is the only writer of step state (users may write `status.signals` only,
+//! which the chart's admission policy enforces), and it writes them from the typed Rust structs. The Rust types
+//! stay the single source of truth: the field list is rendered from their schema.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    JSONSchemaProps, JSONSchemaPropsOrBool,
+};
+
+/// How deep nested fields are listed (an entry's `instances.active.<index>.error.type` is the deepest).
+const MAX_DEPTH: usize = 4;
+
+/// Replaces the typed schema of the map at `path` (property names from the root, e.g. `["status", "steps"]`)
+/// with an open object whose description lists the fields of one entry. Returns whether the path was found.
+pub fn open_map_entries(root: &mut JSONSchemaProps, path: &[&str]) -> bool {
+    let mut node = root;
+    for name in path {
+        match node.properties.as_mut().and_then(|p| p.get_mut(*name)) {
+            Some(child) => node = child,
+            None => return false,
+        }
+    }
+    let Some(JSONSchemaPropsOrBool::Schema(entry)) = node.additional_properties.as_ref() else {
+        return false;
+    };
+    let mut description = node.description.clone().unwrap_or_default();
+    description.push_str(
+        "\n\nEach entry has the fields below. The API server keeps them as written without checking them \
+         against a schema: only the operator writes them.\n\n",
+    );
+    list_fields(entry, 0, &mut description);
+    *node = JSONSchemaProps {
+        type_: Some("object".into()),
+        description: Some(description.trim_end().to_owned()),
+        x_kubernetes_preserve_unknown_fields: Some(true),
+        ..JSONSchemaProps::default()
+    };
+    true
+}
+
+/// One markdown list item per field of `schema` (`- `name` (type): description`), nested fields indented under
+/// their object's item.
+fn list_fields(schema: &JSONSchemaProps, depth: usize, out: &mut String) {
+    let indent = "  ".repeat(depth);
+    for (name, field) in schema.properties.iter().flatten() {
+        let text = field
+            .description
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = writeln!(out, "{indent}- `{name}` ({}): {text}", type_name(field));
+        if depth + 1 < MAX_DEPTH
+            && let Some(fields) = fields_of(field)
+        {
+            list_fields(fields, depth + 1, out);
+        }
+    }
+}
+
+/// The schema holding the fields listed under `field`: its own for an object, its entries' for a map of objects.
+fn fields_of(field: &JSONSchemaProps) -> Option<&JSONSchemaProps> {
+    if field.properties.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Some(field);
+    }
+    match field.additional_properties.as_ref() {
+        Some(JSONSchemaPropsOrBool::Schema(entry))
+            if entry.properties.as_ref().is_some_and(|p| !p.is_empty()) =>
+        {
+            Some(entry)
+        }
+        _ => None,
+    }
+}
+
+/// A short name of a field's type, as `kubectl explain` would say it, with the values of an enum.
+fn type_name(field: &JSONSchemaProps) -> String {
+    let name = match (field.type_.as_deref(), field.format.as_deref()) {
+        (Some("object"), _) => match field.additional_properties.as_ref() {
+            Some(JSONSchemaPropsOrBool::Schema(_)) if fields_of(field).is_some() => {
+                "map of objects"
+            }
+            Some(_) => "map",
+            None => "object",
+        },
+        (Some("string"), Some("date-time")) => "time",
+        (Some(t), _) => t,
+        (None, _) => "any JSON",
+    };
+    match field.enum_.as_deref() {
+        Some(values) if !values.is_empty() => {
+            let values: Vec<String> = values
+                .iter()
+                .map(|v| {
+                    format!(
+                        "`{}`",
+                        v.0.as_str().map_or_else(|| v.0.to_string(), str::to_owned)
+                    )
+                })
+                .collect();
+            format!("{name}, one of {}", values.join(", "))
+        }
+        _ => name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FlowRun;
+    use kube::CustomResourceExt;
+
+    fn steps_schema(root: &JSONSchemaProps) -> &JSONSchemaProps {
+        &root.properties.as_ref().unwrap()["status"]
+            .properties
+            .as_ref()
+            .unwrap()["steps"]
+    }
+
+    fn flowrun_schema() -> JSONSchemaProps {
+        FlowRun::crd().spec.versions[0]
+            .schema
+            .clone()
+            .and_then(|s| s.open_api_v3_schema)
+            .expect("the FlowRun CRD has a schema")
+    }
+
+    #[test]
+    fn the_step_map_is_open_and_lists_every_field_of_an_entry_with_its_description() {
+        let mut root = flowrun_schema();
+        let Some(JSONSchemaPropsOrBool::Schema(typed_entry)) =
+            steps_schema(&root).additional_properties.clone()
+        else {
+            panic!("the derived schema types status.steps as a map of objects");
+        };
+        assert!(open_map_entries(&mut root, &["status", "steps"]));
+        let open = steps_schema(&root);
+        assert_eq!(open.x_kubernetes_preserve_unknown_fields, Some(true));
+        assert!(open.additional_properties.is_none() && open.properties.is_none());
+        let description = open.description.as_deref().unwrap();
+        assert!(
+            description.starts_with("State of each step"),
+            "the field's own description comes first: {description}"
+        );
+        for (name, field) in typed_entry.properties.as_ref().unwrap() {
+            let first_words: String = field
+                .description
+                .as_deref()
+                .unwrap()
+                .split_whitespace()
+                .take(4)
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                description.contains(&format!("- `{name}` ("))
+                    && description.contains(&first_words),
+                "{name} ({first_words}) is missing from: {description}"
+            );
+        }
+        // Nested: the fields of an error, and of a forEach instance (a map of objects), indented under them.
+        assert!(description.contains("\n  - `type` (string): Type of the error"));
+        assert!(description.contains("- `active` (map of objects)"));
+        assert!(description.contains("\n    - `attempts` (integer)"));
+        assert!(description.contains("- `outputs` (map)"));
+        assert!(description.contains("- `phase` (string, one of `Pending`, "));
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_map_of_objects_is_left_alone() {
+        let mut root = flowrun_schema();
+        let before = root.clone();
+        assert!(!open_map_entries(&mut root, &["status", "phase"]));
+        assert!(!open_map_entries(&mut root, &["status", "noSuchField"]));
+        assert_eq!(root, before);
+    }
+}
