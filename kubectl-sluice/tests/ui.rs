@@ -979,7 +979,9 @@ async fn a_200_step_dag_and_a_5000_instance_for_each_render_quickly() -> Result<
             json!({"phase": "Running", "progress": "1/3", "startedAt": "2026-01-01T00:00:00Z", "steps": {
                 "split": {"phase": "Succeeded", "attempts": 1},
                 "each": {"phase": "Running", "startedAt": "2026-01-01T00:00:01Z", "instances": {
-                    "total": total, "succeeded": 3000, "failed": 0, "outputs": outputs, "active": active}},
+                    // Packed in one string, as the operator stores them.
+                    "total": total, "succeeded": 3000, "failed": 0,
+                    "outputs": serde_json::to_string(&outputs)?, "active": active}},
                 "join": {"phase": "Pending"},
             }}),
         ),
@@ -1062,6 +1064,20 @@ async fn a_200_step_dag_and_a_5000_instance_for_each_render_quickly() -> Result<
             .text("#panel-instances")
             .await?
             .contains("3000 succeeded, 0 failed, 40 active, 1960 not started")
+    );
+    // Its detail shows the first instance outputs decoded, and counts the rest.
+    let shown = chrome
+        .until(
+            "the instance outputs",
+            "const o = document.getElementById('panel-instance-outputs');
+             const d = document.getElementById('panel-detail');
+             return o && d.innerText.includes('… and 2900 more outputs') && JSON.parse(o.innerText);",
+            WAIT,
+        )
+        .await?;
+    ensure!(
+        shown.as_object().map(|o| o.len()) == Some(100) && shown["99"] == json!({"i": 99}),
+        "{shown}"
     );
     // A live update of the 200-step DAG (a step finishes) is applied in place.
     api.patch_status(

@@ -345,7 +345,11 @@ pub struct StepDetail {
     /// Its status (absent before the operator wrote one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<StepStatus>,
-    /// forEach instance outputs left out of `status.instances.outputs`.
+    /// Outputs of a forEach step's Succeeded instances so far, keyed by index, decoded (the status stores them
+    /// packed in one string, taken out of `status` here), at most [`MAX_DETAIL_OUTPUTS`] of them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub instance_outputs: BTreeMap<String, Value>,
+    /// forEach instance outputs left out of `instanceOutputs`.
     #[serde(skip_serializing_if = "is_zero")]
     pub outputs_omitted: usize,
 }
@@ -365,13 +369,15 @@ impl StepDetail {
             .find(|s| s.name == name)?
             .clone();
         let mut status = fr.status.as_ref().and_then(|s| s.steps.get(name)).cloned();
+        let mut instance_outputs = status
+            .as_mut()
+            .and_then(|s| s.instances.as_mut())
+            .map(|inst| std::mem::take(&mut inst.outputs))
+            .unwrap_or_default();
         let mut omitted = 0;
-        if let Some(inst) = status.as_mut().and_then(|s| s.instances.as_mut())
-            && inst.outputs.len() > MAX_DETAIL_OUTPUTS
-        {
-            omitted = inst.outputs.len() - MAX_DETAIL_OUTPUTS;
-            let mut by_index: Vec<(usize, String)> = inst
-                .outputs
+        if instance_outputs.len() > MAX_DETAIL_OUTPUTS {
+            omitted = instance_outputs.len() - MAX_DETAIL_OUTPUTS;
+            let mut by_index: Vec<(usize, String)> = instance_outputs
                 .keys()
                 .map(|k| (k.parse().unwrap_or(usize::MAX), k.clone()))
                 .collect();
@@ -381,11 +387,12 @@ impl StepDetail {
                 .take(MAX_DETAIL_OUTPUTS)
                 .map(|(_, k)| k)
                 .collect();
-            inst.outputs.retain(|k, _| keep.contains(k));
+            instance_outputs.retain(|k, _| keep.contains(k));
         }
         Some(Self {
             spec,
             status,
+            instance_outputs,
             outputs_omitted: omitted,
         })
     }
@@ -474,15 +481,16 @@ mod tests {
         let bytes = serde_json::to_vec(&view).unwrap().len();
         assert!(bytes < 20_000, "{bytes} bytes");
         let detail = StepDetail::new(&fr, "each").unwrap();
-        let outputs = &detail
-            .status
-            .as_ref()
-            .unwrap()
-            .instances
-            .as_ref()
-            .unwrap()
-            .outputs;
+        let outputs = &detail.instance_outputs;
         assert_eq!(outputs.len(), MAX_DETAIL_OUTPUTS);
+        // The browser gets the outputs decoded, once: not also packed in the step's status.
+        let wire = serde_json::to_value(&detail).unwrap();
+        assert_eq!(wire["instanceOutputs"]["2"], json!({"i": 2}));
+        assert!(
+            wire["status"]["instances"].get("outputs").is_none(),
+            "{}",
+            wire["status"]
+        );
         assert!(
             outputs.contains_key("0") && outputs.contains_key("2") && !outputs.contains_key("1")
         );

@@ -12,8 +12,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::schema::{any_json_map, duration_string, optional_any_json, positive_duration_string};
+use super::schema::{duration_string, optional_any_json, positive_duration_string};
 use crate::{TemplateRef, TemplateSource};
+
+pub mod packed;
 
 /// A FlowRun declares a flow: a DAG of steps with inputs, outputs, retries, timeouts, signals, timers, fan-out
 /// and child flows. The Sluice operator runs it to completion and records each step's state in `status.steps`.
@@ -720,9 +722,12 @@ pub struct InstancesStatus {
     #[serde(default)]
     pub failed: u32,
 
-    /// Outputs of Succeeded instances, keyed by index.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(schema_with = "any_json_map")]
+    /// Outputs of Succeeded instances: one string holding a JSON object from instance index to output, such
+    /// as `{"0":{"ok":true},"2":"done"}`. It is a string and not a map because the API server's cost of every
+    /// status write grows with the number of fields, and a big fan-out holds one output per instance until the
+    /// step ends (then they move to the step's `output`). `kubectl sluice ui` shows them decoded.
+    #[serde(default, with = "packed", skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "packed::schema")]
     pub outputs: BTreeMap<String, Value>,
 
     /// Instances that started and have not Succeeded, keyed by index. Instances not listed here nor in

@@ -10,15 +10,6 @@ pub fn any_json(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
 }
 
-/// A map from strings to JSON values of any type. Without this, the API server would prune every value to `{}`
-/// (a map's value schema must itself keep unknown fields).
-pub fn any_json_map(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "object",
-        "additionalProperties": { "x-kubernetes-preserve-unknown-fields": true },
-    })
-}
-
 /// An optional JSON value of any type.
 pub fn optional_any_json(g: &mut SchemaGenerator) -> Schema {
     any_json(g)

@@ -22,11 +22,14 @@
 //! forEach is bounded too: at most [`MAX_FOR_EACH_ITEMS`] items, and [`DEFAULT_MAX_PARALLEL`] instances at
 //! once unless the step says otherwise.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 
 use serde::Serialize;
+use serde_json::Value;
 
+use crate::api::packed;
 use crate::api::{FlowRunStatus, StepStatus};
 
 /// Default budget of a FlowRun's status, in bytes of compact JSON.
@@ -82,6 +85,21 @@ pub fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
         Ok(()) => counter.0,
         Err(_) => usize::MAX,
     }
+}
+
+/// Size of a forEach step's `instances.outputs` as stored: one JSON string holding the map.
+pub fn packed_len(outputs: &BTreeMap<String, Value>) -> usize {
+    json_len(&packed::pack(outputs))
+}
+
+/// Compact JSON of one output, as it appears inside the packed `outputs`.
+fn pack_value(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Bytes `text` takes inside a JSON string: its escapes counted, without the quotes around it.
+fn escaped_len(text: &str) -> usize {
+    json_len(text) - 2
 }
 
 /// Bytes `"statusBytes":N` takes in a status object besides its other fields: the key, the digits and the
@@ -157,7 +175,7 @@ impl Breakdown {
             ..Self::default()
         };
         if let Some(inst) = &st.instances {
-            b.outputs += json_len(&inst.outputs);
+            b.outputs += packed_len(&inst.outputs);
             let errors: usize = inst
                 .active
                 .values()
@@ -272,13 +290,17 @@ pub fn touched_bytes(st: &StepStatus, instance: Option<u32>) -> usize {
     };
     let key = index.to_string();
     // A map member is `"key":value` and a comma; a map field is its name, the braces and a comma, and the
-    // comma of its last member is not written.
+    // comma of its last member is not written. The packed `outputs` is the same inside a string: its quotes
+    // escaped (`\"key\":`, the value's JSON escaped) and two quotes around the braces.
     let member = |len: Option<usize>| len.map_or(0, |n| key.len() + 4 + n);
+    let packed_member =
+        |value: Option<&Value>| value.map_or(0, |v| key.len() + 6 + escaped_len(&pack_value(v)));
     let field = |empty: bool, name: &str| if empty { 0 } else { name.len() + 6 - 1 };
     member(inst.active.get(&key).map(json_len))
         + field(inst.active.is_empty(), "active")
-        + member(inst.outputs.get(&key).map(json_len))
+        + packed_member(inst.outputs.get(&key))
         + field(inst.outputs.is_empty(), "outputs")
+        + 2 * usize::from(!inst.outputs.is_empty())
         + json_len(&inst.succeeded)
         + json_len(&inst.failed)
         + st.started_at
@@ -339,6 +361,48 @@ mod tests {
     }
 
     #[test]
+    fn the_running_estimate_follows_packed_instance_outputs_exactly() {
+        let mut st = FlowRunStatus::default();
+        st.steps.insert(
+            "fan".into(),
+            StepStatus {
+                instances: Some(InstancesStatus {
+                    total: 40,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        st.status_bytes = Some(status_bytes(&st));
+        // The first output opens the field; later ones hold quotes, a backslash, control and non-ASCII
+        // characters, which take more bytes escaped inside the string than in a map.
+        let outputs = [
+            json!({"ok": true}),
+            json!("say \"hi\"\n\tthen \\ go"),
+            json!({"nested": ["\u{1}", "é", 3.5, null]}),
+            json!(12),
+        ];
+        for (index, output) in [0u32, 17, 3, 39].into_iter().zip(outputs) {
+            let before = touched_bytes(&st.steps["fan"], Some(index));
+            let fan = st.steps.get_mut("fan").unwrap();
+            let inst = fan.instances.as_mut().unwrap();
+            inst.outputs.insert(index.to_string(), output);
+            inst.succeeded += 1;
+            let delta = touched_bytes(&st.steps["fan"], Some(index)) as i64 - before as i64;
+            let estimate = grown_by(st.status_bytes.unwrap(), delta);
+            st.status_bytes = Some(estimate);
+            assert_eq!(real(&st), estimate, "after instance {index}");
+        }
+        // The step ends: its instance outputs go, and the estimate shrinks back with them.
+        let before = touched_bytes(&st.steps["fan"], Some(39));
+        let fan = st.steps.get_mut("fan").unwrap();
+        fan.instances.as_mut().unwrap().outputs.remove("39");
+        let delta = touched_bytes(&st.steps["fan"], Some(39)) as i64 - before as i64;
+        st.status_bytes = Some(grown_by(st.status_bytes.unwrap(), delta));
+        assert_eq!(real(&st), st.status_bytes.unwrap());
+    }
+
+    #[test]
     fn breakdown_names_outputs_instances_errors_and_signals() {
         let mut st = FlowRunStatus {
             output: Some(json!("abc")),
@@ -377,7 +441,8 @@ mod tests {
         );
         let b = Breakdown::of_status(&st);
         let error_bytes = json_len(&error);
-        assert_eq!(b.outputs, 5 + json_len(&json!({"0": "0123456789"})));
+        // The instance outputs count as stored: one string holding their JSON.
+        assert_eq!(b.outputs, 5 + json_len(r#"{"0":"0123456789"}"#));
         assert_eq!(b.errors, 2 * error_bytes);
         assert_eq!(b.signals, json_len(&json!({"go": {"payload": 1}})));
         assert_eq!(

@@ -469,8 +469,8 @@
           const parts = [h("h3", {}, "Input (as written)"), json(d.spec.input)];
           if (d.spec.forEach !== undefined) parts.push(h("h3", {}, "forEach"), json(d.spec.forEach));
           parts.push(h("h3", {}, "Output"), h("pre", { class: "json", id: "panel-output" }, st.output === undefined ? "–" : JSON.stringify(st.output, null, 2)));
-          if (st.instances && Object.keys(st.instances.outputs || {}).length) {
-            parts.push(h("h3", {}, "Outputs of the instances so far"), json(st.instances.outputs));
+          if (Object.keys(d.instanceOutputs || {}).length) {
+            parts.push(h("h3", {}, "Outputs of the instances so far"), h("pre", { class: "json", id: "panel-instance-outputs" }, JSON.stringify(d.instanceOutputs, null, 2)));
             if (d.outputsOmitted) parts.push(h("p", { class: "muted" }, `… and ${d.outputsOmitted} more outputs`));
           }
           const policy = Object.fromEntries(["retry", "timeout", "heartbeatTimeout", "pool", "maxParallel", "continueOnFailure", "waitForSignal", "flow"].filter((k) => d.spec[k] !== undefined).map((k) => [k, d.spec[k]]));

@@ -170,7 +170,10 @@ mod tests {
         assert!(description.contains("\n  - `type` (string): Type of the error"));
         assert!(description.contains("- `active` (map of objects)"));
         assert!(description.contains("\n    - `attempts` (integer)"));
-        assert!(description.contains("- `outputs` (map)"));
+        assert!(
+            description
+                .contains("- `outputs` (string): Outputs of Succeeded instances: one string")
+        );
         assert!(description.contains("- `phase` (string, one of `Pending`, "));
     }
 
