@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
 use cel::objects::{Key, Map};
+use cel::parser::ExpressionReferences;
 use cel::{Context, Program};
 use serde_json::Value;
 use thiserror::Error;
@@ -245,18 +246,22 @@ impl Vars {
         }
     }
 
-    fn context(&self) -> Context<'_> {
+    /// A context holding the variables `refs` names. The interpreter converts every variable added to its own
+    /// form, a walk of the whole value, so an instance's `${{ item }}` must not pay for converting a forEach's
+    /// whole `input` each time.
+    fn context(&self, refs: &ExpressionReferences<'_>) -> Context<'_> {
         let mut ctx = Context::default();
-        ctx.add_variable_from_value("input", self.input.clone());
-        ctx.add_variable_from_value("steps", self.steps.clone());
-        if let Some(item) = &self.item {
-            ctx.add_variable_from_value("item", item.clone());
-        }
-        if let Some(index) = &self.index {
-            ctx.add_variable_from_value("index", index.clone());
-        }
-        if let Some(flow) = &self.flow {
-            ctx.add_variable_from_value("flow", flow.clone());
+        let vars = [
+            ("input", Some(&self.input)),
+            ("steps", Some(&self.steps)),
+            ("item", self.item.as_ref()),
+            ("index", self.index.as_ref()),
+            ("flow", self.flow.as_ref()),
+        ];
+        for (name, value) in vars {
+            if let Some(value) = value.filter(|_| refs.has_variable(name)) {
+                ctx.add_variable_from_value(name, value.clone());
+            }
         }
         ctx
     }
@@ -376,7 +381,7 @@ fn check_cost(expr: &str, program: &Program, vars: &Vars) -> Result<(), ExprErro
 pub fn eval(expr: &str, vars: &Vars) -> Result<Value, ExprError> {
     let program = compile(expr)?;
     check_cost(expr, &program, vars)?;
-    let ctx = vars.context();
+    let ctx = vars.context(&program.references());
     let value = program.execute(&ctx).map_err(|e| ExprError::Eval {
         expr: expr.to_owned(),
         message: e.to_string(),
@@ -824,6 +829,37 @@ mod tests {
         // Without an item, `item` is an undeclared variable.
         assert!(matches!(
             resolve_str("${{ item }}", &vars()),
+            Err(ExprError::Eval { .. })
+        ));
+    }
+
+    #[test]
+    fn every_variable_an_expression_names_is_visible_even_inside_loops_and_has() {
+        let v = vars().with_item(&json!({"sku": "b"}), 1);
+        let cases = [
+            (
+                "input.items.map(x, x + item.sku)",
+                json!(["ab", "bb", "cb"]),
+            ),
+            (
+                "input.items.filter(x, x == input.items[index])",
+                json!(["b"]),
+            ),
+            ("[1, 2].all(n, steps.approval.output.approved)", json!(true)),
+            ("has(input.orderId) && !has(item.price)", json!(true)),
+            (
+                "{'n': index, 'id': steps['charge'].output.id}",
+                json!({"n": 1, "id": "ch_1"}),
+            ),
+            // A loop variable named like a flow variable shadows it inside the loop only.
+            ("[7].map(item, item + index)", json!([8])),
+        ];
+        for (expr, want) in cases {
+            assert_eq!(eval(expr, &v).unwrap(), want, "{expr}");
+        }
+        // A variable not given to this evaluation is still an error, not a null.
+        assert!(matches!(
+            eval("flow.phase", &v),
             Err(ExprError::Eval { .. })
         ));
     }
