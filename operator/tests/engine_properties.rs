@@ -31,8 +31,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use sluice_operator::api::{FlowPhase, FlowRunSpec, FlowRunStatus, Signal, StepPhase, StepStatus};
 use sluice_operator::engine::{
-    AttemptRef, ChildOutcome, Decision, Event, EventOutcome, FlowMeta, FlowRunInput, Limits,
-    TaskFailure, apply_event, decide, patch::apply_merge_patch, status_patch,
+    AttemptRef, ChildOutcome, Decision, Event, EventOutcome, FlowMeta, FlowRunInput, Folded,
+    Limits, Refusal, TaskFailure, apply_event, apply_event_in_place, decide,
+    patch::apply_merge_patch, status_patch,
 };
 
 #[derive(Debug, Clone)]
@@ -295,9 +296,39 @@ impl Sim {
         (!list.is_empty()).then(|| list[i % list.len()].clone())
     }
 
+    /// `apply_event` on the current status, checked against folding the event in place (what the status
+    /// writer does for a batch): the same answer and status, and no change when it refuses or finds a
+    /// duplicate.
+    fn apply(&self, e: &Event) -> Result<EventOutcome, Refusal> {
+        let out = apply_event(&self.input(), e, self.now);
+        let mut in_place = self.status.clone();
+        let folded = apply_event_in_place(&self.input(), &mut in_place, e, self.now);
+        match (&out, folded) {
+            (Ok(EventOutcome::Applied { status, notes }), Ok(Folded::Applied(folded_notes))) => {
+                assert_eq!(**status, in_place, "in place: {e:?}");
+                assert_eq!(*notes, folded_notes, "in place: {e:?}");
+            }
+            (Ok(EventOutcome::Duplicate), Ok(Folded::Duplicate)) => {
+                assert_eq!(
+                    in_place, self.status,
+                    "a duplicate in place changed the status: {e:?}"
+                );
+            }
+            (Err(refusal), Err(folded_refusal)) => {
+                assert_eq!(*refusal, folded_refusal);
+                assert_eq!(
+                    in_place, self.status,
+                    "a refusal in place changed the status: {e:?}"
+                );
+            }
+            (out, folded) => panic!("in place {folded:?} where a copy gave {out:?}: {e:?}"),
+        }
+        out
+    }
+
     fn event(&mut self, e: Event) -> Result<EventOutcome, String> {
         let before = self.status.clone();
-        let out = apply_event(&self.input(), &e, self.now);
+        let out = self.apply(&e);
         match &out {
             Ok(EventOutcome::Applied { status, .. }) => {
                 assert_eq!(status.signals, before.signals, "events never touch signals");
@@ -533,7 +564,7 @@ impl Sim {
                     // 4. A replayed event never applies again (claims may, when re-dispatched: the same
                     // attempt claimed anew by the same worker is a duplicate, by another one is not a replay).
                     let before = self.status.clone();
-                    let out = apply_event(&self.input(), &e, self.now);
+                    let out = self.apply(&e);
                     assert!(
                         !matches!(out, Ok(EventOutcome::Applied { .. }))
                             || matches!(e, Event::Claimed { .. }),
@@ -568,7 +599,7 @@ impl Sim {
                             attempt: att.clone(),
                         },
                     ] {
-                        let out = apply_event(&self.input(), &e, self.now);
+                        let out = self.apply(&e);
                         assert!(
                             !matches!(out, Ok(EventOutcome::Applied { .. })),
                             "stale {e:?} applied: {out:?}"

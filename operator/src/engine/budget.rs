@@ -247,7 +247,8 @@ pub fn too_large(grew: &str, would_be: u64, limit: u64, held: &Breakdown) -> Str
 
 /// What an event may still add to a status: the budget, and the running estimate of the status it applies to.
 pub(crate) struct Room<'a> {
-    /// The status the event applies to, for the breakdown of a refusal.
+    /// The status the event applies to (or, when events are folded in place, the status as last written),
+    /// for the breakdown of a refusal.
     pub status: &'a FlowRunStatus,
     /// Its size, as its `statusBytes` says (or measured when it has none).
     pub used: u64,
@@ -261,6 +262,18 @@ impl<'a> Room<'a> {
         Self {
             status,
             used: status.status_bytes.unwrap_or_else(|| status_bytes(status)),
+            limit: limits.max_status_bytes,
+        }
+    }
+
+    /// The room left in `current` under `limits`, a refusal's breakdown measuring `written` (a status being
+    /// changed in place cannot be read meanwhile).
+    pub fn sized(written: &'a FlowRunStatus, current: &FlowRunStatus, limits: Limits) -> Self {
+        Self {
+            status: written,
+            used: current
+                .status_bytes
+                .unwrap_or_else(|| status_bytes(current)),
             limit: limits.max_status_bytes,
         }
     }

@@ -218,6 +218,48 @@ pub fn apply_event(
     event: &Event,
     now: Timestamp,
 ) -> Result<EventOutcome, Refusal> {
+    let mut status = flow.status.clone();
+    let room = Room::new(flow.status, flow.limits);
+    Ok(match fold(flow, &room, &mut status, event, now)? {
+        Folded::Duplicate => EventOutcome::Duplicate,
+        Folded::Applied(notes) => EventOutcome::Applied {
+            status: Box::new(status),
+            notes,
+        },
+    })
+}
+
+/// What [`apply_event_in_place`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Folded {
+    /// The event changed the status; these are its Kubernetes-event-worthy notes.
+    Applied(Vec<Note>),
+    /// The event was already recorded; nothing changed.
+    Duplicate,
+}
+
+/// Folds one event into `status` itself, as [`apply_event`] does into a copy: the status writer folds a
+/// batch of events into one status, and copying a big forEach's status for each of its events cost more than
+/// the events. A refusal or a duplicate leaves `status` as it was (every rule checks before it changes
+/// anything). `flow.status` is only what the message of a `StatusTooLarge` failure breaks down: the status as
+/// last written; the room left is the one of `status`.
+pub fn apply_event_in_place(
+    flow: &FlowRunInput<'_>,
+    status: &mut FlowRunStatus,
+    event: &Event,
+    now: Timestamp,
+) -> Result<Folded, Refusal> {
+    let room = Room::sized(flow.status, status, flow.limits);
+    fold(flow, &room, status, event, now)
+}
+
+fn fold(
+    flow: &FlowRunInput<'_>,
+    room: &Room<'_>,
+    status: &mut FlowRunStatus,
+    event: &Event,
+    now: Timestamp,
+) -> Result<Folded, Refusal> {
     let scheduled = super::exit::scheduled(flow.spec);
     let declared = flow.spec;
     let flow = &FlowRunInput {
@@ -225,9 +267,8 @@ pub fn apply_event(
         ..*flow
     };
     let ctx = Ctx::new(flow, declared, now);
-    let room = Room::new(flow.status, ctx.limits);
-    let mut status = flow.status.clone();
     let flow_phase = status.phase.unwrap_or_default();
+    let bytes_before = status.status_bytes;
     let mut notes = Vec::new();
     let (touched_step, touched_instance) = match event {
         Event::ChildFinished { step, .. } => (step.as_str(), None),
@@ -243,21 +284,14 @@ pub fn apply_event(
             .get(touched_step)
             .map_or(0, |st| touched_bytes(st, touched_instance))
     };
-    let touched_before = touched(&status);
+    let touched_before = touched(status);
     let outcome = match event {
         Event::ChildFinished {
             step,
             child,
             outcome,
         } => child_finished(
-            &ctx,
-            &room,
-            &mut status,
-            flow_phase,
-            step,
-            child,
-            outcome,
-            &mut notes,
+            &ctx, room, status, flow_phase, step, child, outcome, &mut notes,
         )?,
         Event::InstanceChildFinished {
             step,
@@ -266,8 +300,8 @@ pub fn apply_event(
             outcome,
         } => instance_child_finished(
             &ctx,
-            &room,
-            &mut status,
+            room,
+            status,
             flow_phase,
             (step, *index),
             child,
@@ -290,9 +324,9 @@ pub fn apply_event(
                 .get_mut(&a.step)
                 .ok_or_else(|| Refusal::NotDispatched { attempt: a.clone() })?;
             match (a.instance, step.for_each.is_some()) {
-                (None, false) => plain(&ctx, &room, step, st, flow_phase, event, a, &mut notes)?,
+                (None, false) => plain(&ctx, room, step, st, flow_phase, event, a, &mut notes)?,
                 (Some(i), true) => {
-                    instance(&ctx, &room, step, st, flow_phase, event, a, i, &mut notes)?
+                    instance(&ctx, room, step, st, flow_phase, event, a, i, &mut notes)?
                 }
                 _ => {
                     return Err(Refusal::UnknownInstance {
@@ -304,18 +338,15 @@ pub fn apply_event(
         }
     };
     Ok(match outcome {
-        Change::Duplicate => EventOutcome::Duplicate,
+        Change::Duplicate => Folded::Duplicate,
         Change::Applied => {
             // Only one step changed: its growth updates the estimate without measuring the whole status.
-            let estimate = match flow.status.status_bytes {
-                Some(before) => grown_by(before, touched(&status) as i64 - touched_before as i64),
-                None => status_bytes(&status),
+            let estimate = match bytes_before {
+                Some(before) => grown_by(before, touched(status) as i64 - touched_before as i64),
+                None => status_bytes(status),
             };
             status.status_bytes = Some(estimate);
-            EventOutcome::Applied {
-                status: Box::new(status),
-                notes,
-            }
+            Folded::Applied(notes)
         }
     })
 }

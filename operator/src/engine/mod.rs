@@ -68,7 +68,10 @@ use jiff::Timestamp;
 pub use budget::Limits;
 pub use concurrency::Admission;
 pub use decision::{AttemptRef, ChildFlowRequest, Decision, Note, NoteKind, RunningAttempt, Task};
-pub use events::{ChildOutcome, Event, EventOutcome, Refusal, TaskFailure, apply_event};
+pub use events::{
+    ChildOutcome, Event, EventOutcome, Folded, Refusal, TaskFailure, apply_event,
+    apply_event_in_place,
+};
 pub use patch::status_patch;
 pub use schedule::{decide, running_attempts};
 pub use validate::{ValidationError, ValidationErrors, validate};

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::api::{FlowRun, FlowRunStatus};
 use crate::engine::{
-    self, Admission, Decision, Event, EventOutcome, FlowMeta, FlowRunInput, Limits, Note,
+    self, Admission, Decision, Event, FlowMeta, FlowRunInput, Folded, Limits, Note,
 };
 
 /// What becomes of one event of a batch.
@@ -79,27 +79,24 @@ pub fn plan(
 ) -> Plan {
     let meta = FlowMeta::of(observed);
     let before: FlowRunStatus = observed.status.clone().unwrap_or_default();
+    // One copy for the whole batch: the events fold into it in place.
     let mut status = before.clone();
     let mut notes = Vec::new();
     let mut replies = Vec::with_capacity(events.len());
+    let written = FlowRunInput {
+        meta: &meta,
+        spec: &observed.spec,
+        status: &before,
+        limits,
+        admission,
+    };
     for event in events {
-        let input = FlowRunInput {
-            meta: &meta,
-            spec: &observed.spec,
-            status: &status,
-            limits,
-            admission,
-        };
-        let reply = match engine::apply_event(&input, event, now) {
-            Ok(EventOutcome::Applied {
-                status: next,
-                notes: more,
-            }) => {
-                status = *next;
+        let reply = match engine::apply_event_in_place(&written, &mut status, event, now) {
+            Ok(Folded::Applied(more)) => {
                 notes.extend(more);
                 Reply::Applied
             }
-            Ok(EventOutcome::Duplicate) => Reply::Duplicate,
+            Ok(Folded::Duplicate) => Reply::Duplicate,
             Err(refusal) if refusal.is_stale() => Reply::Stale(refusal.to_string()),
             Err(refusal) => Reply::Unknown(refusal.to_string()),
         };
