@@ -8,7 +8,7 @@ use schemars::Schema;
 use schemars::transform::{RecursiveTransform, Transform};
 
 use crate::{CronFlow, FlowRun, FlowTemplate, WorkerPool};
-use open::open_map_entries;
+use open::{open_map_entries, open_object_except};
 use transform::{kubernetes_integer_format, unwrap_description};
 
 pub mod open;
@@ -28,7 +28,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     ]
 }
 
-/// The FlowRun CRD, finished, with `status.steps` open (see [`open`] for why).
+/// The FlowRun CRD, finished, with `status.steps` and most of the status open (see [`open`] for why).
 fn flowrun() -> CustomResourceDefinition {
     let mut crd = finish(FlowRun::crd());
     for version in &mut crd.spec.versions {
@@ -42,6 +42,12 @@ fn flowrun() -> CustomResourceDefinition {
                 opened,
                 "the FlowRun schema has status.steps as a map of objects"
             );
+            let opened = open_object_except(
+                props,
+                &["status"],
+                &["signals", "phase", "template", "steps"],
+            );
+            assert!(opened, "the FlowRun schema has a status object");
         }
     }
     crd
@@ -236,11 +242,13 @@ mod tests {
     #[test]
     fn unsigned_fields_are_kubernetes_integers_with_their_range() {
         let fr = crd("FlowRun");
+        // The FlowRun status is open in the CRD (see `open`): its integers as typed before that.
+        let fr_status = finish(FlowRun::crd());
         let wp = crd("WorkerPool");
         let cases: [(&CustomResourceDefinition, &str, &str, f64, Option<f64>); 5] = [
             // u32 without a declared bound: int64 holds every u32 (the API server enforces the int32 range).
             (
-                &fr,
+                &fr_status,
                 "status.retry.count",
                 "int64",
                 0.0,
@@ -257,7 +265,7 @@ mod tests {
             (&wp, "spec.concurrency", "int32", 1.0, Some(1000.0)),
             (&fr, "spec.steps[].maxParallel", "int32", 1.0, Some(10000.0)),
             // u64.
-            (&fr, "status.statusBytes", "int64", 0.0, None),
+            (&fr_status, "status.statusBytes", "int64", 0.0, None),
         ];
         for (crd, path, format, minimum, maximum) in cases {
             let n = node(crd, path);
