@@ -175,6 +175,15 @@ mod tests {
             .unwrap()["steps"]
     }
 
+    /// The first words of a field's own description: enough to find it in a listing.
+    fn first_words(field: &JSONSchemaProps) -> String {
+        let text = field.description.as_deref().unwrap_or_default();
+        text.split_whitespace()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     fn flowrun_schema() -> JSONSchemaProps {
         FlowRun::crd().spec.versions[0]
             .schema
@@ -201,14 +210,7 @@ mod tests {
             "the field's own description comes first: {description}"
         );
         for (name, field) in typed_entry.properties.as_ref().unwrap() {
-            let first_words: String = field
-                .description
-                .as_deref()
-                .unwrap()
-                .split_whitespace()
-                .take(4)
-                .collect::<Vec<_>>()
-                .join(" ");
+            let first_words = first_words(field);
             assert!(
                 description.contains(&format!("- `{name}` ("))
                     && description.contains(&first_words),
@@ -253,15 +255,10 @@ mod tests {
                 "{name}: {description}"
             );
             if listed {
-                let first_words: String = field
-                    .description
-                    .as_deref()
-                    .unwrap()
-                    .split_whitespace()
-                    .take(4)
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                assert!(description.contains(&first_words), "{name}: {description}");
+                assert!(
+                    description.contains(&first_words(field)),
+                    "{name}: {description}"
+                );
             }
         }
         // The fields of a condition are listed under it.
