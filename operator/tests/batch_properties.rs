@@ -5,15 +5,16 @@
 //! After every batch, for every order of its events:
 //! 1. every task the plan hands to the broker has its attempt reserved (Ready, that attempt number) in the
 //!    status the plan writes;
-//! 2. a result answered `Applied` is in the written status: the plan writes, and its merge patch, applied as
-//!    the API server would, gives exactly the decided status;
+//! 2. a result answered `Applied` is in the written status: the plan writes, the status it writes (which
+//!    replaces the stored one) is exactly the decided status with the observed signals, and its merge patch of
+//!    what changed, applied as the API server would, gives the same;
 //! 3. a step that had Succeeded keeps its phase, attempt and output, and is never handed out again;
 //! 4. the refused and repeated events change nothing: planning without them gives the same status.
 
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use sluice_operator::api::{FlowRun, FlowRunStatus, StepPhase};
+use sluice_operator::api::{FlowRun, FlowRunStatus, Signal, StepPhase};
 use sluice_operator::engine::patch::apply_merge_patch;
 use sluice_operator::engine::{AttemptRef, Event, Limits, NOT_ASKED, TaskFailure};
 use sluice_operator::flowrun::batch::{Reply, plan};
@@ -110,10 +111,12 @@ fn check_batch(
     let p = plan(before, events, now, Limits::default(), &NOT_ASKED);
     let old = before.status.clone().unwrap_or_default();
     let new = &p.decision.status;
+    // What the write puts in place of the stored status.
+    let written: FlowRunStatus = serde_json::from_value(p.replacement.clone()).unwrap();
 
     // 1. Handed-out tasks are reserved in the written status.
     for task in &p.decision.tasks {
-        let st = new.steps.get(&task.attempt.step);
+        let st = written.steps.get(&task.attempt.step);
         prop_assert!(
             st.is_some_and(|s| s.phase == StepPhase::Ready && s.attempts == task.attempt.attempt),
             "task {:?} is not reserved in the status: {:?}",
@@ -136,6 +139,23 @@ fn check_batch(
             p.replies
         );
     }
+    prop_assert_eq!(
+        &written.signals,
+        &old.signals,
+        "the write does not keep the observed signals"
+    );
+    let mut decided_with_observed_signals = new.clone();
+    decided_with_observed_signals.signals = old.signals.clone();
+    prop_assert_eq!(
+        &written,
+        &decided_with_observed_signals,
+        "the written status is not the decided one"
+    );
+    prop_assert_eq!(
+        p.needs_write(),
+        written != old,
+        "a plan writes exactly when the status it would write differs from the observed one"
+    );
     let mut patched = serde_json::to_value(&old).unwrap();
     apply_merge_patch(&mut patched, &p.patch["status"]);
     let patched: FlowRunStatus = serde_json::from_value(patched).unwrap();
@@ -180,7 +200,13 @@ proptest! {
         let names: Vec<String> = fr.spec.steps.iter().map(|s| s.name.clone()).collect();
         let mut fr = fr;
         let mut now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        for batch in batches {
+        for (i, batch) in batches.iter().enumerate() {
+            // Now and then a user writes a signal between two batches: every write keeps it as observed.
+            if batch.len() % 2 == 1 {
+                let mut status = fr.status.clone().unwrap_or_default();
+                status.signals.insert(format!("user-{i}"), Signal { payload: Some(json!({"n": i})) });
+                fr.status = Some(status);
+            }
             let status = fr.status.clone().unwrap_or_default();
             let mut events: Vec<(u32, Event)> = batch
                 .iter()

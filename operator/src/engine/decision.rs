@@ -146,8 +146,9 @@ impl Note {
 /// Everything [`super::decide`] concluded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
-    /// The complete new status. `signals` is copied unchanged (users own it); write it back with
-    /// [`super::status_patch`] so concurrent writes of `signals` are never overwritten.
+    /// The complete new status. `signals` is copied unchanged (users own it); write it with
+    /// [`super::status_replacement`], fenced by the observed version, so a signal written since is never
+    /// overwritten.
     pub status: FlowRunStatus,
     /// Every queued attempt of this FlowRun (phase Ready), fresh or not. The broker replaces its queue entries
     /// of this FlowRun with this list, after the status is persisted. Empty while the run is suspended.

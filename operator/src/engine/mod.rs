@@ -72,7 +72,7 @@ pub use events::{
     ChildOutcome, Event, EventOutcome, Folded, Refusal, TaskFailure, apply_event,
     apply_event_in_place,
 };
-pub use patch::status_patch;
+pub use patch::{status_patch, status_replacement};
 pub use schedule::{decide, running_attempts};
 pub use validate::{ValidationError, ValidationErrors, validate};
 

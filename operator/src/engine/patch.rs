@@ -1,12 +1,18 @@
-//! The status merge patch: only what changed, and never `signals`.
+//! What one status write sends: the status that replaces the stored one, and the merge patch of what changed.
 //!
-//! Users deliver signals by patching `status.signals` through the status subresource while the operator
-//! writes step state. A JSON merge patch (RFC 7386) that names only the changed top-level fields and the
-//! changed step keys cannot overwrite a signal written in between (design invariant 5).
+//! The operator writes a run's status by replacing it (a PUT of the status subresource) fenced by the
+//! `resourceVersion` it decided on. A replacement costs the API server one decode of the body; a merge patch
+//! costs it an encode of the stored object, the merge and a decode of the result, and on a run written once
+//! a step that difference is a quarter of the step's latency (see `docs/design.md`).
 //!
-//! Merge-patch limits worth knowing: a `null` inside a patched object means "delete", so nulls nested in an
-//! output object are dropped by the API server (the engine treats a missing field and `null` alike); arrays
-//! (like `conditions` or an array output) are replaced whole.
+//! Users deliver signals by writing `status.signals` while the operator writes step state. The replacement
+//! carries `signals` exactly as observed, and the fence makes the API server refuse it (409) if anyone wrote
+//! after that observation: the writer then reads the run afresh and decides again, so a signal written in
+//! between is never overwritten (design invariant 5).
+//!
+//! The merge patch (RFC 7386) names only the changed fields and never `signals`; the writer uses it to know
+//! whether anything changed at all, and logs it. Arrays (like `conditions` or an array output) are replaced
+//! whole.
 
 use serde_json::{Map, Value};
 
@@ -30,6 +36,23 @@ pub fn status_patch(old: &FlowRunStatus, new: &FlowRunStatus) -> Value {
     let mut patch = Map::new();
     patch.insert("status".into(), Value::Object(status));
     Value::Object(patch)
+}
+
+/// The status a write replaces the stored one with: `decided`, with `signals` exactly as `observed` holds
+/// them (the operator never writes signals; the write is fenced by the version `observed` came from).
+pub fn status_replacement(observed: &FlowRunStatus, decided: &FlowRunStatus) -> Value {
+    let mut status = serde_json::to_value(decided).unwrap_or_else(|_| Value::Object(Map::new()));
+    if let Value::Object(m) = &mut status {
+        match serde_json::to_value(&observed.signals) {
+            Ok(signals) if !observed.signals.is_empty() => {
+                m.insert("signals".into(), signals);
+            }
+            _ => {
+                m.remove("signals");
+            }
+        }
+    }
+    status
 }
 
 /// Whether a patch from [`status_patch`] changes nothing.
@@ -119,6 +142,51 @@ mod tests {
                 "progress": "2/3",
                 "steps": {"b": {"phase": "Succeeded", "deadline": null, "output": {"y": 2}}},
             }})
+        );
+    }
+
+    proptest::proptest! {
+        /// Every status write sends every output again, so what it sends must decode to the very same
+        /// numbers, not ones a rounding step off (the reason serde_json's `float_roundtrip` is on).
+        #[test]
+        fn numbers_in_outputs_survive_every_rewrite(x in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL) {
+            let old = status(json!({"steps": {"a": {"phase": "Succeeded", "attempts": 1, "output": {"x": x}}}}));
+            let mut written = old.clone();
+            for _ in 0..3 {
+                let sent = status_replacement(&FlowRunStatus::default(), &written).to_string();
+                written = serde_json::from_str(&sent).unwrap();
+            }
+            proptest::prop_assert_eq!(written, old);
+        }
+    }
+
+    #[test]
+    fn the_replacement_is_the_decided_status_with_the_observed_signals() {
+        let mut old = status(json!({
+            "phase": "Running",
+            "steps": {"a": {"phase": "Running", "attempts": 1, "worker": "w1"}},
+            "signals": {"go": {"payload": {"approved": true}}},
+        }));
+        let mut new = old.clone();
+        new.signals.clear();
+        new.signals.insert("made-up".into(), Signal::default());
+        let a = new.steps.get_mut("a").unwrap();
+        a.phase = StepPhase::Succeeded;
+        a.worker = None;
+        a.output = Some(json!({"n": 0.1, "none": null}));
+        assert_eq!(
+            status_replacement(&old, &new),
+            json!({
+                "phase": "Running",
+                "steps": {"a": {"phase": "Succeeded", "attempts": 1, "output": {"n": 0.1, "none": null}}},
+                "signals": {"go": {"payload": {"approved": true}}},
+            }),
+            "a field the decision dropped is absent; signals are the observed ones"
+        );
+        old.signals.clear();
+        assert!(
+            status_replacement(&old, &new).get("signals").is_none(),
+            "no observed signals: none written"
         );
     }
 

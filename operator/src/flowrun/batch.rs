@@ -1,8 +1,8 @@
 //! One batch of a FlowRun's status writer, as a pure function: the observed FlowRun, the events that arrived
 //! since the last write (worker results, claims, losses, finished children) and the time go in; out comes
 //! what to write, what to answer each event's sender, what to hand the broker and which side effects follow.
-//! [`super::writer`] only carries the plan out, in this order: write the patch (if any) → acknowledge the
-//! applied events → hand the decided tasks to the broker → side effects, off the lane.
+//! [`super::writer`] only carries the plan out, in this order: write the status (if anything changed) →
+//! acknowledge the applied events → hand the decided tasks to the broker → side effects, off the lane.
 //!
 //! Keeping this free of I/O is what lets the durability invariants be checked on random event orders
 //! (`operator/tests/batch_properties.rs`):
@@ -50,6 +50,9 @@ pub struct Plan {
     /// The JSON merge patch from the observed status to `decision.status` (only changed fields; never
     /// `signals`, which users own). Empty when nothing changed.
     pub patch: Value,
+    /// The status to write in place of the observed one: `decision.status` with the observed `signals`.
+    /// The writer sends it fenced by the observed version, so it can never overwrite a newer signal.
+    pub replacement: Value,
     /// Notes for Kubernetes Events, from the events and the decision, in order.
     pub notes: Vec<Note>,
 }
@@ -112,10 +115,12 @@ pub fn plan(
     let decision = engine::decide(&input, now);
     notes.extend(decision.notes.iter().cloned());
     let patch = engine::status_patch(&before, &decision.status);
+    let replacement = engine::status_replacement(&before, &decision.status);
     Plan {
         replies,
         decision,
         patch,
+        replacement,
         notes,
     }
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, instrument, warn};
@@ -623,11 +623,11 @@ impl StatusWriter {
                     events = events.len(),
                     reconciles = reconciles.len(),
                     flush,
-                    patch = %plan.patch,
+                    changes = %plan.patch,
                     "writing the status"
                 );
                 let started = tokio::time::Instant::now();
-                let written = self.write(key, &fr, &plan.patch).await;
+                let written = self.write(key, &fr, &plan.replacement).await;
                 lane.last_write = started.elapsed();
                 written
             };
@@ -825,35 +825,45 @@ impl StatusWriter {
             .collect()
     }
 
-    /// One status patch, fenced by the resourceVersion of `base` (the API server answers 409 if the run
-    /// changed since); the response is compacted like the cache's copies.
+    /// Replaces the run's status with `status` (a PUT of the status subresource), fenced by the
+    /// resourceVersion of `base`: the API server answers 409 if the run changed since. The body names the
+    /// run and carries the status only: for the status subresource the API server keeps the stored spec and
+    /// metadata, so sending them would only cost it a decode. The answer is compacted like the cache's copies.
     async fn write(
         &self,
         key: &Key,
         base: &FlowRun,
-        patch: &serde_json::Value,
+        status: &serde_json::Value,
     ) -> Result<FlowRun, kube::Error> {
-        let mut patch = patch.clone();
-        if let (Some(rv), Some(object)) = (&base.metadata.resource_version, patch.as_object_mut()) {
-            object.insert(
-                "metadata".into(),
-                serde_json::json!({"resourceVersion": rv}),
-            );
-        }
-        let api: Api<FlowRun> = Api::namespaced(self.client.clone(), &key.0);
-        let started = std::time::Instant::now();
-        let result = api
-            .patch_status(
+        let body = StatusReplacement {
+            api_version: FlowRun::api_version(&()),
+            kind: FlowRun::kind(&()),
+            metadata: StatusReplacementMeta {
+                name: &key.1,
+                namespace: &key.0,
+                resource_version: base.metadata.resource_version.as_deref(),
+            },
+            status,
+        };
+        let params = PostParams {
+            dry_run: false,
+            field_manager: Some(FIELD_MANAGER.into()),
+        };
+        let request = kube::core::Request::new(FlowRun::url_path(&(), Some(&key.0)))
+            .replace_subresource(
+                "status",
                 &key.1,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Merge(&patch),
+                &params,
+                serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?,
             )
-            .await;
+            .map_err(kube::Error::BuildRequest)?;
+        let started = std::time::Instant::now();
+        let result = self.client.request::<FlowRun>(request).await;
         self.metrics
-            .status_patch_seconds
+            .status_write_seconds
             .observe(started.elapsed().as_secs_f64());
         let mut fr = result?;
-        self.metrics.status_patches.inc();
+        self.metrics.status_writes.inc();
         compact(&mut fr);
         Ok(fr)
     }
@@ -906,7 +916,7 @@ impl StatusWriter {
             &Patch::Merge(&patch),
         )
         .await?;
-        self.metrics.status_patches.inc();
+        self.metrics.status_writes.inc();
         self.effects
             .warn(cached.object_ref(&()), "Undecodable", &message)
             .await;
@@ -1099,6 +1109,25 @@ pub(crate) fn child_outcome(child: &FlowRun) -> Option<ChildOutcome> {
         crate::api::FlowPhase::Cancelled => Some(ChildOutcome::Cancelled),
         _ => None,
     }
+}
+
+/// The body of a status write: the run named, the version decided on, and the status; nothing of the spec or
+/// the rest of the metadata, which the API server keeps as stored for a write of the status subresource.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusReplacement<'a> {
+    api_version: std::borrow::Cow<'static, str>,
+    kind: std::borrow::Cow<'static, str>,
+    metadata: StatusReplacementMeta<'a>,
+    status: &'a serde_json::Value,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusReplacementMeta<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    resource_version: Option<&'a str>,
 }
 
 #[cfg(test)]

@@ -42,6 +42,21 @@ fn bump(object: &mut Value) {
     object["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
 }
 
+/// Stores a write the way the API server does: a merge patch is merged in; a PUT of the status subresource
+/// replaces the status and leaves the rest of the object as stored.
+fn store(object: &mut Value, method: &Method, body: &Value) {
+    if method == Method::PUT {
+        match body.get("status") {
+            Some(status) => object["status"] = status.clone(),
+            None => {
+                object.as_object_mut().unwrap().remove("status");
+            }
+        }
+    } else {
+        crate::engine::patch::apply_merge_patch(object, body);
+    }
+}
+
 /// A JSON answer of the fake API servers below.
 fn reply(status: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
@@ -51,12 +66,12 @@ fn reply(status: StatusCode, body: &Value) -> Response<Body> {
         .unwrap()
 }
 
-/// Answers GETs and status patches of `ns/c` with [`run`], anything else with 404.
+/// Answers GETs and status writes of `ns/c` with [`run`], anything else with 404.
 fn client() -> Client {
     let service = tower::service_fn(|req: Request<kube::client::Body>| async move {
         let path = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/c";
         let found = (req.method() == Method::GET && req.uri().path() == path)
-            || (req.method() == Method::PATCH && req.uri().path() == format!("{path}/status"));
+            || (req.method() == Method::PUT && req.uri().path() == format!("{path}/status"));
         let (status, body) = if found {
             (StatusCode::OK, run())
         } else {
@@ -134,14 +149,14 @@ async fn a_lane_ends_when_it_wrote_nothing_or_once_the_watch_delivered_its_last_
     // The run as served is already decided: the reconcile reads it, decides, writes nothing.
     writer.reconcile("ns", "c", None).await.unwrap();
     no_lane_within_5s(&writer, "a run decided without a write").await;
-    assert_eq!(writer.metrics.status_patches.get(), 0, "nothing to write");
+    assert_eq!(writer.metrics.status_writes.get(), 0, "nothing to write");
 
     // A result is written; the lane stays to recognise the watch echo of that write.
     assert_eq!(
         writer.record(completion(Some("new"))).await,
         Ok(Recorded::Applied)
     );
-    assert_eq!(writer.metrics.status_patches.get(), 1);
+    assert_eq!(writer.metrics.status_writes.get(), 1);
     assert_eq!(
         lanes(&writer),
         1,
@@ -157,12 +172,12 @@ async fn a_lane_ends_when_it_wrote_nothing_or_once_the_watch_delivered_its_last_
         "the echo is answered from memory"
     );
     no_lane_within_5s(&writer, "a run whose last write the watch delivered").await;
-    assert_eq!(writer.metrics.status_patches.get(), 1);
+    assert_eq!(writer.metrics.status_writes.get(), 1);
 }
 
 /// A fake API server holding one FlowRun `ns/s` that waits for a signal, enforcing resourceVersion
 /// preconditions as the API server does. The user's signal lands between the version the lane decides on and
-/// the lane's first patch, so that patch conflicts. Records every status patch.
+/// the lane's first write, so that write conflicts. Records every status write.
 fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Value) {
     let initial = json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
@@ -174,11 +189,11 @@ fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Valu
         let (stored, patches) = (stored.clone(), patches.clone());
         async move {
             use http_body_util::BodyExt;
-            let is_patch = req.method() == Method::PATCH;
+            let method = req.method().clone();
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let mut object = stored.lock().unwrap();
             let mut status = StatusCode::OK;
-            if is_patch {
+            if method == Method::PATCH || method == Method::PUT {
                 let patch: Value = serde_json::from_slice(&body).unwrap();
                 let first = patches.lock().unwrap().is_empty();
                 patches.lock().unwrap().push(patch.clone());
@@ -191,7 +206,7 @@ fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Valu
                 {
                     status = StatusCode::CONFLICT;
                 } else {
-                    crate::engine::patch::apply_merge_patch(&mut object, &patch);
+                    store(&mut object, &method, &patch);
                     bump(&mut object);
                 }
             }
@@ -222,7 +237,7 @@ async fn a_write_that_conflicts_with_a_signal_is_decided_again_on_the_fresh_run(
         .reconcile("ns", "s", Some(Arc::new(CachedFlowRun::new(observed))))
         .await
         .unwrap();
-    // The first patch is fenced by the version without the signal and refused; the lane reads the run and
+    // The first write is fenced by the version without the signal and refused; the lane reads the run and
     // decides again at once, without waiting for a watch event.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -246,11 +261,25 @@ async fn a_write_that_conflicts_with_a_signal_is_decided_again_on_the_fresh_run(
         patches
             .iter()
             .all(|p| p["metadata"]["resourceVersion"].is_string()),
-        "every patch is fenced by a resourceVersion: {patches:?}"
+        "every write is fenced by a resourceVersion: {patches:?}"
     );
     assert_eq!(
         patches[0]["metadata"]["resourceVersion"], "1",
-        "the first patch was decided on the version without the signal"
+        "the first write was decided on the version without the signal"
+    );
+    assert!(
+        patches[0]["status"].get("signals").is_none(),
+        "the first write carries the signals it observed (none): {}",
+        patches[0]
+    );
+    let consuming = patches
+        .iter()
+        .find(|p| p["status"]["steps"]["approval"]["phase"] == "Succeeded")
+        .unwrap();
+    assert_eq!(
+        consuming["status"]["signals"],
+        json!({"go": {"payload": {"ok": true}}}),
+        "the write that consumed the signal keeps it as the user wrote it"
     );
 }
 
@@ -326,7 +355,7 @@ async fn a_run_that_does_not_decode_is_failed_once_with_the_reason() {
 
 /// A fake API server holding one FlowRun `ns/t` whose field owners are tracked, enforcing resourceVersion
 /// preconditions; clearing `managedFields` on the main resource answers `clear` (200 or a refusal), and a 200
-/// clears them only if `honoured` (else the owners stay, as if something put them back). Records every PATCH
+/// clears them only if `honoured` (else the owners stay, as if something put them back). Records every write
 /// as (path, body).
 fn tracked_client(
     name: &'static str,
@@ -346,7 +375,7 @@ fn tracked_client(
         let (stored, patches) = (stored.clone(), patches.clone());
         async move {
             use http_body_util::BodyExt;
-            let path = req.uri().path().to_owned();
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let mut object = stored.lock().unwrap();
             let patch: Value = serde_json::from_slice(&body).unwrap();
@@ -368,7 +397,7 @@ fn tracked_client(
                         meta.remove("managedFields");
                     }
                 }
-                crate::engine::patch::apply_merge_patch(&mut object, &patch);
+                store(&mut object, &method, &patch);
                 bump(&mut object);
             }
             let body = if status == StatusCode::OK {
@@ -383,7 +412,7 @@ fn tracked_client(
     (Client::new(service, "default"), initial)
 }
 
-/// A writer on [`tracked_client`] after it reconciled the run once, and the PATCHes it sent.
+/// A writer on [`tracked_client`] after it reconciled the run once, and the writes it sent.
 async fn reconcile_tracked(
     clear: StatusCode,
     honoured: bool,
@@ -397,7 +426,7 @@ async fn reconcile_tracked(
         .await
         .unwrap_or_else(|_| {
             panic!(
-                "no answer within 5 s after {} PATCHes",
+                "no answer within 5 s after {} writes",
                 patches.lock().unwrap().len()
             )
         })
@@ -421,7 +450,7 @@ async fn field_owners_are_cleared_once_before_the_first_status_write() {
     assert_eq!(patches[1].1["metadata"]["resourceVersion"], "2");
     assert_eq!(patches[1].1["status"]["steps"]["a"]["phase"], "Ready");
     assert_eq!(writer.metrics.field_owner_clears.get(), 1);
-    assert_eq!(writer.metrics.status_patches.get(), 1);
+    assert_eq!(writer.metrics.status_writes.get(), 1);
 }
 
 /// Reconciles a tracked run whose clear answers `clear` (the owners gone or not, per `honoured`) and checks
@@ -431,7 +460,7 @@ async fn clearing_turns_off(clear: StatusCode, honoured: bool) {
     let paths: Vec<String> = patches.iter().map(|(p, _)| p.clone()).collect();
     let run = "/apis/sluice.dev/v1alpha1/namespaces/ns/flowruns/t";
     assert_eq!(paths, [run.to_owned(), format!("{run}/status")]);
-    assert_eq!(writer.metrics.status_patches.get(), 1);
+    assert_eq!(writer.metrics.status_writes.get(), 1);
     assert!(
         !writer.clear_field_owners.load(Ordering::Relaxed),
         "the writer still clears field owners after a clear answered {clear} (owners gone: {honoured})"

@@ -47,19 +47,19 @@ pub struct Metrics {
     pub step_outcomes: Family<OutcomeLabels, Counter>,
     /// Reconcile errors by controller and error (`sluice_reconcile_errors_total`).
     pub reconcile_errors: Family<ErrorLabels, Counter>,
-    /// Status patches written (`sluice_status_patches_total`).
-    pub status_patches: Counter,
+    /// FlowRun statuses written by the status writer (`sluice_status_writes_total`).
+    pub status_writes: Counter,
     /// FlowRuns whose `managedFields` the status writer cleared before their first status write
     /// (`sluice_field_owner_clears_total`).
     pub field_owner_clears: Counter,
     /// FlowRun reconciles that started from the writer's own last patch instead of a read, because the
     /// version they saw was that patch's (`sluice_flowrun_reads_saved_total`).
     pub own_write_reconciles: Counter,
-    /// Seconds one FlowRun status PATCH takes, request to response (`sluice_status_patch_seconds`).
-    pub status_patch_seconds: Histogram,
+    /// Seconds one FlowRun status write takes, request to response (`sluice_status_write_seconds`).
+    pub status_write_seconds: Histogram,
     /// FlowRun reads by the status writer (`sluice_flowrun_reads_total`): only when it has no copy of a run.
     pub flowrun_reads: Counter,
-    /// Status patches refused because the FlowRun changed after the version they were decided on, and decided
+    /// Status writes refused because the FlowRun changed after the version they were decided on, and decided
     /// again (`sluice_status_conflicts_total`).
     pub status_conflicts: Counter,
     /// Requests sent to the API server, by verb (`sluice_api_requests_total`).
@@ -116,11 +116,11 @@ impl Metrics {
             "Reconcile errors by controller and error",
             reconcile_errors.clone(),
         );
-        let status_patches = Counter::default();
+        let status_writes = Counter::default();
         registry.register(
-            "status_patches",
-            "FlowRun status patches written",
-            status_patches.clone(),
+            "status_writes",
+            "FlowRun statuses written by the status writer",
+            status_writes.clone(),
         );
         let field_owner_clears = Counter::default();
         registry.register(
@@ -134,13 +134,13 @@ impl Metrics {
             "FlowRun reconciles answered from the status writer's memory (watch echoes of its own writes)",
             own_write_reconciles.clone(),
         );
-        let status_patch_seconds = Histogram::new([
+        let status_write_seconds = Histogram::new([
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ]);
         registry.register(
-            "status_patch_seconds",
-            "Time one FlowRun status PATCH takes, request to response",
-            status_patch_seconds.clone(),
+            "status_write_seconds",
+            "Time one FlowRun status write takes, request to response",
+            status_write_seconds.clone(),
         );
         let flowrun_reads = Counter::default();
         registry.register(
@@ -151,7 +151,7 @@ impl Metrics {
         let status_conflicts = Counter::default();
         registry.register(
             "status_conflicts",
-            "FlowRun status patches refused because the run changed after the version they were decided on (a signal, a spec change, another writer); each is decided again on a fresh read",
+            "FlowRun status writes refused because the run changed after the version they were decided on (a signal, a spec change, another writer); each is decided again on a fresh read",
             status_conflicts.clone(),
         );
         let api_requests = Family::<super::api_calls::ApiRequestLabels, Counter>::default();
@@ -196,7 +196,7 @@ impl Metrics {
             heap_allocated_bytes,
             heap_active_bytes,
             heap_resident_bytes,
-            status_patch_seconds,
+            status_write_seconds,
             flowrun_reads,
             status_conflicts,
             api_requests,
@@ -205,7 +205,7 @@ impl Metrics {
             dispatch_latency,
             step_outcomes,
             reconcile_errors,
-            status_patches,
+            status_writes,
             field_owner_clears,
             own_write_reconciles,
             registry: Arc::new(registry),

@@ -16,8 +16,9 @@
 //!   chain step needs at least one status write); the median round;
 //! - **fan-out**: one forEach of `SLUICE_BENCH_FANOUT` (1,000) instances a round: instances/s and its ratio to
 //!   the PATCH rate measured just before (many instance results share one write); the median round;
-//! - **cost**: the operator's own API requests per step during the throughput phase (PATCH, GET, other),
-//!   counted by its client, and how many of the PATCHes were status writes.
+//! - **cost**: the operator's own API requests per step during the throughput phase (PUT, PATCH, GET, other),
+//!   counted by its client, and how many of the writes were status writes (a PUT each) and how many cleared a
+//!   run's field owners (a PATCH each).
 //!
 //! Prints one table and writes it as JSON to `target/bench/flows.json` for comparison across commits.
 
@@ -257,10 +258,10 @@ struct Latency {
     p50_ms: f64,
     p99_ms: f64,
     samples: usize,
-    /// Mean status PATCH round trip in the phase.
-    patch_mean_ms: f64,
-    /// The histogram bucket bound under which half of the phase's PATCHes took.
-    patch_median_bound_ms: f64,
+    /// Mean status write round trip in the phase.
+    write_mean_ms: f64,
+    /// The histogram bucket bound under which half of the phase's status writes took.
+    write_median_bound_ms: f64,
     /// Mean wait of an attempt in the broker's queue, from being queued to being claimed.
     queue_wait_mean_ms: f64,
 }
@@ -344,8 +345,8 @@ async fn main() -> Result<()> {
             p50_ms: ms(percentile(&gaps, 50.0)),
             p99_ms: ms(percentile(&gaps, 99.0)),
             samples: gaps.len(),
-            patch_mean_ms: mean_ms(&before, &after, "sluice_status_patch_seconds"),
-            patch_median_bound_ms: median_bound_ms(&before, &after, "sluice_status_patch_seconds"),
+            write_mean_ms: mean_ms(&before, &after, "sluice_status_write_seconds"),
+            write_median_bound_ms: median_bound_ms(&before, &after, "sluice_status_write_seconds"),
             queue_wait_mean_ms: mean_ms(&before, &after, "sluice_dispatch_latency_seconds"),
         });
     }
@@ -381,8 +382,8 @@ async fn main() -> Result<()> {
         let finished = operator.metrics().encode();
         // Every step's result is written after the gate opened: the writes per step a chain costs once its
         // first attempt is reserved.
-        window_writes += counter(&finished, "sluice_status_patches_total")
-            - counter(&at_gate, "sluice_status_patches_total");
+        window_writes += counter(&finished, "sluice_status_writes_total")
+            - counter(&at_gate, "sluice_status_writes_total");
         // The steps after the first, each started by one write of its run: from the gate opening to the last
         // of them starting.
         let after_gate: Vec<Instant> = (0..flows)
@@ -398,13 +399,13 @@ async fn main() -> Result<()> {
         gaps.sort();
         eprintln!(
             "throughput round {r}: {steps_per_s:.1} steps/s against {baseline:.1} PATCH/s ({:.3}), ended {}; \
-             {:.2} status writes a step, status PATCH mean {:.1} ms, step gaps p50 {:.1} / p90 {:.1} ms",
+             {:.2} status writes a step, status write mean {:.1} ms, step gaps p50 {:.1} / p90 {:.1} ms",
             steps_per_s / baseline,
             epoch_seconds(),
-            (counter(&round_after, "sluice_status_patches_total")
-                - counter(&round_before, "sluice_status_patches_total"))
+            (counter(&round_after, "sluice_status_writes_total")
+                - counter(&round_before, "sluice_status_writes_total"))
                 / (flows * steps) as f64,
-            mean_ms(&round_before, &round_after, "sluice_status_patch_seconds"),
+            mean_ms(&round_before, &round_after, "sluice_status_write_seconds"),
             ms(percentile(&gaps, 50.0)),
             ms(percentile(&gaps, 90.0)),
         );
@@ -426,15 +427,16 @@ async fn main() -> Result<()> {
         })
         .collect();
     let patch_per_step = cost.get("patch").copied().unwrap_or(0.0);
+    let put_per_step = cost.get("put").copied().unwrap_or(0.0);
     let get_per_step = cost.get("get").copied().unwrap_or(0.0);
     let other_per_step: f64 = cost
         .iter()
-        .filter(|(v, _)| !matches!(**v, "patch" | "get" | "watch"))
+        .filter(|(v, _)| !matches!(**v, "put" | "patch" | "get" | "watch"))
         .map(|(_, c)| c)
         .sum();
     let per_step =
         |name: &str| (counter(&metrics_after, name) - counter(&metrics_before, name)) / total_steps;
-    let status_writes_per_step = per_step("sluice_status_patches_total");
+    let status_writes_per_step = per_step("sluice_status_writes_total");
     let clears_per_step = per_step("sluice_field_owner_clears_total");
     let window_writes_per_step = window_writes / total_steps;
 
@@ -471,13 +473,13 @@ async fn main() -> Result<()> {
             spans.len() as f64 / last.duration_since(first).as_secs_f64().max(1e-3);
         eprintln!(
             "fan-out round {r}: {instances_per_s:.1} instances/s against {baseline:.1} PATCH/s ({:.3}); \
-             {:.1} instances a status write, status PATCH mean {:.1} ms",
+             {:.1} instances a status write, status write mean {:.1} ms",
             instances_per_s / baseline,
             fanout as f64
-                / (counter(&round_after, "sluice_status_patches_total")
-                    - counter(&round_before, "sluice_status_patches_total"))
+                / (counter(&round_after, "sluice_status_writes_total")
+                    - counter(&round_before, "sluice_status_writes_total"))
                 .max(1.0),
-            mean_ms(&round_before, &round_after, "sluice_status_patch_seconds"),
+            mean_ms(&round_before, &round_after, "sluice_status_write_seconds"),
         );
         fan_rounds.push(Round {
             per_second: instances_per_s,
@@ -505,15 +507,15 @@ async fn main() -> Result<()> {
     );
     for l in &latency {
         println!(
-            "| latency | {} flow(s) x {} steps, handler start to next start ({} gaps) | p50 {:.1} ms / p99 {:.1} ms | p50 = {:.2} sequential PATCHes (PATCH mean {:.1} ms, half under {} ms; mean queue wait {:.1} ms) |",
+            "| latency | {} flow(s) x {} steps, handler start to next start ({} gaps) | p50 {:.1} ms / p99 {:.1} ms | p50 = {:.2} sequential PATCHes (status write mean {:.1} ms, half under {} ms; mean queue wait {:.1} ms) |",
             l.flows,
             l.steps,
             l.samples,
             l.p50_ms,
             l.p99_ms,
             l.p50_ms / 1000.0 * seq_rate,
-            l.patch_mean_ms,
-            l.patch_median_bound_ms,
+            l.write_mean_ms,
+            l.write_median_bound_ms,
             l.queue_wait_mean_ms
         );
     }
@@ -526,11 +528,11 @@ async fn main() -> Result<()> {
         "| fan-out | forEach of {fanout} (median of {rounds}) | {rate:.1} instances/s | {ratio:.3} (rounds {lo:.3}-{hi:.3}) |"
     );
     println!(
-        "| cost | API requests per chain step | PATCH {patch_per_step:.2}, GET {get_per_step:.2}, other {other_per_step:.2} | PATCH per run of {steps} steps: {:.2} |",
-        patch_per_step * steps as f64
+        "| cost | API requests per chain step | PUT {put_per_step:.2}, PATCH {patch_per_step:.2}, GET {get_per_step:.2}, other {other_per_step:.2} | writes per run of {steps} steps: {:.2} |",
+        (put_per_step + patch_per_step) * steps as f64
     );
     println!(
-        "| cost | of the PATCHes per chain step | status {status_writes_per_step:.2}, field owners cleared {clears_per_step:.2} | status writes per run: {:.2} |",
+        "| cost | of the writes per chain step | status {status_writes_per_step:.2}, field owners cleared {clears_per_step:.2} | status writes per run: {:.2} |",
         status_writes_per_step * steps as f64
     );
     println!(

@@ -191,7 +191,7 @@ async fn one_of_two_replicas_leads_and_sigterm_hands_over() -> Result<()> {
         content_type,
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
-    assert!(body.contains("sluice_status_patches_total"), "{body}");
+    assert!(body.contains("sluice_status_writes_total"), "{body}");
     // Only the leader's broker serves workers: it asks for a token (worker authentication is on); the other
     // one is unavailable.
     assert_eq!(claim(first.broker).await?, 401);
