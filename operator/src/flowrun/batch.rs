@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(steps["a"]["phase"], "Succeeded");
         assert_eq!(
             steps["b"]["phase"], "Ready",
-            "b is reserved in the same patch"
+            "b is reserved in the same write"
         );
         assert_eq!(p.decision.tasks.len(), 1);
         assert_eq!(p.decision.tasks[0].attempt, AttemptRef::step("b", 1));

@@ -2,9 +2,9 @@
 //!
 //! Each FlowRun gets a small actor, its lane. Everything that can change its status — worker results from the
 //! broker, claims, losses, and the controller's reconciles — becomes a job in the lane's mailbox; the lane takes
-//! all jobs waiting at once as one batch, plans it with the pure [`super::batch::plan`], writes one
-//! field-granular merge patch of the status, and only then answers the waiting workers (invariant 2) and hands
-//! the reserved attempts to the broker (invariant 1). One PATCH at most is in flight per FlowRun; whatever
+//! all jobs waiting at once as one batch, plans it with the pure [`super::batch::plan`], writes the planned
+//! status in place of the stored one, and only then answers the waiting workers (invariant 2) and hands the
+//! reserved attempts to the broker (invariant 1). One status write at most is in flight per FlowRun; whatever
 //! arrives meanwhile goes into the next one (group commit). Different FlowRuns are written concurrently.
 //!
 //! What keeps a chain step at one write and no read:
@@ -12,13 +12,13 @@
 //!   the lane's next write, or is written after [`CLAIM_FLUSH`] if nothing else was. The attempt was reserved
 //!   in status before the claim (invariant 1), so a crash before the claim is written only re-dispatches the
 //!   same attempt, which fencing (invariant 4) handles.
-//! - **Our own echoes cost nothing.** The watch event of a patch this lane wrote carries a resourceVersion the
+//! - **Our own echoes cost nothing.** The watch event of a write this lane made carries a resourceVersion the
 //!   lane remembers; such a reconcile is answered from memory without deciding, unless a timer is due.
 //! - **Reconciles read the controller's cache, not the API.** The object the watch delivered is used when it is
 //!   newer than the lane's copy (someone else wrote: a spec change, a signal); a lane without a copy starts
 //!   from the controller's cache ([`FlowRunCache`]); a GET happens only when neither has the run or versions
 //!   cannot be compared.
-//! - **Every write is fenced.** The patch carries the resourceVersion it was decided on, so the API server
+//! - **Every write is fenced.** The write carries the resourceVersion it was decided on, so the API server
 //!   refuses it (409) if anyone wrote in between — a user's signal, a spec change, another operator. The lane
 //!   then reads the run afresh and decides again; a stale copy can never overwrite a newer state.
 //! - **Idle runs cost no task.** A lane ends as soon as the watch has delivered its last write (the cache
@@ -60,7 +60,7 @@ const IDLE: Duration = Duration::from_secs(10);
 /// How often a batch is decided again after its write conflicted with someone else's.
 const CONFLICT_RETRIES: usize = 5;
 
-/// Most jobs folded into one patch.
+/// Most jobs folded into one status write.
 const MAX_BATCH: usize = 512;
 
 /// How long a claim waits for another write to ride on before it is written on its own.
@@ -77,7 +77,7 @@ type ReplyTo = Option<oneshot::Sender<Result<Recorded, SinkError>>>;
 /// What a lane keeps between batches.
 #[derive(Default)]
 struct Lane {
-    /// The newest FlowRun the lane knows: its last patch's response, or a newer object a reconcile brought
+    /// The newest FlowRun the lane knows: its last write's response, or a newer object a reconcile brought
     /// (shared with the controller's cache).
     current: Option<Arc<FlowRun>>,
     /// resourceVersions produced by the lane's recent writes, newest last.
@@ -106,7 +106,7 @@ impl Lane {
         }
     }
 
-    /// Whether `seen` is a version this lane wrote (the watch echo of its own patch) or already holds.
+    /// Whether `seen` is a version this lane wrote (the watch echo of its own write) or already holds.
     fn knows(&self, seen: &ObjectMeta) -> bool {
         let Some(rv) = seen.resource_version.as_deref() else {
             return false;
@@ -377,7 +377,7 @@ impl StatusWriter {
         }
     }
 
-    /// Carries out one batch of jobs: at most one status patch.
+    /// Carries out one batch of jobs: at most one status write.
     #[instrument(skip_all, fields(namespace = %key.0, flowrun = %key.1, jobs = jobs.len()))]
     async fn batch(&self, key: &Key, jobs: Vec<Job>, lane: &mut Lane, flush: bool) {
         let mut events = Vec::new();
@@ -570,7 +570,7 @@ impl StatusWriter {
             })
             .collect();
 
-        // The batch's events, then children that ended, so the parent's step finishes in this same patch.
+        // The batch's events, then children that ended, so the parent's step finishes in this same write.
         let mut all: Vec<(Event, ReplyTo)> = events;
         if !reconciles.is_empty() {
             let status = fr.status.clone().unwrap_or_default();
@@ -684,7 +684,7 @@ impl StatusWriter {
             Ok(fr) => fr,
             Err(e) => {
                 // The lane's copy may be what the API server refused: read afresh next time.
-                warn!(error = %e, refused, "status patch failed; the batch will be retried by its senders");
+                warn!(error = %e, refused, "status write failed; the batch will be retried by its senders");
                 if refused {
                     let reference = k8s_openapi::api::core::v1::ObjectReference {
                         api_version: Some(FlowRun::api_version(&()).into_owned()),
@@ -869,7 +869,7 @@ impl StatusWriter {
     }
 
     /// Clears the run's `metadata.managedFields`, fenced by the version of `base`. The API server records
-    /// field owners again only for a server-side apply, so the operator's merge patches that follow are not
+    /// field owners again only for a server-side apply, so the operator's status writes that follow are not
     /// tracked; returns the run as the API server now holds it, compacted.
     async fn clear_field_owners(&self, key: &Key, base: &FlowRun) -> Result<FlowRun, kube::Error> {
         let patch = serde_json::json!({
