@@ -18,7 +18,10 @@
 //!   the PATCH rate measured just before (many instance results share one write); the median round;
 //! - **cost**: the operator's own API requests per step during the throughput phase (PUT, PATCH, GET, other),
 //!   counted by its client, and how many of the writes were status writes (a PUT each) and how many cleared a
-//!   run's field owners (a PATCH each).
+//!   run's field owners (a PATCH each); and the CPU time a step costs the API server (when the cluster is the
+//!   local control plane, whose process this can see) and this process (operator and workers), over the
+//!   latency phases and over the throughput phase's windows. CPU per step hardly moves with how busy the
+//!   machine is, so it is the figure to compare two commits by when latency and rates are noisy.
 //!
 //! Prints one table and writes it as JSON to `target/bench/flows.json` for comparison across commits.
 
@@ -31,12 +34,13 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sluice_e2e::{
-    InProcessOperator, TestNamespace, cluster, install_crds, repo_root, wait_for_list,
+    InProcessOperator, TestNamespace, cluster, install_crds, kubeconfig_path, repo_root,
+    wait_for_list,
 };
 use sluice_operator::api::{FlowPhase, FlowRun};
 
 mod common;
-use common::{Timings, chain, env_or, median, ms, patch_rate, percentile, start_workers};
+use common::{CpuClock, Timings, chain, env_or, median, ms, patch_rate, percentile, start_workers};
 
 /// Sequential status PATCHes per second on a FlowRun shaped like the latency phase's runs: 20 steps in the
 /// spec, a status with 20 step entries and the four conditions, each PATCH changing one step and the
@@ -264,6 +268,80 @@ struct Latency {
     write_median_bound_ms: f64,
     /// Mean wait of an attempt in the broker's queue, from being queued to being claimed.
     queue_wait_mean_ms: f64,
+    /// CPU each step cost, over the phase's rounds (creates and deletes included).
+    cpu: CpuPerStep,
+}
+
+/// CPU time per step: the API server's process (the local control plane only) and this one (the operator
+/// and its workers).
+#[derive(serde::Serialize, Default, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+struct CpuPerStep {
+    api_server_ms: Option<f64>,
+    operator_ms: Option<f64>,
+}
+
+/// The two processes' CPU clocks, read together.
+struct CpuClocks {
+    api_server: Option<CpuClock>,
+    operator: Option<CpuClock>,
+}
+
+/// CPU time used so far by each process that has a clock.
+#[derive(Clone, Copy)]
+struct CpuReading {
+    api_server: Option<Duration>,
+    operator: Option<Duration>,
+}
+
+impl CpuClocks {
+    fn read(&self) -> CpuReading {
+        CpuReading {
+            api_server: self.api_server.as_ref().and_then(CpuClock::read),
+            operator: self.operator.as_ref().and_then(CpuClock::read),
+        }
+    }
+}
+
+impl CpuReading {
+    /// What each process used from `self` to `later`, added to `total`.
+    fn add_until(&self, later: &CpuReading, total: &mut CpuReading) {
+        let add = |sum: &mut Option<Duration>, a: Option<Duration>, b: Option<Duration>| {
+            *sum = match (*sum, a, b) {
+                (Some(sum), Some(a), Some(b)) => Some(sum + b.saturating_sub(a)),
+                _ => None,
+            }
+        };
+        add(&mut total.api_server, self.api_server, later.api_server);
+        add(&mut total.operator, self.operator, later.operator);
+    }
+
+    fn zero() -> Self {
+        Self {
+            api_server: Some(Duration::ZERO),
+            operator: Some(Duration::ZERO),
+        }
+    }
+
+    fn per_step(&self, steps: usize) -> CpuPerStep {
+        let per = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0 / steps.max(1) as f64);
+        CpuPerStep {
+            api_server_ms: per(self.api_server),
+            operator_ms: per(self.operator),
+        }
+    }
+}
+
+impl std::fmt::Display for CpuPerStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2} ms"));
+        write!(
+            f,
+            "API server {}, operator + workers {}",
+            show(self.api_server_ms),
+            show(self.operator_ms)
+        )
+    }
 }
 
 /// One round of a phase measured against the 8-writer PATCH rate taken just before it.
@@ -299,6 +377,12 @@ async fn main() -> Result<()> {
     let rounds = env_or("SLUICE_BENCH_ROUNDS", 9).max(1);
     let client = cluster().await?;
     install_crds(&client).await?;
+    let clocks = CpuClocks {
+        api_server: kubeconfig_path()
+            .ok()
+            .and_then(|path| CpuClock::control_plane(&path)),
+        operator: CpuClock::this_process(),
+    };
     let ns = TestNamespace::new("bench").await?;
     let api: Api<FlowRun> = ns.api();
     // The baseline's objects live where the operator does not look: between rounds it runs, and it would
@@ -323,6 +407,7 @@ async fn main() -> Result<()> {
     let mut latency = Vec::new();
     for (n, label) in [(1usize, "lat1"), (4, "lat4")] {
         let before = operator.metrics().encode();
+        let cpu_before = clocks.read();
         let mut gaps = Vec::new();
         for r in 0..rounds {
             let label = format!("{label}r{r}");
@@ -338,6 +423,8 @@ async fn main() -> Result<()> {
         }
         gaps.sort();
         let after = operator.metrics().encode();
+        let mut cpu = CpuReading::zero();
+        cpu_before.add_until(&clocks.read(), &mut cpu);
         latency.push(Latency {
             flows: n,
             steps: 20,
@@ -348,6 +435,7 @@ async fn main() -> Result<()> {
             write_mean_ms: mean_ms(&before, &after, "sluice_status_write_seconds"),
             write_median_bound_ms: median_bound_ms(&before, &after, "sluice_status_write_seconds"),
             queue_wait_mean_ms: mean_ms(&before, &after, "sluice_dispatch_latency_seconds"),
+            cpu: cpu.per_step(n * 20 * rounds),
         });
     }
 
@@ -356,6 +444,7 @@ async fn main() -> Result<()> {
     let metrics_before = operator.metrics().encode();
     let mut throughput = Vec::new();
     let mut window_writes = 0.0;
+    let (mut window_cpu, mut window_steps) = (CpuReading::zero(), 0);
     for r in 0..rounds {
         let baseline = patch_rate(&base, 8, round_window).await?;
         let label = format!("tput{r}");
@@ -377,8 +466,10 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let at_gate = operator.metrics().encode();
+        let cpu_opened = clocks.read();
         let opened = timings.open_gate();
         finish(&api, &timings, &label, flows, flows * steps).await?;
+        cpu_opened.add_until(&clocks.read(), &mut window_cpu);
         let finished = operator.metrics().encode();
         // Every step's result is written after the gate opened: the writes per step a chain costs once its
         // first attempt is reserved.
@@ -391,6 +482,7 @@ async fn main() -> Result<()> {
             .map(|span| span.start)
             .filter(|start| *start > opened)
             .collect();
+        window_steps += after_gate.len();
         let last = after_gate.iter().max().copied().unwrap_or(opened);
         let steps_per_s =
             after_gate.len() as f64 / last.duration_since(opened).as_secs_f64().max(1e-3);
@@ -439,6 +531,7 @@ async fn main() -> Result<()> {
     let status_writes_per_step = per_step("sluice_status_writes_total");
     let clears_per_step = per_step("sluice_field_owner_clears_total");
     let window_writes_per_step = window_writes / total_steps;
+    let window_cpu = window_cpu.per_step(window_steps);
 
     // Fan-out: one forEach per round.
     let mut fan_rounds = Vec::new();
@@ -539,6 +632,16 @@ async fn main() -> Result<()> {
         "| cost | status writes per chain step from the gate opening to the runs' end | {window_writes_per_step:.2} | the run's first write reserves the first step before the gate |"
     );
 
+    for l in &latency {
+        println!(
+            "| cost | CPU per step, {} flow(s) x {} steps (creates and deletes included) | {} | |",
+            l.flows, l.steps, l.cpu
+        );
+    }
+    println!(
+        "| cost | CPU per chain step from the gate opening to the runs' end | {window_cpu} | |"
+    );
+
     let report = json!({
         "baseline": {"patchPerSecond1Writer": seq_rate, "patchPerSecond8Writers": conc_rate,
                      "patchPerSecond20StepRun": realistic_rate,
@@ -550,7 +653,8 @@ async fn main() -> Result<()> {
                    "ratio": spread(&fan_rounds).1, "instancesPerSecond": spread(&fan_rounds).0},
         "cost": {"requestsPerStep": cost, "statusWritesPerStep": status_writes_per_step,
                  "fieldOwnerClearsPerStep": clears_per_step,
-                 "statusWritesPerStepAfterTheGate": window_writes_per_step},
+                 "statusWritesPerStepAfterTheGate": window_writes_per_step,
+                 "cpuPerStepAfterTheGate": window_cpu},
     });
     let dir = repo_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
