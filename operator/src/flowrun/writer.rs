@@ -35,7 +35,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::Deserialize as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, instrument, warn};
 
@@ -45,7 +47,7 @@ use super::cache::{CachedFlowRun, FlowRunCache, NotCached, compact, tracks_field
 use super::effects::Effects;
 use super::linger::linger;
 use super::slots::{Candidate, Slots};
-use crate::api::{FlowRun, StepPhase};
+use crate::api::{FlowRun, FlowRunStatus, StepPhase};
 use crate::broker::Broker;
 use crate::broker::sink::{Claimed, Outcome, Recorded, Report, ResultSink, SinkError, TaskRef};
 use crate::context::FIELD_MANAGER;
@@ -65,6 +67,9 @@ const MAX_BATCH: usize = 512;
 
 /// How long a claim waits for another write to ride on before it is written on its own.
 pub const CLAIM_FLUSH: Duration = Duration::from_secs(1);
+
+/// The `Accept` header of a status write: the API server answers with the run's metadata alone.
+const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
 /// How many of its own resourceVersions a lane remembers, to recognise the watch echoes of its writes.
 const REMEMBERED_WRITES: usize = 16;
@@ -828,7 +833,13 @@ impl StatusWriter {
     /// Replaces the run's status with `status` (a PUT of the status subresource), fenced by the
     /// resourceVersion of `base`: the API server answers 409 if the run changed since. The body names the
     /// run and carries the status only: for the status subresource the API server keeps the stored spec and
-    /// metadata, so sending them would only cost it a decode. The answer is compacted like the cache's copies.
+    /// metadata, so sending them would only cost it a decode. Returns the run as the API server now holds it:
+    /// `base` with the status sent and the version the write made.
+    ///
+    /// The API server answers with the run's metadata only (`as=PartialObjectMetadata`): the rest of the run
+    /// is `base` and what was sent, so encoding the whole run back (and decoding it here) would be work for
+    /// nothing on every step. The status is read back from the body sent, so the copy holds exactly what
+    /// the API server decoded (the status schema has no defaults, so it stores what it decoded).
     async fn write(
         &self,
         key: &Key,
@@ -849,7 +860,7 @@ impl StatusWriter {
             dry_run: false,
             field_manager: Some(FIELD_MANAGER.into()),
         };
-        let request = kube::core::Request::new(FlowRun::url_path(&(), Some(&key.0)))
+        let mut request = kube::core::Request::new(FlowRun::url_path(&(), Some(&key.0)))
             .replace_subresource(
                 "status",
                 &key.1,
@@ -857,15 +868,24 @@ impl StatusWriter {
                 serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?,
             )
             .map_err(kube::Error::BuildRequest)?;
+        request.headers_mut().insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static(METADATA_ONLY),
+        );
         let started = std::time::Instant::now();
-        let result = self.client.request::<FlowRun>(request).await;
+        let result = self
+            .client
+            .request::<PartialObjectMeta<FlowRun>>(request)
+            .await;
         self.metrics
             .status_write_seconds
             .observe(started.elapsed().as_secs_f64());
-        let mut fr = result?;
+        let answer = result?;
         self.metrics.status_writes.inc();
-        compact(&mut fr);
-        Ok(fr)
+        let mut written = base.clone();
+        written.metadata.resource_version = answer.metadata.resource_version;
+        written.status = Some(FlowRunStatus::deserialize(status).map_err(kube::Error::SerdeError)?);
+        Ok(written)
     }
 
     /// Clears the run's `metadata.managedFields`, fenced by the version of `base`. The API server records

@@ -1,6 +1,7 @@
 //! The status writer's fencing of reports by FlowRun UID, against a fake API server that serves one FlowRun.
 
 use std::convert::Infallible;
+use std::sync::atomic::AtomicUsize;
 
 use axum::body::Body;
 use axum::http::{Method, Request, Response, StatusCode};
@@ -66,6 +67,26 @@ fn reply(status: StatusCode, body: &Value) -> Response<Body> {
         .unwrap()
 }
 
+/// The `Accept` header of a request, or "" without one.
+fn accept_of<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The stored `object` as the API server answers a request that accepts `accept`: its metadata alone when
+/// asked for `PartialObjectMetadata`, else the whole object.
+fn as_asked(accept: &str, object: &Value) -> Value {
+    if accept.contains("as=PartialObjectMetadata") {
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+               "metadata": object["metadata"]})
+    } else {
+        object.clone()
+    }
+}
+
 /// Answers GETs and status writes of `ns/c` with [`run`], anything else with 404.
 fn client() -> Client {
     let service = tower::service_fn(|req: Request<kube::client::Body>| async move {
@@ -111,17 +132,19 @@ fn completion(uid: Option<&str>) -> Report {
 
 #[tokio::test]
 async fn a_report_for_a_deleted_run_of_the_same_name_is_stale() {
-    let writer = writer(client());
-    let err = writer.record(completion(Some("old"))).await.unwrap_err();
+    let err = writer(client())
+        .record(completion(Some("old")))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, SinkError::Stale(why) if why.contains("UID old")),
         "{err}"
     );
-    // The same report for the live run, or in the older id form without a UID, is persisted (the fake server
-    // answers every patch with the run as it was, so the attempt stays open for the second one).
+    // The same report for the live run, or in the older id form without a UID, is persisted (each by a
+    // writer of its own, which reads the run with the attempt still open from the fake server).
     for uid in [Some("new"), None] {
         assert_eq!(
-            writer.record(completion(uid)).await,
+            writer(client()).record(completion(uid)).await,
             Ok(Recorded::Applied),
             "{uid:?}"
         );
@@ -190,6 +213,7 @@ fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Valu
         async move {
             use http_body_util::BodyExt;
             let method = req.method().clone();
+            let accept = accept_of(&req);
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let mut object = stored.lock().unwrap();
             let mut status = StatusCode::OK;
@@ -214,7 +238,7 @@ fn signalled_client(patches: std::sync::Arc<Mutex<Vec<Value>>>) -> (Client, Valu
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict",
                        "code": 409, "message": "the object has been modified"})
             } else {
-                object.clone()
+                as_asked(&accept, &object)
             };
             Ok::<_, Infallible>(reply(status, &body))
         }
@@ -475,4 +499,91 @@ async fn a_refused_clear_of_field_owners_turns_clearing_off_and_the_status_is_wr
 #[tokio::test]
 async fn a_clear_that_leaves_the_owners_turns_clearing_off_instead_of_repeating() {
     clearing_turns_off(StatusCode::OK, false).await;
+}
+
+/// A fake API server holding the chain `ns/c` (UID `new`): `a`, then `b`. It stores status writes the way
+/// the API server does, fenced by resourceVersion, answers them as asked, and records each write with its
+/// `Accept` header and every GET.
+fn chain_client(
+    writes: Arc<Mutex<Vec<(String, Value)>>>,
+    gets: Arc<AtomicUsize>,
+) -> (Client, Value) {
+    let initial = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": {"name": "c", "namespace": "ns", "uid": "new", "generation": 1, "resourceVersion": "1"},
+        "spec": {"pool": "p", "steps": [{"name": "a", "handler": "h"},
+                                         {"name": "b", "handler": "h", "dependsOn": ["a"]}]}
+    });
+    let stored = Arc::new(Mutex::new(initial.clone()));
+    let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+        let (stored, writes, gets) = (stored.clone(), writes.clone(), gets.clone());
+        async move {
+            use http_body_util::BodyExt;
+            let method = req.method().clone();
+            let accept = accept_of(&req);
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let mut object = stored.lock().unwrap();
+            if method == Method::GET {
+                gets.fetch_add(1, Ordering::SeqCst);
+                return Ok::<_, Infallible>(reply(StatusCode::OK, &object));
+            }
+            let write: Value = serde_json::from_slice(&body).unwrap();
+            writes.lock().unwrap().push((accept.clone(), write.clone()));
+            if write["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
+                let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+                return Ok(reply(StatusCode::CONFLICT, &conflict));
+            }
+            store(&mut object, &method, &write);
+            bump(&mut object);
+            Ok(reply(StatusCode::OK, &as_asked(&accept, &object)))
+        }
+    });
+    (Client::new(service, "default"), initial)
+}
+
+#[tokio::test]
+async fn a_status_write_is_answered_with_metadata_only_and_the_lane_goes_on_from_what_it_sent() {
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let gets = Arc::new(AtomicUsize::new(0));
+    let (client, initial) = chain_client(writes.clone(), gets.clone());
+    let writer = writer(client);
+    let observed: FlowRun = serde_json::from_value(initial).unwrap();
+    writer
+        .reconcile("ns", "c", Some(Arc::new(CachedFlowRun::new(observed))))
+        .await
+        .unwrap();
+    // `a`'s result lands on the lane's own copy of the first write: its version and the attempt it reserved.
+    assert_eq!(
+        writer.record(completion(Some("new"))).await,
+        Ok(Recorded::Applied)
+    );
+    let writes = writes.lock().unwrap();
+    assert_eq!(
+        writes.len(),
+        2,
+        "one write to start, one for the result: {writes:?}"
+    );
+    assert!(
+        writes
+            .iter()
+            .all(|(accept, _)| accept.contains("as=PartialObjectMetadata")),
+        "every status write asks for the metadata alone: {writes:?}"
+    );
+    assert_eq!(
+        writes[1].1["metadata"]["resourceVersion"], "2",
+        "the second write is fenced by the version the first one made"
+    );
+    let steps = &writes[1].1["status"]["steps"];
+    assert_eq!(steps["a"]["phase"], "Succeeded", "{steps}");
+    assert_eq!(steps["a"]["output"], json!({"ok": true}), "{steps}");
+    assert_eq!(
+        steps["b"]["attempts"], 1,
+        "b's first attempt is reserved: {steps}"
+    );
+    assert_eq!(
+        gets.load(Ordering::SeqCst),
+        0,
+        "nothing was read back: the answers' versions and the statuses sent were enough"
+    );
 }
