@@ -40,6 +40,12 @@ use sluice_e2e::{
 use sluice_operator::api::{FlowPhase, FlowRun};
 
 mod common;
+
+// The operator runs in this process: it allocates as the `sluice-operator` binary does. With the system
+// allocator, malloc and free were about a quarter of this process's CPU (operator and workers together), which
+// the API server sharing the machine lost.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use common::{CpuClock, Timings, chain, env_or, median, ms, patch_rate, percentile, start_workers};
 
 /// Sequential status PATCHes per second on a FlowRun shaped like the latency phase's runs: 20 steps in the
