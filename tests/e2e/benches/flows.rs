@@ -5,7 +5,8 @@
 //! same wiring as `sluice-operator run`; four in-process SDK workers with 16 slots each run the handlers, which
 //! return at once. Phases, one after the other, each run `SLUICE_BENCH_ROUNDS` (9) times:
 //! - **baseline**: status PATCHes per second the API server takes (1 writer, and 8 concurrent writers), and
-//!   the PATCH rate of a realistic 20-step run, with and without its field owners;
+//!   the PATCH rate of a realistic 20-step run, with and without its field owners; and how far the 8-writer
+//!   rate moved between the rounds below (over 1.2x, the machine itself was not steady during the run);
 //! - **latency**: 1 flow, then 4 flows, of 20 chained steps: from a handler starting to the next step's handler
 //!   starting (result reported, persisted, next attempt decided and persisted, handed to a worker), p50/p99
 //!   over every round's gaps;
@@ -20,8 +21,9 @@
 //!   counted by its client, and how many of the writes were status writes (a PUT each) and how many cleared a
 //!   run's field owners (a PATCH each); and the CPU time a step costs the API server (when the cluster is the
 //!   local control plane, whose process this can see) and this process (operator and workers), over the
-//!   latency phases and over the throughput phase's windows. CPU per step hardly moves with how busy the
-//!   machine is, so it is the figure to compare two commits by when latency and rates are noisy.
+//!   latency phases and over the throughput phase's windows: where a step's time goes. On a shared machine it
+//!   moves with the machine's load too (the API server's from about 3 to 7 ms a step between runs of one
+//!   build), so two commits are compared by alternated runs.
 //!
 //! Prints one table and writes it as JSON to `target/bench/flows.json` for comparison across commits.
 
@@ -595,6 +597,26 @@ async fn main() -> Result<()> {
     println!("|---|---|---|---|");
     println!("| baseline | status PATCH, 1 writer | {seq_rate:.1}/s | |");
     println!("| baseline | status PATCH, 8 writers | {conc_rate:.1}/s | 1 |");
+    // The same figure before every throughput and fan-out round: how much the machine's own speed moved.
+    let machine: Vec<f64> = throughput
+        .iter()
+        .chain(&fan_rounds)
+        .map(|r| r.baseline)
+        .collect();
+    let (slowest, fastest) = (
+        machine.iter().copied().fold(f64::INFINITY, f64::min),
+        machine.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
+    let steady = if fastest <= 1.2 * slowest {
+        "steady"
+    } else {
+        "NOT steady: the machine's own speed moved during the run; compare commits by alternated runs"
+    };
+    println!(
+        "| baseline | the same, before each throughput and fan-out round | {slowest:.1}-{fastest:.1}/s (median {:.1}) | {:.2} fastest/slowest: {steady} |",
+        median(&machine),
+        fastest / slowest
+    );
     println!(
         "| baseline | status PATCH of a 20-step run, 1 writer | {realistic_rate:.1}/s ({:.1} ms each) | |",
         1000.0 / realistic_rate
@@ -651,7 +673,9 @@ async fn main() -> Result<()> {
     let report = json!({
         "baseline": {"patchPerSecond1Writer": seq_rate, "patchPerSecond8Writers": conc_rate,
                      "patchPerSecond20StepRun": realistic_rate,
-                     "patchPerSecond20StepRunOwnersCleared": cleared_rate},
+                     "patchPerSecond20StepRunOwnersCleared": cleared_rate,
+                     "patchPerSecond8WritersEachRound": {"min": slowest, "median": median(&machine),
+                                                         "max": fastest}},
         "latency": latency,
         "throughput": {"flows": flows, "steps": steps, "rounds": throughput,
                        "ratio": spread(&throughput).1, "stepsPerSecond": spread(&throughput).0},

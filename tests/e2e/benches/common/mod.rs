@@ -299,8 +299,8 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// CPU time a process has used, read from `/proc/<pid>/stat` (user + system, all threads). Used for the
-/// cost figures: CPU per step moves far less with how busy the machine is than latency or rate do.
+/// CPU time a process has used, read from `/proc/<pid>/stat` (user + system, all threads), for the cost
+/// figures: which process a step's time goes to.
 pub struct CpuClock {
     stat: std::path::PathBuf,
 }
