@@ -68,8 +68,10 @@ const MAX_BATCH: usize = 512;
 /// How long a claim waits for another write to ride on before it is written on its own.
 pub const CLAIM_FLUSH: Duration = Duration::from_secs(1);
 
-/// The `Accept` header of a status write: the API server answers with the run's metadata alone.
-const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+/// The `Accept` header of a status write: the run's metadata alone, or the whole run from an API server (or a
+/// proxy in front of it) that cannot answer with metadata only; the writer reads only the metadata either way.
+const METADATA_PREFERRED: &str =
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json";
 
 /// How many of its own resourceVersions a lane remembers, to recognise the watch echoes of its writes.
 const REMEMBERED_WRITES: usize = 16;
@@ -838,7 +840,7 @@ impl StatusWriter {
     ///
     /// The API server answers with the run's metadata only (`as=PartialObjectMetadata`): the rest of the run
     /// is `base` and what was sent, so encoding the whole run back (and decoding it here) would be work for
-    /// nothing on every step. The status is read back from the body sent, so the copy holds exactly what
+    /// nothing on every step. Where it cannot, it answers with the whole run, of which only the metadata is read. The status is read back from the body sent, so the copy holds exactly what
     /// the API server decoded (the status schema has no defaults, so it stores what it decoded).
     async fn write(
         &self,
@@ -870,7 +872,7 @@ impl StatusWriter {
             .map_err(kube::Error::BuildRequest)?;
         request.headers_mut().insert(
             http::header::ACCEPT,
-            http::HeaderValue::from_static(METADATA_ONLY),
+            http::HeaderValue::from_static(METADATA_PREFERRED),
         );
         let started = std::time::Instant::now();
         let result = self

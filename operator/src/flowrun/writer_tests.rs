@@ -77,9 +77,9 @@ fn accept_of<B>(req: &Request<B>) -> String {
 }
 
 /// The stored `object` as the API server answers a request that accepts `accept`: its metadata alone when
-/// asked for `PartialObjectMetadata`, else the whole object.
+/// `PartialObjectMetadata` comes first, else the whole object.
 fn as_asked(accept: &str, object: &Value) -> Value {
-    if accept.contains("as=PartialObjectMetadata") {
+    if accept.starts_with("application/json;as=PartialObjectMetadata;") {
         json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
                "metadata": object["metadata"]})
     } else {
@@ -502,11 +502,13 @@ async fn a_clear_that_leaves_the_owners_turns_clearing_off_instead_of_repeating(
 }
 
 /// A fake API server holding the chain `ns/c` (UID `new`): `a`, then `b`. It stores status writes the way
-/// the API server does, fenced by resourceVersion, answers them as asked, and records each write with its
-/// `Accept` header and every GET.
+/// the API server does, fenced by resourceVersion, answers them as asked (or, without `metadata_answers`,
+/// always with the whole run, as a server that cannot answer with metadata only), and records each write
+/// with its `Accept` header and every GET.
 fn chain_client(
     writes: Arc<Mutex<Vec<(String, Value)>>>,
     gets: Arc<AtomicUsize>,
+    metadata_answers: bool,
 ) -> (Client, Value) {
     let initial = json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
@@ -536,7 +538,12 @@ fn chain_client(
             }
             store(&mut object, &method, &write);
             bump(&mut object);
-            Ok(reply(StatusCode::OK, &as_asked(&accept, &object)))
+            let answer = if metadata_answers {
+                as_asked(&accept, &object)
+            } else {
+                object.clone()
+            };
+            Ok(reply(StatusCode::OK, &answer))
         }
     });
     (Client::new(service, "default"), initial)
@@ -544,9 +551,20 @@ fn chain_client(
 
 #[tokio::test]
 async fn a_status_write_is_answered_with_metadata_only_and_the_lane_goes_on_from_what_it_sent() {
+    lane_goes_on_from_what_it_sent(true).await;
+}
+
+#[tokio::test]
+async fn a_status_write_answered_with_the_whole_run_is_read_the_same() {
+    lane_goes_on_from_what_it_sent(false).await;
+}
+
+/// A chain's first two writes against [`chain_client`]: the second is decided on the lane's own copy of the
+/// first.
+async fn lane_goes_on_from_what_it_sent(metadata_answers: bool) {
     let writes = Arc::new(Mutex::new(Vec::new()));
     let gets = Arc::new(AtomicUsize::new(0));
-    let (client, initial) = chain_client(writes.clone(), gets.clone());
+    let (client, initial) = chain_client(writes.clone(), gets.clone(), metadata_answers);
     let writer = writer(client);
     let observed: FlowRun = serde_json::from_value(initial).unwrap();
     writer
@@ -567,8 +585,8 @@ async fn a_status_write_is_answered_with_metadata_only_and_the_lane_goes_on_from
     assert!(
         writes
             .iter()
-            .all(|(accept, _)| accept.contains("as=PartialObjectMetadata")),
-        "every status write asks for the metadata alone: {writes:?}"
+            .all(|(accept, _)| accept.starts_with("application/json;as=PartialObjectMetadata;")),
+        "every status write asks for the metadata alone first: {writes:?}"
     );
     assert_eq!(
         writes[1].1["metadata"]["resourceVersion"], "2",
