@@ -84,8 +84,8 @@ type ReplyTo = Option<oneshot::Sender<Result<Recorded, SinkError>>>;
 /// What a lane keeps between batches.
 #[derive(Default)]
 struct Lane {
-    /// The newest FlowRun the lane knows: its last write's response, or a newer object a reconcile brought
-    /// (shared with the controller's cache).
+    /// The newest FlowRun the lane knows: its copy after its last write (the status it sent, at the version
+    /// the write made), or a newer object a reconcile brought (shared with the controller's cache).
     current: Option<Arc<FlowRun>>,
     /// resourceVersions produced by the lane's recent writes, newest last.
     written: VecDeque<String>,
@@ -840,8 +840,10 @@ impl StatusWriter {
     ///
     /// The API server answers with the run's metadata only (`as=PartialObjectMetadata`): the rest of the run
     /// is `base` and what was sent, so encoding the whole run back (and decoding it here) would be work for
-    /// nothing on every step. Where it cannot, it answers with the whole run, of which only the metadata is read. The status is read back from the body sent, so the copy holds exactly what
-    /// the API server decoded (the status schema has no defaults, so it stores what it decoded).
+    /// nothing on every step. Where it cannot, it answers with the whole run, of which only the metadata is
+    /// read. The status is read back from the body sent, so the copy holds what the API server decoded; it
+    /// stores that unchanged because the status schema sets no defaults (a unit test keeps it so) and the
+    /// body holds only fields of the Rust types the schema is generated from.
     async fn write(
         &self,
         key: &Key,

@@ -605,3 +605,42 @@ async fn lane_goes_on_from_what_it_sent(metadata_answers: bool) {
         "nothing was read back: the answers' versions and the statuses sent were enough"
     );
 }
+
+/// Finds every `default` in a schema, with its path.
+fn defaults_under(schema: &Value, path: &str, found: &mut Vec<String>) {
+    match schema {
+        Value::Object(map) => {
+            for (key, sub) in map {
+                if key == "default" {
+                    found.push(path.to_owned());
+                }
+                defaults_under(sub, &format!("{path}.{key}"), found);
+            }
+        }
+        Value::Array(items) => {
+            for (i, sub) in items.iter().enumerate() {
+                defaults_under(sub, &format!("{path}[{i}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_status_schema_sets_no_defaults_so_the_api_server_stores_the_status_as_sent() {
+    // The CRD as shipped (crds/), after the generator opened most of the status.
+    let crd = crate::api::crds::all()
+        .into_iter()
+        .find(|crd| crd.metadata.name.as_deref() == Some("flowruns.sluice.dev"))
+        .expect("the FlowRun CRD");
+    let crd = serde_json::to_value(crd).unwrap();
+    let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+    assert!(status.is_object(), "the CRD has a status schema");
+    let mut found = Vec::new();
+    defaults_under(status, "status", &mut found);
+    assert!(
+        found.is_empty(),
+        "a default in the status schema would make the stored status differ from the one the writer sent, \
+         and the lane goes on from what it sent: {found:?}"
+    );
+}
