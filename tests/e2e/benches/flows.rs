@@ -9,7 +9,9 @@
 //!   rate moved between the rounds below (over 1.2x, the machine itself was not steady during the run);
 //! - **latency**: 1 flow, then 4 flows, of 20 chained steps: from a handler starting to the next step's handler
 //!   starting (result reported, persisted, next attempt decided and persisted, handed to a worker), p50/p99
-//!   over every round's gaps;
+//!   over every round's gaps; before and after each phase, the floor under it: the same number of 20-step runs
+//!   written at once for two seconds by bare status writes as the operator makes them (no operator, broker or
+//!   worker), and the step's p50 as a multiple of that write's p50;
 //! - **throughput**: `SLUICE_BENCH_FLOWS` (40) chains of `SLUICE_BENCH_STEPS` (5) steps, every chain's first
 //!   handler held at a gate in the workers until all of them run (so the creates and each run's first write
 //!   are outside the window, and every chain is in flight when it opens); steps/s from the gate opening to
@@ -32,14 +34,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Resource as _};
 use serde_json::{Value, json};
 use sluice_e2e::{
     InProcessOperator, TestNamespace, cluster, install_crds, kubeconfig_path, repo_root,
     wait_for_list,
 };
 use sluice_operator::api::{FlowPhase, FlowRun};
+use sluice_operator::flowrun::writer::METADATA_PREFERRED;
 
 mod common;
 
@@ -74,26 +77,8 @@ async fn realistic_patch_rate(
         "spec": {"steps": steps}
     }))?;
     api.create(&PostParams::default(), &fr).await?;
-    let now = "2026-01-01T00:00:00Z";
-    let entries: serde_json::Map<String, Value> = (0..20)
-        .map(|i| {
-            (
-                format!("s{i}"),
-                json!({"phase": "Succeeded", "attempts": 1, "output": {"ok": true},
-                       "startedAt": now, "finishedAt": now, "worker": "bench-0"}),
-            )
-        })
-        .collect();
-    let conditions: Vec<Value> = ["Ready", "Succeeded", "Invalid", "Suspended"]
-        .iter()
-        .map(|t| {
-            json!({"type": t, "status": "False", "reason": "Running", "message": "0/20",
-                        "lastTransitionTime": now, "observedGeneration": 1})
-        })
-        .collect();
     let params = PatchParams::apply("sluice-bench");
-    let initial =
-        json!({"status": {"phase": "Running", "steps": entries, "conditions": conditions}});
+    let initial = json!({"status": twenty_step_status()});
     if clear_owners {
         let clear = json!({"metadata": {"managedFields": [{}]}});
         api.patch(name, &PatchParams::default(), &Patch::Merge(&clear))
@@ -111,6 +96,109 @@ async fn realistic_patch_rate(
         n += 1;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A status like a running 20-step chain's: 20 Succeeded step entries (`s0`..`s19`) and the four conditions.
+fn twenty_step_status() -> Value {
+    let now = "2026-01-01T00:00:00Z";
+    let entries: serde_json::Map<String, Value> = (0..20)
+        .map(|i| {
+            (
+                format!("s{i}"),
+                json!({"phase": "Succeeded", "attempts": 1, "output": {"ok": true},
+                       "startedAt": now, "finishedAt": now, "worker": "bench-0"}),
+            )
+        })
+        .collect();
+    let conditions: Vec<Value> = ["Ready", "Succeeded", "Invalid", "Suspended"]
+        .iter()
+        .map(|t| {
+            json!({"type": t, "status": "False", "reason": "Running", "message": "0/20",
+                        "lastTransitionTime": now, "observedGeneration": 1})
+        })
+        .collect();
+    json!({"phase": "Running", "steps": entries, "conditions": conditions})
+}
+
+/// Status writes as the operator's status writer makes them, with no operator, worker or handler involved:
+/// `writers` runs with the latency phase's spec (`bare{writers}-N` in the baseline's `namespace`, field owners
+/// cleared), each written by its own task, one write after another, for `window`. A write replaces the whole
+/// status (a PUT of the status subresource fenced by the resourceVersion the previous write was answered
+/// with, asking for the metadata-only answer) and changes one step entry and the progress. What each write
+/// took is the floor under a chain step at that concurrency: a step is one such write plus the operator's,
+/// the broker's and the worker's work.
+async fn bare_status_writes(
+    api: &Api<FlowRun>,
+    namespace: &str,
+    writers: usize,
+    window: Duration,
+) -> Result<Vec<Duration>> {
+    let label = format!("bare{writers}");
+    let mut tasks = Vec::new();
+    for fr in chain(&label, writers, 20, &label, false)? {
+        let name = fr.metadata.name.clone().unwrap_or_default();
+        // Measured again before every latency round: the runs of an earlier call are written again.
+        match api.create(&PostParams::default(), &fr).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let clear = json!({"metadata": {"managedFields": [{}]}});
+        let cleared = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&clear))
+            .await?;
+        let client = api.clone().into_client();
+        let (namespace, version) = (namespace.to_owned(), cleared.metadata.resource_version);
+        tasks.push(tokio::spawn(write_one_run(
+            client, namespace, name, version, window,
+        )));
+    }
+    let mut took = Vec::new();
+    for task in tasks {
+        took.extend(task.await??);
+    }
+    took.sort();
+    Ok(took)
+}
+
+/// One writer of [`bare_status_writes`]: how long each of its writes took.
+async fn write_one_run(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    mut version: Option<String>,
+    window: Duration,
+) -> Result<Vec<Duration>> {
+    let mut status = twenty_step_status();
+    let params = PostParams {
+        dry_run: false,
+        field_manager: Some("sluice-bench".into()),
+    };
+    let mut took = Vec::new();
+    let start = Instant::now();
+    for n in 0u64.. {
+        if start.elapsed() >= window {
+            break;
+        }
+        status["progress"] = json!(format!("{}/20", n % 20));
+        status["steps"][format!("s{}", n % 20)]["attempts"] = json!(n + 2);
+        let body = json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FlowRun",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": version},
+            "status": status,
+        });
+        let mut request = kube::core::Request::new(FlowRun::url_path(&(), Some(&namespace)))
+            .replace_subresource("status", &name, &params, serde_json::to_vec(&body)?)?;
+        request.headers_mut().insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static(METADATA_PREFERRED),
+        );
+        let sent = Instant::now();
+        let answer: PartialObjectMeta<FlowRun> = client.request(request).await?;
+        took.push(sent.elapsed());
+        version = answer.metadata.resource_version;
+    }
+    Ok(took)
 }
 
 /// (sum, count) of a histogram in the Prometheus text the operator serves.
@@ -278,6 +366,13 @@ struct Latency {
     queue_wait_mean_ms: f64,
     /// CPU each step cost, over the phase's rounds (creates and deletes included).
     cpu: CpuPerStep,
+    /// The floor: bare status writes of 20-step runs at the same concurrency, before and after the phase.
+    bare_write_p50_ms: f64,
+    bare_write_p99_ms: f64,
+    bare_write_mean_ms: f64,
+    bare_writes: usize,
+    /// `p50_ms` over `bare_write_p50_ms`: how many bare writes' time a step takes.
+    p50_over_bare_write: f64,
 }
 
 /// CPU time per step: the API server's process (the local control plane only) and this one (the operator
@@ -401,6 +496,8 @@ async fn main() -> Result<()> {
     // Baseline first, with nothing else running.
     let window = Duration::from_secs(5);
     let round_window = Duration::from_secs(2);
+    // The bare status writes before and after each latency phase: some hundreds of writes each time.
+    let bare_window = Duration::from_secs(2);
     let seq_rate = patch_rate(&base, 1, window).await?;
     let conc_rate = patch_rate(&base, 8, window).await?;
     let realistic_rate = realistic_patch_rate(&base, window, false).await?;
@@ -415,9 +512,12 @@ async fn main() -> Result<()> {
     let mut latency = Vec::new();
     for (n, label) in [(1usize, "lat1"), (4, "lat4")] {
         let before = operator.metrics().encode();
-        let cpu_before = clocks.read();
-        let mut gaps = Vec::new();
+        // The floor is measured before and after the phase, not between its rounds: writes as
+        // fast as they go leave the API server collecting garbage into the round that follows.
+        let mut bare = bare_status_writes(&base, base_ns.name(), n, bare_window).await?;
+        let (mut gaps, mut cpu) = (Vec::new(), CpuReading::zero());
         for r in 0..rounds {
+            let cpu_before = clocks.read();
             let label = format!("{label}r{r}");
             run_all(
                 &api,
@@ -427,12 +527,13 @@ async fn main() -> Result<()> {
                 n * 20,
             )
             .await?;
+            cpu_before.add_until(&clocks.read(), &mut cpu);
             gaps.extend(timings.chain_gaps(&label, n, 20));
         }
         gaps.sort();
         let after = operator.metrics().encode();
-        let mut cpu = CpuReading::zero();
-        cpu_before.add_until(&clocks.read(), &mut cpu);
+        bare.extend(bare_status_writes(&base, base_ns.name(), n, bare_window).await?);
+        bare.sort();
         latency.push(Latency {
             flows: n,
             steps: 20,
@@ -444,6 +545,12 @@ async fn main() -> Result<()> {
             write_median_bound_ms: median_bound_ms(&before, &after, "sluice_status_write_seconds"),
             queue_wait_mean_ms: mean_ms(&before, &after, "sluice_dispatch_latency_seconds"),
             cpu: cpu.per_step(n * 20 * rounds),
+            bare_write_p50_ms: ms(percentile(&bare, 50.0)),
+            bare_write_p99_ms: ms(percentile(&bare, 99.0)),
+            bare_write_mean_ms: ms(bare.iter().sum::<Duration>()) / bare.len().max(1) as f64,
+            bare_writes: bare.len(),
+            p50_over_bare_write: ms(percentile(&gaps, 50.0))
+                / ms(percentile(&bare, 50.0)).max(1e-3),
         });
     }
 
@@ -628,13 +735,19 @@ async fn main() -> Result<()> {
     );
     for l in &latency {
         println!(
-            "| latency | {} flow(s) x {} steps, handler start to next start ({} gaps) | p50 {:.1} ms / p99 {:.1} ms | p50 = {:.2} sequential PATCHes (status write mean {:.1} ms, half under {} ms; mean queue wait {:.1} ms) |",
+            "| baseline | bare status writes as the operator makes them, {} 20-step run(s) written at once, before and after the latency phase ({} writes) | p50 {:.1} ms / p99 {:.1} ms | mean {:.1} ms |",
+            l.flows, l.bare_writes, l.bare_write_p50_ms, l.bare_write_p99_ms, l.bare_write_mean_ms
+        );
+    }
+    for l in &latency {
+        println!(
+            "| latency | {} flow(s) x {} steps, handler start to next start ({} gaps) | p50 {:.1} ms / p99 {:.1} ms | p50 = {:.2} bare writes at that concurrency (operator's status write mean {:.1} ms, half under {} ms; mean queue wait {:.1} ms) |",
             l.flows,
             l.steps,
             l.samples,
             l.p50_ms,
             l.p99_ms,
-            l.p50_ms / 1000.0 * seq_rate,
+            l.p50_over_bare_write,
             l.write_mean_ms,
             l.write_median_bound_ms,
             l.queue_wait_mean_ms
