@@ -70,7 +70,7 @@ pub const CLAIM_FLUSH: Duration = Duration::from_secs(1);
 
 /// The `Accept` header of a status write: the run's metadata alone, or the whole run from an API server (or a
 /// proxy in front of it) that cannot answer with metadata only; the writer reads only the metadata either way.
-/// Public for `make bench`, which makes the same write without the operator to measure its floor.
+/// Public for `make bench`, which makes the same write without the operator: the API server's part of a step.
 pub const METADATA_PREFERRED: &str =
     "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json";
 

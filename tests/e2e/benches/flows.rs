@@ -9,9 +9,9 @@
 //!   rate moved between the rounds below (over 1.2x, the machine itself was not steady during the run);
 //! - **latency**: 1 flow, then 4 flows, of 20 chained steps: from a handler starting to the next step's handler
 //!   starting (result reported, persisted, next attempt decided and persisted, handed to a worker), p50/p99
-//!   over every round's gaps; before and after each phase, the floor under it: the same number of 20-step runs
-//!   written at once for two seconds by bare status writes as the operator makes them (no operator, broker or
-//!   worker), and the step's p50 as a multiple of that write's p50;
+//!   over every round's gaps; before and after each phase, the API server's part of it: the same number of
+//!   20-step runs written at once for two seconds by bare status writes as the operator makes them (no
+//!   operator, broker or worker), and the step's p50 as a multiple of that write's p50;
 //! - **throughput**: `SLUICE_BENCH_FLOWS` (40) chains of `SLUICE_BENCH_STEPS` (5) steps, every chain's first
 //!   handler held at a gate in the workers until all of them run (so the creates and each run's first write
 //!   are outside the window, and every chain is in flight when it opens); steps/s from the gate opening to
@@ -125,8 +125,10 @@ fn twenty_step_status() -> Value {
 /// cleared), each written by its own task, one write after another, for `window`. A write replaces the whole
 /// status (a PUT of the status subresource fenced by the resourceVersion the previous write was answered
 /// with, asking for the metadata-only answer) and changes one step entry and the progress. What each write
-/// took is the floor under a chain step at that concurrency: a step is one such write plus the operator's,
-/// the broker's and the worker's work.
+/// took is the API server's part of a chain step at that concurrency: a step is one such write plus the
+/// operator's, the broker's and the worker's work. Back to back, each write also meets what the one before
+/// left the API server to do (dispatching its watch event, collecting its garbage), which a chain's writes,
+/// spaced by that work, partly miss: a step can come close to it, and on a busy machine below it.
 async fn bare_status_writes(
     api: &Api<FlowRun>,
     namespace: &str,
@@ -366,7 +368,7 @@ struct Latency {
     queue_wait_mean_ms: f64,
     /// CPU each step cost, over the phase's rounds (creates and deletes included).
     cpu: CpuPerStep,
-    /// The floor: bare status writes of 20-step runs at the same concurrency, before and after the phase.
+    /// Bare status writes of 20-step runs at the same concurrency, before and after the phase (p50, p99, mean).
     bare_write_p50_ms: f64,
     bare_write_p99_ms: f64,
     bare_write_mean_ms: f64,
@@ -512,7 +514,7 @@ async fn main() -> Result<()> {
     let mut latency = Vec::new();
     for (n, label) in [(1usize, "lat1"), (4, "lat4")] {
         let before = operator.metrics().encode();
-        // The floor is measured before and after the phase, not between its rounds: writes as
+        // The bare writes are measured before and after the phase, not between its rounds: writes as
         // fast as they go leave the API server collecting garbage into the round that follows.
         let mut bare = bare_status_writes(&base, base_ns.name(), n, bare_window).await?;
         let (mut gaps, mut cpu) = (Vec::new(), CpuReading::zero());
