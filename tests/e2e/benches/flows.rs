@@ -139,7 +139,7 @@ async fn bare_status_writes(
     let mut tasks = Vec::new();
     for fr in chain(&label, writers, 20, &label, false)? {
         let name = fr.metadata.name.clone().unwrap_or_default();
-        // Measured again before every latency round: the runs of an earlier call are written again.
+        // Measured before and after each latency phase: the runs of an earlier call are written again.
         match api.create(&PostParams::default(), &fr).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 => {}
