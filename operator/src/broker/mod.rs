@@ -3,6 +3,7 @@
 //! hands out attempts already recorded in status and acknowledges results only once they are persisted.
 
 pub mod auth;
+pub mod listener;
 pub mod queue;
 pub mod server;
 pub mod sink;

@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use futures::FutureExt;
 use kube::Client;
 use tokio::net::TcpListener;
@@ -28,6 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::broker::Broker;
 use crate::broker::auth::Authenticator;
+use crate::broker::listener;
 use crate::broker::tokenreview::TokenReviewAuthenticator;
 use crate::context::Scope;
 use crate::cronflow::controller::CronFlowController;
@@ -327,14 +327,7 @@ impl Operator {
                 drain.clone(),
             ));
         }
-        // A worker waits on every answer of the broker (a claim's task, a result's acknowledgement), so each
-        // one leaves at once rather than waiting on the previous segment's acknowledgement.
-        let broker = broker.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                warn!(%error, "could not disable Nagle's algorithm on a broker connection");
-            }
-        });
-        axum::serve(broker, self.broker.router())
+        axum::serve(listener::without_nagle(broker), self.broker.router())
             .with_graceful_shutdown(drain)
             .await?;
         Ok(())
